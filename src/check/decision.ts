@@ -1,0 +1,59 @@
+// The Decision value every check ends in: an allow, or a denial with its reason.
+
+/** Error codes a client can see (OpenAI error shape `error.code`); also metric labels and log fields. */
+export const DenyReason = {
+  /** No Bearer token and no X-API-Key value. */
+  missing_api_key: 'missing_api_key',
+  /** Malformed, unknown, revoked, expired, conflicting or repeated credentials: one answer for all. */
+  invalid_api_key: 'invalid_api_key',
+  /** Valid key whose scope does not grant the route's permission. */
+  insufficient_scope: 'insufficient_scope',
+  /** Valid key, but no policy rule matches the route and the policy denies by default. */
+  route_not_allowed: 'route_not_allowed',
+  /** The path cannot be normalised safely (encoded separator or NUL, `..` above the root). */
+  invalid_path: 'invalid_path',
+  /** Per-key or per-account request limit reached. */
+  rate_limit_exceeded: 'rate_limit_exceeded',
+  /** The stores could not verify the key in time; it may be fine, so never a 401. */
+  auth_unavailable: 'auth_unavailable',
+} as const;
+export type DenyReason = (typeof DenyReason)[keyof typeof DenyReason];
+
+/** Why a key was invalid: logged and counted, never told to the client. */
+export type InvalidDetail =
+  | 'repeated_header'
+  | 'conflicting_headers'
+  | 'malformed_bearer'
+  | 'malformed'
+  | 'bad_checksum'
+  | 'wrong_environment'
+  | 'unknown'
+  | 'revoked'
+  | 'expired';
+
+export interface Identity {
+  accountId: string;
+  keyId: string;
+  scope: string;
+  plan: string;
+}
+
+export interface Allow {
+  allow: true;
+  identity: Identity;
+  /** The permission the matched rule required; null when any valid key may call the route. */
+  permission: string | null;
+  /** Set when a shadow (enforce: false) rule would have denied: allowed, but logged and counted. */
+  shadowDenied?: string;
+}
+
+export type Deny =
+  | { allow: false; reason: 'missing_api_key' }
+  | { allow: false; reason: 'invalid_api_key'; detail: InvalidDetail; identity?: Identity }
+  | { allow: false; reason: 'insufficient_scope'; identity: Identity; permission: string }
+  | { allow: false; reason: 'route_not_allowed'; identity: Identity }
+  | { allow: false; reason: 'invalid_path'; identity: Identity; detail: string }
+  | { allow: false; reason: 'rate_limit_exceeded'; identity: Identity; retryAfterMs: number }
+  | { allow: false; reason: 'auth_unavailable'; detail: string };
+
+export type Decision = Allow | Deny;

@@ -1,0 +1,90 @@
+// The one outcome table: denial reason -> HTTP status, gRPC code and OpenAI-shaped body.
+import type { Deny } from './decision.js';
+
+/** gRPC status codes used in CheckResponse.status (google.rpc.Code). */
+export const GrpcCode = {
+  OK: 0,
+  INVALID_ARGUMENT: 3,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  UNAVAILABLE: 14,
+  UNAUTHENTICATED: 16,
+} as const;
+
+export type OpenAIErrorType = 'invalid_request_error' | 'permission_error' | 'rate_limit_error' | 'server_error';
+
+export interface DenialResponse {
+  httpStatus: number;
+  grpcCode: number;
+  /** Lower-case names. */
+  headers: Array<[string, string]>;
+  /** `{"error":{"message","type","param","code"}}`, which the OpenAI SDKs turn into typed errors. */
+  body: string;
+}
+
+export interface OutcomeOptions {
+  /** Protected-resource metadata URL advertised on 401s for MCP paths, when the operator set one. */
+  mcpResourceMetadataUrl?: string | undefined;
+  /** Raw request path, to tell MCP paths apart. */
+  path?: string;
+}
+
+const REALM = 'Bearer realm="ryvion"';
+
+export function denialResponse(d: Deny, opts: OutcomeOptions = {}): DenialResponse {
+  switch (d.reason) {
+    case 'missing_api_key':
+      return build(401, GrpcCode.UNAUTHENTICATED, 'invalid_request_error', d.reason,
+        "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_API_KEY` or as the `X-API-Key` header.",
+        [['www-authenticate', withMcp(REALM, opts)]]);
+    case 'invalid_api_key':
+      // One message for unknown, revoked, expired and malformed keys: no enumeration.
+      return build(401, GrpcCode.UNAUTHENTICATED, 'invalid_request_error', d.reason,
+        'Incorrect API key provided. Check the key, or create a new one in the API Keys dashboard.',
+        [['www-authenticate', withMcp(`${REALM}, error="invalid_token"`, opts)]]);
+    case 'insufficient_scope':
+      return build(403, GrpcCode.PERMISSION_DENIED, 'permission_error', d.reason,
+        `This API key has scope "${d.identity.scope}", which does not grant "${d.permission}" needed for this request.`,
+        [['www-authenticate', `${REALM}, error="insufficient_scope", scope="${d.permission}"`]]);
+    case 'route_not_allowed':
+      return build(403, GrpcCode.PERMISSION_DENIED, 'permission_error', d.reason,
+        'This route is not open to API keys.', []);
+    case 'invalid_path':
+      return build(400, GrpcCode.INVALID_ARGUMENT, 'invalid_request_error', d.reason,
+        'The request path is not valid (encoded separators, NUL or a path above the root).', []);
+    case 'rate_limit_exceeded': {
+      const seconds = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
+      return build(429, GrpcCode.RESOURCE_EXHAUSTED, 'rate_limit_error', d.reason,
+        `Rate limit reached for requests. Please try again in ${formatSeconds(d.retryAfterMs)}.`,
+        [['retry-after', String(seconds)], ['retry-after-ms', String(Math.max(0, Math.ceil(d.retryAfterMs)))]]);
+    }
+    case 'auth_unavailable':
+      return build(503, GrpcCode.UNAVAILABLE, 'server_error', d.reason,
+        'The API key could not be verified right now. Please retry shortly.', [['retry-after', '1']]);
+  }
+}
+
+function withMcp(challenge: string, opts: OutcomeOptions): string {
+  if (!opts.mcpResourceMetadataUrl || !opts.path || !isMcpPath(opts.path)) return challenge;
+  return `${challenge}, resource_metadata="${opts.mcpResourceMetadataUrl}"`;
+}
+
+function isMcpPath(path: string): boolean {
+  return path === '/mcp' || path.startsWith('/mcp/') || path.startsWith('/mcp?');
+}
+
+function formatSeconds(ms: number): string {
+  return `${(Math.max(0, ms) / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
+}
+
+function build(
+  httpStatus: number,
+  grpcCode: number,
+  type: OpenAIErrorType,
+  code: string,
+  message: string,
+  headers: Array<[string, string]>,
+): DenialResponse {
+  const body = JSON.stringify({ error: { message, type, param: null, code } });
+  return { httpStatus, grpcCode, headers: [['content-type', 'application/json'], ...headers], body };
+}

@@ -1,0 +1,224 @@
+// The ryvion-authz command line: serve, migrate, accounts, keys and check.
+import { Command, CommanderError, Option } from 'commander';
+import { ConfigError, loadConfig, type Config } from '../config.js';
+import { KeyRepository, NotFoundError, ConflictError, type KeyInfo } from '../keys/repository.js';
+import { isAccountId, isKeyId } from '../keys/ids.js';
+import { createLogger } from '../observability/logger.js';
+import { loadPolicyFile, PolicyError } from '../policy/policy.js';
+import { keyHasherFrom, policyPath, startService, StartupError } from '../service.js';
+import { createPool, migrate } from '../store/postgres.js';
+import { StoreUnavailableError } from '../store/errors.js';
+import { sendCheck } from './check-client.js';
+import { installSignalHandlers } from './signals.js';
+
+/** Bad or missing arguments: exit 2, nothing written. */
+class UsageError extends Error {}
+
+const EXIT_OK = 0;
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+
+function print(json: boolean, value: unknown, human: string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human}\n`);
+}
+
+function keyJson(k: KeyInfo): Record<string, unknown> {
+  return {
+    id: k.id,
+    account_id: k.accountId,
+    name: k.name,
+    scope: k.scope,
+    prefix: k.prefix,
+    created_at: k.createdAt.toISOString(),
+    expires_at: k.expiresAt?.toISOString() ?? null,
+    last_used_at: k.lastUsedAt?.toISOString() ?? null,
+    revoked_at: k.revokedAt?.toISOString() ?? null,
+  };
+}
+
+async function withRepository<T>(config: Config, fn: (repo: KeyRepository) => Promise<T>): Promise<T> {
+  const pool = createPool({ connectionString: config.DATABASE_URL!, max: 2, timeoutMs: 10_000, applicationName: 'ryvion-authz-cli' });
+  try {
+    return await fn(new KeyRepository(pool, keyHasherFrom(config), config.KEY_ENVIRONMENT));
+  } finally {
+    await pool.end().catch(() => undefined);
+  }
+}
+
+function requireAccountId(id: string): string {
+  if (!isAccountId(id)) throw new UsageError(`--account: "${id}" is not an account id (acct_...)`);
+  return id;
+}
+
+function parseName(name: string): string {
+  const n = name.trim();
+  if (n.length < 1 || n.length > 128) throw new UsageError('--name: must be 1 to 128 characters');
+  return n;
+}
+
+function parseExpiry(value: string | undefined): Date | null {
+  if (value === undefined) return null;
+  const d = new Date(value);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(value) || Number.isNaN(d.getTime())) throw new UsageError('--expires-at: not an ISO 8601 date-time');
+  if (d.getTime() <= Date.now()) throw new UsageError('--expires-at: must be in the future');
+  return d;
+}
+
+export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
+  const program = new Command('ryvion-authz')
+    .description('API-key external authorization for Envoy, Istio and Envoy Gateway')
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('serve')
+    .description('run the service (production): needs DATABASE_URL and KEY_PEPPER')
+    .action(async () => {
+      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const logger = createLogger(config.LOG_LEVEL);
+      if (!config.REDIS_URL) logger.warn('REDIS_URL is not set: caches and limits are local to this replica; run one replica only');
+      const service = await startService(config, logger);
+      logger.info({ grpc_port: service.grpcPort, ops_port: service.opsPort }, 'ryvion-authz ready');
+      installSignalHandlers(logger, () => service.stop());
+    });
+
+  program
+    .command('migrate')
+    .description('apply pending database migrations (safe to run concurrently)')
+    .action(async () => {
+      const config = loadConfig(env, ['DATABASE_URL']);
+      const applied = await migrate(config.DATABASE_URL!);
+      process.stdout.write(applied.length ? `applied ${applied.join(', ')}\n` : 'schema is up to date\n');
+    });
+
+  const accounts = program.command('accounts').description('manage accounts');
+  accounts
+    .command('create')
+    .description('create an account')
+    .requiredOption('--email <email>', 'account e-mail address')
+    .option('--plan <plan>', 'rate-limit plan', 'free')
+    .option('--json', 'print JSON')
+    .action(async (o: { email: string; plan: string; json?: boolean }) => {
+      const email = o.email.trim();
+      if (!/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(email) || email.length > 254) throw new UsageError(`--email: "${o.email}" is not an e-mail address`);
+      if (!/^[a-z0-9][a-z0-9_-]{0,63}$/.test(o.plan)) throw new UsageError('--plan: lower-case letters, digits, - and _ only');
+      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const account = await withRepository(config, (repo) => repo.createAccount(email, o.plan));
+      const json = { id: account.id, email: account.email, plan: account.plan, created_at: account.createdAt.toISOString() };
+      print(!!o.json, json, `created account ${account.id} (${account.email}, plan ${account.plan})`);
+    });
+
+  const keys = program.command('keys').description('manage API keys');
+  keys
+    .command('create')
+    .description('create a key; its secret is printed this once')
+    .requiredOption('--account <id>', 'owning account id')
+    .requiredOption('--name <name>', 'a name for the key (1-128 characters)')
+    .requiredOption('--scope <scope>', 'scope: buyer, read-only or write-only (as the policy declares)')
+    .option('--expires-at <iso>', 'expiry, ISO 8601 date-time')
+    .option('--json', 'print JSON')
+    .action(async (o: { account: string; name: string; scope: string; expiresAt?: string; json?: boolean }) => {
+      const accountId = requireAccountId(o.account);
+      const name = parseName(o.name);
+      const expiresAt = parseExpiry(o.expiresAt);
+      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const scopes = loadPolicyFile(policyPath(config)).scopes;
+      if (!scopes.includes(o.scope)) throw new UsageError(`--scope: "${o.scope}" is not one of ${scopes.join(', ')}`);
+      const { key, secret } = await withRepository(config, (repo) => repo.createKey({ accountId, name, scope: o.scope, expiresAt }));
+      print(!!o.json, { ...keyJson(key), key: secret }, `created key ${key.id} (${key.scope})\n\n  ${secret}\n\nThis is the only time the key is shown. Store it now.`);
+    });
+
+  keys
+    .command('list')
+    .description('list an account\'s keys (never their secrets)')
+    .requiredOption('--account <id>', 'account id')
+    .option('--json', 'print JSON')
+    .action(async (o: { account: string; json?: boolean }) => {
+      const accountId = requireAccountId(o.account);
+      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const list = await withRepository(config, async (repo) => {
+        if (!(await repo.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
+        return repo.listKeys(accountId);
+      });
+      const human = list.length
+        ? list.map((k) => `${k.id}  ${k.prefix}  ${k.scope.padEnd(10)}  ${k.revokedAt ? 'revoked' : k.expiresAt && k.expiresAt <= new Date() ? 'expired' : 'active '}  ${k.name}`).join('\n')
+        : 'no keys';
+      print(!!o.json, list.map(keyJson), human);
+    });
+
+  keys
+    .command('revoke')
+    .description('revoke a key (revoking twice succeeds)')
+    .argument('<key-id>', 'key id (key_...)')
+    .option('--json', 'print JSON')
+    .action(async (keyId: string, o: { json?: boolean }) => {
+      if (!isKeyId(keyId)) throw new UsageError(`"${keyId}" is not a key id (key_...)`);
+      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const result = await withRepository(config, (repo) => repo.revokeKey(keyId));
+      if (!result) throw new NotFoundError(`no key ${keyId}`);
+      print(!!o.json, keyJson(result.key), `revoked ${keyId} at ${result.key.revokedAt?.toISOString()}`);
+    });
+
+  program
+    .command('check')
+    .description('send one Check to a running service and print the decision')
+    .requiredOption('--key <key>', 'the API key to present')
+    .option('--method <method>', 'HTTP method of the request to judge', 'POST')
+    .option('--path <path>', 'request path (query string allowed)', '/v1/chat/completions')
+    .option('--target <host:port>', 'gRPC address of the service', '127.0.0.1:9191')
+    .addOption(new Option('--header <header>', 'which header carries the key').choices(['authorization', 'x-api-key']).default('authorization'))
+    .option('--timeout-ms <ms>', 'deadline for the call', '5000')
+    .option('--json', 'print JSON')
+    .action(async (o: { key: string; method: string; path: string; target: string; header: string; timeoutMs: string; json?: boolean }) => {
+      const timeoutMs = Number(o.timeoutMs);
+      if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new UsageError('--timeout-ms: a positive whole number');
+      if (!o.path.startsWith('/')) throw new UsageError('--path: must start with /');
+      const headers: Record<string, string> = o.header === 'authorization' ? { authorization: `Bearer ${o.key}` } : { 'x-api-key': o.key };
+      let outcome;
+      try {
+        outcome = await sendCheck({ target: o.target, method: o.method.toUpperCase(), path: o.path, headers, timeoutMs });
+      } catch (err) {
+        throw new CheckFailed(`cannot reach ${o.target}: ${(err as Error).message.split('\n')[0]}`);
+      }
+      const lines = outcome.allowed
+        ? [`ALLOW ${outcome.http_status}`, ...Object.entries(outcome.headers).map(([k, v]) => `  ${k}: ${v}`), `  (removes: ${outcome.headers_to_remove.join(', ') || 'nothing'})`]
+        : [`DENY ${outcome.http_status}`, ...Object.entries(outcome.headers).map(([k, v]) => `  ${k}: ${v}`), `  ${JSON.stringify(outcome.body)}`];
+      print(!!o.json, outcome, lines.join('\n'));
+    });
+
+  return program;
+}
+
+class CheckFailed extends Error {}
+
+/** Runs the CLI and returns the exit code; errors are one line on stderr. */
+export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const program = buildProgram(env);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT_OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are not failures; commander already printed its one-line usage error.
+      return err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.help' ? EXIT_OK : EXIT_USAGE;
+    }
+    const [code, message] = classify(err);
+    process.stderr.write(`ryvion-authz: ${message}\n`);
+    return code;
+  }
+}
+
+function classify(err: unknown): [number, string] {
+  if (err instanceof UsageError) return [EXIT_USAGE, err.message];
+  if (err instanceof ConfigError) return [EXIT_USAGE, err.message];
+  if (err instanceof PolicyError) return [EXIT_FAILED, `POLICY_FILE: ${err.message}`];
+  if (err instanceof StartupError || err instanceof NotFoundError || err instanceof ConflictError || err instanceof CheckFailed) return [EXIT_FAILED, err.message];
+  if (err instanceof StoreUnavailableError) return [EXIT_FAILED, `database unreachable (${err.kind})`];
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && /^(ECONNREFUSED|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|28P01|3D000)$/.test(code)) {
+    return [EXIT_FAILED, `database unreachable: ${(err as Error).message.split('\n')[0]}`];
+  }
+  const message = err instanceof Error ? err.message.split('\n')[0] : String(err);
+  return [EXIT_FAILED, message ?? 'failed'];
+}

@@ -1,0 +1,100 @@
+// Configuration from the environment: parsed and checked once, at start-up.
+import { z } from 'zod';
+
+/** Thrown for a bad or missing setting; `message` is the one line the operator sees. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+const bool = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .refine((v) => ['true', 'false', '1', '0', 'yes', 'no'].includes(v), 'must be true or false')
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const port = z.coerce.number().int('must be a whole number').min(1, 'must be 1-65535').max(65535, 'must be 1-65535');
+const positiveInt = z.coerce.number().int('must be a whole number').positive('must be above 0');
+
+const postgresUrl = z
+  .string()
+  .trim()
+  .refine((v) => /^postgres(ql)?:\/\//.test(v), 'must be a postgres:// or postgresql:// URL');
+
+const redisUrl = z
+  .string()
+  .trim()
+  .refine((v) => /^rediss?:\/\//.test(v), 'must be a redis:// or rediss:// URL');
+
+const pepper = z
+  .string()
+  .refine((v) => Buffer.byteLength(v, 'utf8') >= 32, 'must be at least 32 bytes (generate one with: openssl rand -base64 48)');
+
+// Name, default and unit side by side; README's configuration table follows this list.
+const schema = z.object({
+  DATABASE_URL: postgresUrl.optional(),
+  DATABASE_POOL_MAX: positiveInt.default(10),
+  REDIS_URL: redisUrl.optional(),
+  KEY_PEPPER: pepper.optional(),
+  KEY_PEPPER_VERSION: positiveInt.default(1),
+  KEY_PEPPER_PREVIOUS: pepper.optional(),
+  KEY_ENVIRONMENT: z.enum(['live', 'test'], { error: 'must be live or test' }).default('live'),
+  MIGRATE_ON_START: bool.default(false),
+  BIND_ADDRESS: z.string().trim().min(1).default('0.0.0.0'),
+  GRPC_PORT: port.default(9191),
+  HTTP_PORT: port.default(8080),
+  OPS_PORT: port.default(9090),
+  POLICY_FILE: z.string().trim().min(1).optional(),
+  LOG_LEVEL: z
+    .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
+      error: 'must be one of fatal, error, warn, info, debug, trace, silent',
+    })
+    .default('info'),
+  STORE_TIMEOUT_MS: positiveInt.max(10_000, 'must be at most 10000').default(100),
+  STRIP_CREDENTIAL_HEADERS: bool.default(true),
+  UNAVAILABLE_MODE: z.enum(['deny', 'rpc_error'], { error: 'must be deny or rpc_error' }).default('deny'),
+  MCP_RESOURCE_METADATA_URL: z.url({ error: 'must be an absolute URL' }).optional(),
+  SHUTDOWN_DRAIN_MS: positiveInt.default(10_000),
+});
+
+export type Config = z.infer<typeof schema>;
+
+export type RequiredSetting = 'DATABASE_URL' | 'KEY_PEPPER';
+
+/**
+ * Parses the environment. Empty strings count as unset, so a Helm value left
+ * blank behaves like an absent one. `required` names what the command needs.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSetting[] = []): Config {
+  const input: Record<string, string> = {};
+  for (const key of Object.keys(schema.shape)) {
+    const value = env[key];
+    if (value !== undefined && value !== '') input[key] = value;
+  }
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = String(issue?.path[0] ?? 'environment');
+    // Never echo the value: it may be a secret (KEY_PEPPER, URLs with passwords).
+    throw new ConfigError(`${name}: ${issue?.message ?? 'invalid value'}`);
+  }
+  const config = parsed.data;
+  for (const name of required) {
+    if (config[name] === undefined) {
+      throw new ConfigError(`${name}: required but not set${REQUIRED_HINT[name]}`);
+    }
+  }
+  if (config.KEY_PEPPER_PREVIOUS !== undefined && config.KEY_PEPPER_VERSION < 2) {
+    throw new ConfigError('KEY_PEPPER_PREVIOUS: set KEY_PEPPER_VERSION to 2 or more when a previous pepper is given');
+  }
+  const ports = [config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT];
+  if (new Set(ports).size !== ports.length) {
+    throw new ConfigError('GRPC_PORT: GRPC_PORT, HTTP_PORT and OPS_PORT must differ');
+  }
+  return config;
+}
+
+const REQUIRED_HINT: Record<RequiredSetting, string> = {
+  DATABASE_URL: ' (postgres://user:pass@host:5432/db; `ryvion-authz dev` runs without one)',
+  KEY_PEPPER: ' (at least 32 bytes, e.g. from: openssl rand -base64 48)',
+};

@@ -1,0 +1,45 @@
+// One place that logs and counts each decision, for every transport.
+import type { Decision } from '../check/decision.js';
+import type { Logger } from './logger.js';
+import type { Metrics, Transport } from './metrics.js';
+
+export class DecisionRecorder {
+  constructor(
+    private readonly logger: Logger,
+    private readonly metrics: Metrics,
+  ) {}
+
+  record(transport: Transport, decision: Decision, requestId: string, method: string, startedNs: bigint): void {
+    const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
+    this.metrics.decisionDuration.labels(transport).observe(seconds);
+    const latency_ms = Math.round(seconds * 1e6) / 1e3;
+    if (decision.allow) {
+      const reason = decision.shadowDenied ? 'shadow_denied' : 'allowed';
+      this.metrics.decisions.labels(transport, 'allow', reason).inc();
+      const fields = {
+        transport, request_id: requestId, decision: 'allow', reason, method,
+        key_id: decision.identity.keyId, account_id: decision.identity.accountId,
+        scope: decision.identity.scope, permission: decision.permission, latency_ms,
+      };
+      // A shadow rule's "would deny" is what the operator rolling it out needs to see.
+      if (decision.shadowDenied) this.logger.info(fields, 'would deny (shadow rule)');
+      else this.logger.debug(fields, 'allowed');
+      return;
+    }
+    this.metrics.decisions.labels(transport, 'deny', decision.reason).inc();
+    const identity = 'identity' in decision ? decision.identity : undefined;
+    this.logger.info(
+      {
+        transport, request_id: requestId, decision: 'deny', reason: decision.reason, method,
+        detail: 'detail' in decision ? decision.detail : undefined,
+        key_id: identity?.keyId, account_id: identity?.accountId, latency_ms,
+      },
+      'denied',
+    );
+  }
+
+  internalError(transport: Transport, requestId: string, err: unknown): void {
+    this.metrics.internalErrors.labels(transport).inc();
+    this.logger.error({ transport, request_id: requestId, err }, 'internal error while deciding; answered 503');
+  }
+}

@@ -1,0 +1,34 @@
+// pino logger with credential headers redacted wherever they appear.
+import pino from 'pino';
+
+// pino's redact paths need brackets for hyphenated names; `*` covers one level
+// of nesting (req.headers, err.headers, config objects that carry headers).
+export const REDACT_PATHS = [
+  'authorization',
+  'cookie',
+  '["x-api-key"]',
+  '*.authorization',
+  '*.cookie',
+  '*["x-api-key"]',
+  '*.headers.authorization',
+  '*.headers.cookie',
+  '*.headers["x-api-key"]',
+  'key',
+  'secret',
+  'pepper',
+];
+
+export type Logger = pino.Logger;
+
+export function createLogger(level: string, destination?: pino.DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: 'ryvion-authz' },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    destination,
+  );
+}

@@ -1,0 +1,138 @@
+// Composition root: builds the stores, pipeline and servers from a Config and starts them.
+import type pg from 'pg';
+import type { Config } from './config.js';
+import { ConfigError } from './config.js';
+import { CheckPipeline, type Clock } from './check/pipeline.js';
+import { KeyHasher } from './keys/hash.js';
+import { KeyRepository } from './keys/repository.js';
+import { DecisionRecorder } from './observability/decision-log.js';
+import { HealthState } from './observability/health.js';
+import type { Logger } from './observability/logger.js';
+import { Metrics } from './observability/metrics.js';
+import { closeHttp, createOpsServer, listenHttp } from './observability/ops-server.js';
+import { DEFAULT_POLICY_PATH, loadPolicyFile, PolicyError, type CompiledPolicy } from './policy/policy.js';
+import { watchPolicy } from './policy/watch.js';
+import { createPool, migrate, schemaState } from './store/postgres.js';
+import { GrpcCheckServer } from './transport/grpc/server.js';
+
+/** A start-up failure the operator can fix; the message is the one line to print. */
+export class StartupError extends Error {
+  override name = 'StartupError';
+}
+
+export interface RunningService {
+  grpcPort: number;
+  opsPort: number;
+  health: HealthState;
+  metrics: Metrics;
+  repository: KeyRepository;
+  pool: pg.Pool;
+  /** Graceful stop: not ready, drain up to the deadline, close servers, then stores. */
+  stop(): Promise<void>;
+}
+
+export interface ServiceOptions {
+  clock?: Clock;
+  /** Off in tests that start several replicas in one process. */
+  defaultMetrics?: boolean;
+}
+
+export function keyHasherFrom(config: Config): KeyHasher {
+  if (!config.KEY_PEPPER) throw new ConfigError('KEY_PEPPER: required but not set');
+  return new KeyHasher(
+    { version: config.KEY_PEPPER_VERSION, secret: config.KEY_PEPPER },
+    config.KEY_PEPPER_PREVIOUS ? { version: config.KEY_PEPPER_VERSION - 1, secret: config.KEY_PEPPER_PREVIOUS } : undefined,
+  );
+}
+
+export function policyPath(config: Config): string {
+  return config.POLICY_FILE ?? DEFAULT_POLICY_PATH;
+}
+
+export async function startService(config: Config, logger: Logger, opts: ServiceOptions = {}): Promise<RunningService> {
+  if (!config.DATABASE_URL) throw new ConfigError('DATABASE_URL: required but not set');
+  const hasher = keyHasherFrom(config);
+  const health = new HealthState();
+  const metrics = new Metrics({ defaultMetrics: opts.defaultMetrics });
+
+  let policy: CompiledPolicy;
+  try {
+    policy = loadPolicyFile(policyPath(config));
+  } catch (err) {
+    throw new StartupError(err instanceof PolicyError ? `POLICY_FILE: ${err.message}` : String(err));
+  }
+  health.setPolicyLoaded();
+
+  if (config.MIGRATE_ON_START) {
+    const applied = await migrate(config.DATABASE_URL);
+    if (applied.length > 0) logger.info({ migrations: applied }, 'applied migrations');
+  }
+  const pool = createPool({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_MAX, timeoutMs: config.STORE_TIMEOUT_MS });
+  try {
+    const schema = await schemaState(pool);
+    if (!schema.ok) {
+      throw new StartupError(
+        `database schema is older than this version needs (missing ${schema.missing.join(', ')}): run \`ryvion-authz migrate\` or set MIGRATE_ON_START=true`,
+      );
+    }
+    if (schema.newer.length > 0) logger.info({ newer: schema.newer }, 'database schema is newer than this version; continuing');
+    health.setStore('postgres', 'up');
+  } catch (err) {
+    await pool.end().catch(() => undefined);
+    if (err instanceof StartupError) throw err;
+    throw new StartupError(`DATABASE_URL: cannot reach Postgres (${(err as Error).message})`);
+  }
+  health.setStore('redis', config.REDIS_URL ? 'unknown' : 'not_configured');
+
+  const repository = new KeyRepository(pool, hasher, config.KEY_ENVIRONMENT);
+  const pipeline = new CheckPipeline({
+    environment: config.KEY_ENVIRONMENT,
+    hasher,
+    keys: repository,
+    policy: () => policy,
+    clock: opts.clock,
+  });
+  const recorder = new DecisionRecorder(logger, metrics);
+
+  const watcher = watchPolicy(policyPath(config), {
+    onReload: (next) => {
+      policy = next;
+      logger.info({ policy: next.source }, 'policy reloaded');
+    },
+    onError: (err) => logger.error({ err: err.message }, 'policy reload rejected; keeping the last good policy'),
+  });
+
+  const grpcServer = new GrpcCheckServer(pipeline, recorder, {
+    stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
+    mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,
+    unavailableMode: config.UNAVAILABLE_MODE,
+  });
+  health.onChange((ready) => grpcServer.setServing(ready));
+  const ops = createOpsServer(metrics, health);
+
+  let grpcPort: number;
+  let opsPort: number;
+  try {
+    grpcPort = await grpcServer.listen(config.BIND_ADDRESS, config.GRPC_PORT);
+    opsPort = await listenHttp(ops, config.BIND_ADDRESS, config.OPS_PORT);
+  } catch (err) {
+    watcher.close();
+    grpcServer.server.forceShutdown();
+    await closeHttp(ops);
+    await pool.end().catch(() => undefined);
+    throw new StartupError(`cannot listen: ${(err as Error).message}`);
+  }
+  health.setListening();
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      health.setShuttingDown();
+      watcher.close();
+      await grpcServer.shutdown(config.SHUTDOWN_DRAIN_MS);
+      await closeHttp(ops);
+      await pool.end().catch(() => undefined);
+    })());
+
+  return { grpcPort, opsPort, health, metrics, repository, pool, stop };
+}

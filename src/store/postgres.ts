@@ -1,0 +1,71 @@
+// Postgres connection pool and schema migrations.
+import { fileURLToPath } from 'node:url';
+import { readdirSync } from 'node:fs';
+import pg from 'pg';
+import { runner } from 'node-pg-migrate';
+
+export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations', import.meta.url));
+const MIGRATIONS_TABLE = 'pgmigrations';
+
+export interface PoolOptions {
+  connectionString: string;
+  max: number;
+  /** Applies to connecting and to each query: look-ups must fit inside Envoy's 200 ms budget. */
+  timeoutMs: number;
+  applicationName?: string;
+}
+
+export function createPool(opts: PoolOptions): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: opts.connectionString,
+    max: opts.max,
+    connectionTimeoutMillis: Math.max(opts.timeoutMs, 1000),
+    query_timeout: opts.timeoutMs,
+    idleTimeoutMillis: 30_000,
+    application_name: opts.applicationName ?? 'ryvion-authz',
+  });
+  // An idle client that loses its server emits 'error' on the pool; without a
+  // listener Node would crash. The next query reports the outage instead.
+  pool.on('error', () => undefined);
+  return pool;
+}
+
+/** Migration names the code needs, in order (file names without extension). */
+export function knownMigrations(): string[] {
+  return readdirSync(MIGRATIONS_DIR)
+    .filter((f) => f.endsWith('.sql'))
+    .map((f) => f.slice(0, -'.sql'.length))
+    .sort();
+}
+
+/** Applies pending migrations under an advisory lock, so concurrent starts wait for one another. */
+export async function migrate(databaseUrl: string, log: (msg: string) => void = () => undefined): Promise<string[]> {
+  const applied = await runner({
+    databaseUrl,
+    dir: MIGRATIONS_DIR,
+    direction: 'up',
+    migrationsTable: MIGRATIONS_TABLE,
+    advisoryLockMode: 'wait',
+    singleTransaction: true,
+    log,
+  });
+  return applied.map((m) => m.name);
+}
+
+export type SchemaState = { ok: true; newer: string[] } | { ok: false; missing: string[] };
+
+/**
+ * Compares the database's applied migrations with the code's. A newer schema
+ * is fine (old and new pods overlap during a rollout); an older one is not.
+ */
+export async function schemaState(pool: pg.Pool): Promise<SchemaState> {
+  const exists = await pool.query<{ t: string | null }>(`SELECT to_regclass($1) AS t`, [MIGRATIONS_TABLE]);
+  const applied = exists.rows[0]?.t
+    ? new Set((await pool.query<{ name: string }>(`SELECT name FROM ${MIGRATIONS_TABLE}`)).rows.map((r) => r.name))
+    : new Set<string>();
+  const known = knownMigrations();
+  const missing = known.filter((m) => !applied.has(m));
+  if (missing.length > 0) return { ok: false, missing };
+  const knownSet = new Set(known);
+  return { ok: true, newer: [...applied].filter((m) => !knownSet.has(m)) };
+}

@@ -1,0 +1,126 @@
+// Adapter between Envoy's CheckRequest/CheckResponse and the decision pipeline.
+import { randomUUID } from 'node:crypto';
+import type { RequestAttributes } from '../../check/attributes.js';
+import { splitJoined } from '../../check/attributes.js';
+import type { Allow, Decision, Deny } from '../../check/decision.js';
+import { denialResponse, GrpcCode } from '../../check/outcomes.js';
+import { HeaderAppendAction, type CheckRequest, type CheckResponse, type HeaderValueOption, type ProtoStruct } from './proto.js';
+
+export const IDENTITY_HEADERS = {
+  accountId: 'x-ryvion-account-id',
+  keyId: 'x-ryvion-key-id',
+  scope: 'x-ryvion-scope',
+} as const;
+
+export const CREDENTIAL_HEADERS = ['authorization', 'x-api-key'] as const;
+
+export interface ResponseOptions {
+  stripCredentialHeaders: boolean;
+  mcpResourceMetadataUrl?: string | undefined;
+}
+
+/** Narrows a CheckRequest to what the pipeline reads. Tolerates any shape: missing parts read as absent. */
+export function toAttributes(req: CheckRequest): RequestAttributes {
+  const http = req.attributes?.request?.http;
+  const authorization: string[] = [];
+  const apiKey: string[] = [];
+  let requestId: string | undefined;
+  let pseudoPath: string | undefined;
+  let pseudoMethod: string | undefined;
+
+  const take = (name: string, value: string): void => {
+    switch (name.toLowerCase()) {
+      case 'authorization':
+        authorization.push(...splitJoined(value));
+        break;
+      case 'x-api-key':
+        apiKey.push(...splitJoined(value));
+        break;
+      case 'x-request-id':
+        requestId ??= value;
+        break;
+      case ':path':
+        pseudoPath ??= value;
+        break;
+      case ':method':
+        pseudoMethod ??= value;
+        break;
+    }
+  };
+
+  const rawHeaders = http?.header_map?.headers;
+  if (rawHeaders && rawHeaders.length > 0) {
+    // encode_raw_headers: repeats stay separate entries, values in raw_value bytes.
+    for (const h of rawHeaders) {
+      if (!h || typeof h.key !== 'string') continue;
+      const value = h.raw_value && h.raw_value.length > 0 ? Buffer.from(h.raw_value).toString('latin1') : (h.value ?? '');
+      take(h.key, value);
+    }
+  } else if (http?.headers) {
+    for (const name of Object.keys(http.headers)) take(name, http.headers[name] ?? '');
+  }
+
+  const socket = req.attributes?.source?.address?.socket_address;
+  return {
+    method: (http?.method || pseudoMethod || 'GET').toUpperCase(),
+    path: http?.path || pseudoPath || '/',
+    authorization,
+    apiKey,
+    requestId: requestId && requestId.length <= 200 ? requestId : undefined,
+    sourceAddress: socket?.address || undefined,
+  };
+}
+
+export function newRequestId(attrs: RequestAttributes): string {
+  return attrs.requestId ?? randomUUID();
+}
+
+function overwrite(key: string, value: string): HeaderValueOption {
+  // Both fields: Envoy versions differ on which one they honour, and appending
+  // to a client-sent value would let a spoofed identity through.
+  return { header: { key, value }, append: { value: false }, append_action: HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD };
+}
+
+function str(value: string): { stringValue: string } {
+  return { stringValue: value };
+}
+
+export function toCheckResponse(decision: Decision, requestId: string, path: string, opts: ResponseOptions): CheckResponse {
+  return decision.allow ? okResponse(decision, requestId, opts) : deniedResponse(decision, requestId, path, opts);
+}
+
+function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckResponse {
+  const metadata: ProtoStruct = {
+    fields: {
+      account_id: str(d.identity.accountId),
+      key_id: str(d.identity.keyId),
+      scope: str(d.identity.scope),
+      ...(d.permission !== null ? { permission: str(d.permission) } : {}),
+    },
+  };
+  return {
+    status: { code: GrpcCode.OK },
+    ok_response: {
+      headers: [
+        overwrite(IDENTITY_HEADERS.accountId, d.identity.accountId),
+        overwrite(IDENTITY_HEADERS.keyId, d.identity.keyId),
+        overwrite(IDENTITY_HEADERS.scope, d.identity.scope),
+      ],
+      headers_to_remove: opts.stripCredentialHeaders ? [...CREDENTIAL_HEADERS] : [],
+      response_headers_to_add: [overwrite('x-request-id', requestId)],
+    },
+    dynamic_metadata: metadata,
+  };
+}
+
+export function deniedResponse(d: Deny, requestId: string, path: string, opts: ResponseOptions): CheckResponse {
+  const r = denialResponse(d, { mcpResourceMetadataUrl: opts.mcpResourceMetadataUrl, path });
+  return {
+    status: { code: r.grpcCode, message: d.reason },
+    denied_response: {
+      status: { code: r.httpStatus },
+      headers: [...r.headers.map(([k, v]) => overwrite(k, v)), overwrite('x-request-id', requestId)],
+      body: r.body,
+    },
+  };
+}

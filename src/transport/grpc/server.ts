@@ -1,0 +1,109 @@
+// gRPC server: envoy.service.auth.v3.Authorization/Check and grpc.health.v1.Health.
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import type { CheckPipeline } from '../../check/pipeline.js';
+import type { DecisionRecorder } from '../../observability/decision-log.js';
+import { authorizationService, type CheckRequest, type CheckResponse } from './proto.js';
+import { deniedResponse, newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
+
+export const CHECK_SERVICE_NAME = 'envoy.service.auth.v3.Authorization';
+
+export interface GrpcServerOptions extends ResponseOptions {
+  /** `deny`: a store outage is a 503 denial. `rpc_error`: an UNAVAILABLE RPC error, so the proxy's failure_mode_allow decides. */
+  unavailableMode: 'deny' | 'rpc_error';
+}
+
+export class GrpcCheckServer {
+  readonly server = new grpc.Server({ 'grpc.max_receive_message_length': 1024 * 1024 });
+  readonly health = new HealthImplementation({ '': 'NOT_SERVING', [CHECK_SERVICE_NAME]: 'NOT_SERVING' });
+  private inFlight = 0;
+
+  constructor(
+    private readonly pipeline: CheckPipeline,
+    private readonly recorder: DecisionRecorder,
+    private readonly opts: GrpcServerOptions,
+  ) {
+    this.server.addService(authorizationService(), { Check: this.check });
+    this.health.addToServer(this.server);
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight;
+  }
+
+  /** Binds and returns the port actually bound (0 picks a free one). */
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) =>
+        err ? reject(err) : resolve(bound),
+      );
+    });
+  }
+
+  setServing(serving: boolean): void {
+    const status = serving ? 'SERVING' : 'NOT_SERVING';
+    this.health.setStatus('', status);
+    this.health.setStatus(CHECK_SERVICE_NAME, status);
+  }
+
+  /** Stops accepting calls and waits for in-flight ones, up to `deadlineMs`, then cuts the rest. */
+  shutdown(deadlineMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, deadlineMs);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private readonly check = (
+    call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>,
+    callback: grpc.sendUnaryData<CheckResponse>,
+  ): void => {
+    this.inFlight++;
+    void this.handle(call.request).then(([err, response]) => {
+      this.inFlight--;
+      callback(err, response);
+    });
+  };
+
+  // The one try/catch of the transport: `handle` never rejects, so every call
+  // gets exactly one answer, a well-formed CheckResponse even when the pipeline
+  // throws (fail closed).
+  private async handle(request: CheckRequest | undefined): Promise<[grpc.ServiceError | null, CheckResponse?]> {
+    const started = process.hrtime.bigint();
+    let requestId = 'unknown';
+    let path = '/';
+    try {
+      const attrs = toAttributes(request ?? {});
+      requestId = newRequestId(attrs);
+      path = attrs.path;
+      const decision = await this.pipeline.decide(attrs);
+      this.recorder.record('grpc', decision, requestId, attrs.method, started);
+      if (!decision.allow && decision.reason === 'auth_unavailable' && this.opts.unavailableMode === 'rpc_error') {
+        return [unavailableError(decision.detail)];
+      }
+      return [null, toCheckResponse(decision, requestId, path, this.opts)];
+    } catch (err) {
+      try {
+        this.recorder.internalError('grpc', requestId, err);
+      } catch {
+        // Logging must not stand between the caller and its answer.
+      }
+      if (this.opts.unavailableMode === 'rpc_error') return [unavailableError('internal')];
+      return [null, deniedResponse({ allow: false, reason: 'auth_unavailable', detail: 'internal' }, requestId, path, this.opts)];
+    }
+  }
+}
+
+function unavailableError(detail: string): grpc.ServiceError {
+  return Object.assign(new Error(`auth_unavailable: ${detail}`), {
+    code: grpc.status.UNAVAILABLE,
+    details: `auth_unavailable: ${detail}`,
+    metadata: new grpc.Metadata(),
+  });
+}
