@@ -1,7 +1,3 @@
 #!/usr/bin/env node
-// Entry point of the `ryvion-authz` command; the code lives in dist/ (built by `npm run build`, run by `npm ci` via `prepare`).
-import { runCli } from '../dist/cli/main.js';
-
-const code = await runCli(process.argv.slice(2));
-// `serve` keeps running: only commands that finished set an exit code here.
-if (code !== 0 || !['serve', 'dev'].includes(process.argv[2] ?? '')) process.exitCode = code;
+// The `ryvion-authz` command. The code is compiled into dist/ by `npm run build`, which `npm ci` runs (prepare).
+import '../dist/cli/entry.js';

@@ -62,6 +62,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     throw new StartupError(err instanceof PolicyError ? `POLICY_FILE: ${err.message}` : String(err));
   }
   health.setPolicyLoaded();
+  metrics.policyLastReload.setToCurrentTime();
 
   if (config.MIGRATE_ON_START) {
     const applied = await migrate(config.DATABASE_URL);
@@ -97,9 +98,14 @@ export async function startService(config: Config, logger: Logger, opts: Service
   const watcher = watchPolicy(policyPath(config), {
     onReload: (next) => {
       policy = next;
+      metrics.policyReloads.labels('success').inc();
+      metrics.policyLastReload.setToCurrentTime();
       logger.info({ policy: next.source }, 'policy reloaded');
     },
-    onError: (err) => logger.error({ err: err.message }, 'policy reload rejected; keeping the last good policy'),
+    onError: (err) => {
+      metrics.policyReloads.labels('failure').inc();
+      logger.error({ problem: err.message }, 'policy reload rejected; keeping the last good policy');
+    },
   });
 
   const grpcServer = new GrpcCheckServer(pipeline, recorder, {

@@ -31,9 +31,24 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly policyReloads = new client.Counter({
+    name: 'ryvion_authz_policy_reloads_total',
+    help: 'Policy file reloads by result (success|failure); a failure keeps the last good policy.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly policyLastReload = new client.Gauge({
+    name: 'ryvion_authz_policy_last_reload_success_timestamp_seconds',
+    help: 'When the policy in force was loaded.',
+    registers: [this.registry],
+  });
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics !== false) client.collectDefaultMetrics({ register: this.registry });
     // Known label values start at zero so rates and alerts work before the first event.
+    this.policyReloads.labels('success');
+    this.policyReloads.labels('failure');
     for (const transport of TRANSPORTS) {
       this.decisionDuration.labels(transport);
       this.internalErrors.labels(transport);

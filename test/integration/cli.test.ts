@@ -1,0 +1,250 @@
+// The ryvion-authz command line against a real Postgres: output shapes, exit codes, one-line errors.
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCliProcess, startCliProcess, waitForExit } from '../helpers/cli.js';
+import { freshDatabase, testPepper } from '../helpers/stores.js';
+
+let db: Awaited<ReturnType<typeof freshDatabase>>;
+let env: Record<string, string>;
+let pool: pg.Pool;
+
+const countRows = async (table: 'accounts' | 'api_keys'): Promise<number> =>
+  Number((await pool.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`)).rows[0]!.n);
+
+beforeAll(async () => {
+  db = await freshDatabase({ empty: true });
+  env = { DATABASE_URL: db.url, KEY_PEPPER: testPepper() };
+  pool = new pg.Pool({ connectionString: db.url, max: 2 });
+});
+
+afterAll(async () => {
+  await pool?.end();
+  await db?.drop();
+});
+
+function oneLine(stderr: string): void {
+  expect(stderr.trim().split('\n')).toHaveLength(1);
+  expect(stderr).not.toMatch(/\s+at\s.+\(.*:\d+:\d+\)/); // no stack trace
+}
+
+describe('migrate', () => {
+  it('applies the migrations once, then reports the schema up to date', async () => {
+    const first = await runCliProcess(['migrate'], env);
+    expect(first).toMatchObject({ code: 0 });
+    expect(first.stdout).toMatch(/applied .*accounts-and-keys/);
+    const second = await runCliProcess(['migrate'], env);
+    expect(second).toMatchObject({ code: 0, stdout: 'schema is up to date\n' });
+  });
+
+  it('without DATABASE_URL exits 2 with one line naming it', async () => {
+    const r = await runCliProcess(['migrate'], {});
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^ryvion-authz: DATABASE_URL: required but not set/);
+    oneLine(r.stderr);
+  });
+});
+
+describe('accounts, keys and check, end to end', () => {
+  let accountId: string;
+  let key: string;
+  let keyId: string;
+
+  it('accounts create --json prints the account', async () => {
+    const r = await runCliProcess(['accounts', 'create', '--email', 'cli@example.com', '--plan', 'pro', '--json'], env);
+    expect(r.code).toBe(0);
+    const account = JSON.parse(r.stdout);
+    expect(account).toMatchObject({ id: expect.stringMatching(/^acct_/), email: 'cli@example.com', plan: 'pro', created_at: expect.any(String) });
+    accountId = account.id;
+  });
+
+  it('keys create --json prints the key with its secret, once', async () => {
+    const r = await runCliProcess(['keys', 'create', '--account', accountId, '--name', 'ci', '--scope', 'buyer', '--json'], env);
+    expect(r.code).toBe(0);
+    const created = JSON.parse(r.stdout);
+    expect(created).toMatchObject({
+      id: expect.stringMatching(/^key_/),
+      name: 'ci',
+      scope: 'buyer',
+      prefix: expect.stringMatching(/^ryv_live_[0-9A-Za-z]{4}…$/),
+      key: expect.stringMatching(/^ryv_live_[0-9A-Za-z]{49}$/),
+      created_at: expect.any(String),
+      expires_at: null,
+    });
+    key = created.key;
+    keyId = created.id;
+    const stored = await pool.query(`SELECT * FROM api_keys WHERE id = $1`, [keyId]);
+    expect(JSON.stringify(stored.rows)).not.toContain(key.slice(9));
+  });
+
+  it('keys list shows the key without its secret', async () => {
+    const r = await runCliProcess(['keys', 'list', '--account', accountId, '--json'], env);
+    expect(r.code).toBe(0);
+    const list = JSON.parse(r.stdout);
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatchObject({ id: keyId, scope: 'buyer', revoked_at: null });
+    expect(r.stdout).not.toContain(key);
+    expect(list[0]).not.toHaveProperty('key');
+  });
+
+  it('serve + check --key answers OK with the identity headers; after revoke, the next check is a 401', async () => {
+    const grpcPort = 20000 + Math.floor(Math.random() * 20000);
+    const { child } = await startCliProcess(
+      ['serve'],
+      { ...env, GRPC_PORT: String(grpcPort), OPS_PORT: String(grpcPort + 1), HTTP_PORT: String(grpcPort + 2), LOG_LEVEL: 'info' },
+      /ryvion-authz ready/,
+    );
+    try {
+      const target = `127.0.0.1:${grpcPort}`;
+      const ok = await runCliProcess(['check', '--key', key, '--target', target, '--json'], {});
+      expect(ok.code).toBe(0);
+      const decision = JSON.parse(ok.stdout);
+      expect(decision).toMatchObject({
+        allowed: true,
+        http_status: 200,
+        headers: { 'x-ryvion-account-id': accountId, 'x-ryvion-key-id': keyId, 'x-ryvion-scope': 'buyer' },
+        headers_to_remove: ['authorization', 'x-api-key'],
+      });
+
+      const human = await runCliProcess(['check', '--key', key, '--target', target, '--header', 'x-api-key', '--method', 'GET', '--path', '/v1/models'], {});
+      expect(human.stdout).toMatch(/^ALLOW 200\n/);
+
+      const revoke = await runCliProcess(['keys', 'revoke', keyId, '--json'], env);
+      expect(revoke.code).toBe(0);
+      expect(JSON.parse(revoke.stdout)).toMatchObject({ id: keyId, revoked_at: expect.any(String) });
+      const again = await runCliProcess(['keys', 'revoke', keyId], env);
+      expect(again.code).toBe(0);
+
+      const denied = await runCliProcess(['check', '--key', key, '--target', target, '--json'], {});
+      expect(JSON.parse(denied.stdout)).toMatchObject({ allowed: false, http_status: 401, body: { error: { code: 'invalid_api_key' } } });
+    } finally {
+      child.kill('SIGTERM');
+      expect(await waitForExit(child)).toBe(0);
+    }
+  });
+
+  it('check against nothing listening exits 1 with one line', async () => {
+    const r = await runCliProcess(['check', '--key', 'x', '--target', '127.0.0.1:1', '--timeout-ms', '1000'], {});
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^ryvion-authz: cannot reach 127\.0\.0\.1:1/);
+    oneLine(r.stderr);
+  });
+});
+
+describe('bad arguments exit 2 and write nothing', () => {
+  let accountId: string;
+  beforeAll(async () => {
+    accountId = JSON.parse((await runCliProcess(['accounts', 'create', '--email', 'usage@example.com', '--json'], env)).stdout).id;
+  });
+
+  it.each<[string, () => string[], RegExp]>([
+    ['accounts create without --email', () => ['accounts', 'create'], /--email/],
+    ['accounts create with a bad e-mail', () => ['accounts', 'create', '--email', 'not-an-email'], /--email/],
+    ['keys create with an unknown scope', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'admin'], /--scope: "admin" is not one of buyer, read-only, write-only/],
+    ['keys create with an empty name', () => ['keys', 'create', '--account', accountId, '--name', '  ', '--scope', 'buyer'], /--name/],
+    ['keys create with a name over 128 characters', () => ['keys', 'create', '--account', accountId, '--name', 'n'.repeat(129), '--scope', 'buyer'], /--name/],
+    ['keys create with an expiry in the past', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--expires-at', '2001-01-01T00:00:00Z'], /--expires-at/],
+    ['keys create with an unparsable expiry', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--expires-at', 'tomorrow'], /--expires-at/],
+    ['keys create with a malformed account id', () => ['keys', 'create', '--account', 'bob', '--name', 'n', '--scope', 'buyer'], /--account/],
+    ['keys revoke with a malformed id', () => ['keys', 'revoke', 'nope'], /not a key id/],
+    ['an unknown command', () => ['frobnicate'], /unknown command/],
+  ])('%s', async (_name, args, message) => {
+    const before = [await countRows('accounts'), await countRows('api_keys')];
+    const r = await runCliProcess(args(), env);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(message);
+    oneLine(r.stderr);
+    expect([await countRows('accounts'), await countRows('api_keys')]).toEqual(before);
+  });
+
+  it('keys create for an unknown account exits 1 and writes nothing', async () => {
+    const before = await countRows('api_keys');
+    const r = await runCliProcess(['keys', 'create', '--account', 'acct_00000000000000000000', '--name', 'n', '--scope', 'buyer'], env);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/no account acct_0/);
+    expect(await countRows('api_keys')).toBe(before);
+  });
+
+  it('keys revoke of an unknown key exits 1', async () => {
+    const r = await runCliProcess(['keys', 'revoke', 'key_00000000000000000000'], env);
+    expect(r).toMatchObject({ code: 1 });
+    expect(r.stderr).toMatch(/no key key_0/);
+  });
+
+  it('accounts create with a duplicate e-mail exits 1', async () => {
+    const r = await runCliProcess(['accounts', 'create', '--email', 'usage@example.com'], env);
+    expect(r.code).toBe(1);
+    oneLine(r.stderr);
+  });
+
+  it('a store that does not answer exits 1 with one line', async () => {
+    const r = await runCliProcess(['accounts', 'create', '--email', 'x@example.com'], { ...env, DATABASE_URL: 'postgres://postgres@127.0.0.1:1/nope' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^ryvion-authz: database unreachable/);
+    oneLine(r.stderr);
+  });
+});
+
+describe('serve refuses to start wrongly configured', () => {
+  it('without DATABASE_URL: exit 2, one line, no embedded fallback', async () => {
+    const r = await runCliProcess(['serve'], { KEY_PEPPER: testPepper() });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^ryvion-authz: DATABASE_URL: required but not set/);
+    oneLine(r.stderr);
+  });
+
+  it('with a bad port: exit 2, one line naming GRPC_PORT', async () => {
+    const r = await runCliProcess(['serve'], { ...env, GRPC_PORT: 'ninety' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^ryvion-authz: GRPC_PORT: /);
+    oneLine(r.stderr);
+  });
+
+  it('with a short KEY_PEPPER: exit 2 without echoing it', async () => {
+    const r = await runCliProcess(['serve'], { ...env, KEY_PEPPER: 'tooshort-secret' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/KEY_PEPPER: must be at least 32 bytes/);
+    expect(r.stderr).not.toContain('tooshort-secret');
+  });
+
+  it('on a schema older than the code: exit 1 telling how to migrate; MIGRATE_ON_START=true fixes it', async () => {
+    const empty = await freshDatabase({ empty: true });
+    try {
+      const base = 20000 + Math.floor(Math.random() * 20000);
+      const e = { ...env, DATABASE_URL: empty.url, GRPC_PORT: String(base), OPS_PORT: String(base + 1), HTTP_PORT: String(base + 2) };
+      const r = await runCliProcess(['serve'], e);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/schema is older .*ryvion-authz migrate.*MIGRATE_ON_START=true/);
+      oneLine(r.stderr);
+      const { child } = await startCliProcess(
+        ['serve'],
+        { ...e, MIGRATE_ON_START: 'true', LOG_LEVEL: 'info' },
+        /ryvion-authz ready/,
+      );
+      child.kill('SIGTERM');
+      expect(await waitForExit(child)).toBe(0);
+    } finally {
+      await empty.drop();
+    }
+  });
+
+  it('on a schema newer than the code: starts (old and new pods overlap in a rollout)', async () => {
+    const newer = await freshDatabase();
+    const c = new pg.Client({ connectionString: newer.url });
+    await c.connect();
+    await c.query(`INSERT INTO pgmigrations (name, run_on) VALUES ('9999999999999_from-the-future', now())`);
+    await c.end();
+    try {
+      const base = 20000 + Math.floor(Math.random() * 20000);
+      const { child, output } = await startCliProcess(
+        ['serve'],
+        { ...env, DATABASE_URL: newer.url, GRPC_PORT: String(base), OPS_PORT: String(base + 1), HTTP_PORT: String(base + 2), LOG_LEVEL: 'info' },
+        /ryvion-authz ready/,
+      );
+      expect(output()).toMatch(/schema is newer/);
+      child.kill('SIGTERM');
+      expect(await waitForExit(child)).toBe(0);
+    } finally {
+      await newer.drop();
+    }
+  });
+});
