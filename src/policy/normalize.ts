@@ -13,6 +13,7 @@ export type NormalizeResult = { ok: true; path: string } | { ok: false; reason: 
 export type SegmentsResult = { ok: true; segments: string[] } | { ok: false; reason: string };
 
 const SLASH = 0x2f;
+const SEMICOLON = 0x3b;
 const BACKSLASH = 0x5c;
 const PERCENT = 0x25;
 const QUESTION = 0x3f;
@@ -43,6 +44,9 @@ export function normalizeSegments(rawTarget: string): SegmentsResult {
       // client bug, and a backslash is a separator to some upstreams.
       if (c < 0x21 || c > 0x7e) return { ok: false, reason: 'control, space or non-ASCII character in path' };
       if (c === BACKSLASH) return { ok: false, reason: 'backslash in path' };
+      // Path parameters: some upstreams (Tomcat, Spring) cut a segment at ";", so "..;"
+      // would become ".." after we judged it. No Ryvion API path uses one.
+      if (c === SEMICOLON) return { ok: false, reason: 'semicolon in path' };
       continue;
     }
     if (i > start) {

@@ -35,6 +35,8 @@ const rejected: Array<[name: string, raw: string]> = [
   ['encoded NUL', '/v1/models%00'],
   ['encoded backslash', '/v1/models%5C..%5Cchat'],
   ['raw backslash', '/v1\\models'],
+  ['Tomcat-style path parameter dot-dot (..;)', '/v1/models/..;/..;/api/v1/auth/api-keys'],
+  ['path parameter', '/v1/models;jsessionid=abc'],
   ['dot-dot above the root', '/..'],
   ['dot-dot above the root after a segment', '/v1/../..'],
   ['encoded dot-dot above the root', '/%2e%2e/v1/models'],
