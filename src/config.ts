@@ -26,6 +26,15 @@ const redisUrl = z
   .trim()
   .refine((v) => /^rediss?:\/\//.test(v), 'must be a redis:// or rediss:// URL');
 
+const hostPortList = z
+  .string()
+  .trim()
+  .refine((v) => v.split(',').every((hp) => /^[^\s:,]+:\d{1,5}$/.test(hp.trim())), 'must be a comma-separated list of host:port')
+  .transform((v) => v.split(',').map((hp) => {
+    const [host, port] = hp.trim().split(':');
+    return { host: host!, port: Number(port) };
+  }));
+
 const pepper = z
   .string()
   .refine((v) => Buffer.byteLength(v, 'utf8') >= 32, 'must be at least 32 bytes (generate one with: openssl rand -base64 48)');
@@ -35,6 +44,18 @@ const schema = z.object({
   DATABASE_URL: postgresUrl.optional(),
   DATABASE_POOL_MAX: positiveInt.default(10),
   REDIS_URL: redisUrl.optional(),
+  REDIS_SENTINELS: hostPortList.optional(),
+  REDIS_SENTINEL_NAME: z.string().trim().min(1).optional(),
+  REDIS_CLUSTER_NODES: hostPortList.optional(),
+  REDIS_KEY_PREFIX: z.string().trim().min(1).max(64).default('ryvion:'),
+  CACHE_MEMORY_MAX_KEYS: positiveInt.default(200_000),
+  CACHE_MEMORY_TTL_MS: positiveInt.default(30_000),
+  CACHE_NEGATIVE_TTL_MS: positiveInt.default(10_000),
+  CACHE_REDIS_TTL_MS: positiveInt.default(300_000),
+  INVALIDATION_LEASE_MS: positiveInt.min(1000, 'must be at least 1000').max(60_000, 'must be at most 60000').default(5000),
+  POSTGRES_LOOKUP_CONCURRENCY: positiveInt.default(32),
+  FAILED_AUTH_PER_SOURCE_PER_MINUTE: positiveInt.default(300),
+  LAST_USED_FLUSH_MS: positiveInt.default(60_000),
   KEY_PEPPER: pepper.optional(),
   KEY_PEPPER_VERSION: positiveInt.default(1),
   KEY_PEPPER_PREVIOUS: pepper.optional(),
@@ -55,9 +76,15 @@ const schema = z.object({
   UNAVAILABLE_MODE: z.enum(['deny', 'rpc_error'], { error: 'must be deny or rpc_error' }).default('deny'),
   MCP_RESOURCE_METADATA_URL: z.url({ error: 'must be an absolute URL' }).optional(),
   SHUTDOWN_DRAIN_MS: positiveInt.default(10_000),
+  RATE_LIMIT_ENABLED: bool.default(true),
+  RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').default(0.5),
+  MAX_KEYS_PER_ACCOUNT: positiveInt.default(100),
 });
 
 export type Config = z.infer<typeof schema>;
+
+/** Every environment variable the service reads (the Helm chart's wiring test checks against it). */
+export const CONFIG_VARIABLES: readonly string[] = Object.freeze(Object.keys(schema.shape));
 
 export type RequiredSetting = 'DATABASE_URL' | 'KEY_PEPPER';
 
@@ -86,6 +113,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSe
   }
   if (config.KEY_PEPPER_PREVIOUS !== undefined && config.KEY_PEPPER_VERSION < 2) {
     throw new ConfigError('KEY_PEPPER_PREVIOUS: set KEY_PEPPER_VERSION to 2 or more when a previous pepper is given');
+  }
+  const redisModes = [config.REDIS_URL, config.REDIS_SENTINELS, config.REDIS_CLUSTER_NODES].filter((v) => v !== undefined).length;
+  if (redisModes > 1) throw new ConfigError('REDIS_URL: set only one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES');
+  if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
+    throw new ConfigError('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS (the name of the monitored master)');
   }
   const ports = [config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT];
   if (new Set(ports).size !== ports.length) {

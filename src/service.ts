@@ -5,6 +5,12 @@ import { ConfigError } from './config.js';
 import { CheckPipeline, type Clock } from './check/pipeline.js';
 import { KeyHasher } from './keys/hash.js';
 import { KeyRepository } from './keys/repository.js';
+import type { KeyRevoker } from './keys/revocation.js';
+import { startKeyStore, type KeyStore } from './keys/key-store.js';
+import { FailedAuthLimiter } from './check/failed-auth.js';
+import { systemClock } from './check/pipeline.js';
+import { RateLimiter } from './ratelimit/limiter.js';
+import { RedisGcra } from './ratelimit/redis-gcra.js';
 import { DecisionRecorder } from './observability/decision-log.js';
 import { HealthState } from './observability/health.js';
 import type { Logger } from './observability/logger.js';
@@ -14,6 +20,7 @@ import { DEFAULT_POLICY_PATH, loadPolicyFile, PolicyError, type CompiledPolicy }
 import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
 import { GrpcCheckServer } from './transport/grpc/server.js';
+import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
 
 /** A start-up failure the operator can fix; the message is the one line to print. */
 export class StartupError extends Error {
@@ -22,10 +29,14 @@ export class StartupError extends Error {
 
 export interface RunningService {
   grpcPort: number;
+  /** HTTP API: key management. */
+  httpPort: number;
   opsPort: number;
   health: HealthState;
   metrics: Metrics;
   repository: KeyRepository;
+  revoker: KeyRevoker;
+  keyStore: KeyStore;
   pool: pg.Pool;
   /** Graceful stop: not ready, drain up to the deadline, close servers, then stores. */
   stop(): Promise<void>;
@@ -83,15 +94,31 @@ export async function startService(config: Config, logger: Logger, opts: Service
     if (err instanceof StartupError) throw err;
     throw new StartupError(`DATABASE_URL: cannot reach Postgres (${(err as Error).message})`);
   }
-  health.setStore('redis', config.REDIS_URL ? 'unknown' : 'not_configured');
+  health.setStore('redis', 'not_configured');
+  metrics.storeUp.labels('postgres').set(1);
 
+  const clock = opts.clock ?? systemClock;
   const repository = new KeyRepository(pool, hasher, config.KEY_ENVIRONMENT);
+  const keyStore = await startKeyStore({ config, pool, repository, logger, metrics, health, clock });
+  const revoker: KeyRevoker = keyStore.revoker;
+  const rateLimiter = config.RATE_LIMIT_ENABLED
+    ? new RateLimiter({
+        redis: keyStore.redis ? new RedisGcra(keyStore.redis, config.REDIS_KEY_PREFIX) : undefined,
+        localShare: config.RATE_LIMIT_LOCAL_SHARE,
+        clock,
+        metrics,
+        logger,
+      })
+    : undefined;
   const pipeline = new CheckPipeline({
     environment: config.KEY_ENVIRONMENT,
     hasher,
-    keys: repository,
+    keys: keyStore.resolver,
+    failedAuth: new FailedAuthLimiter(config.FAILED_AUTH_PER_SOURCE_PER_MINUTE, () => clock.now()),
+    usage: keyStore.usage,
+    ...(rateLimiter ? { rateLimiter } : {}),
     policy: () => policy,
-    clock: opts.clock,
+    clock,
   });
   const recorder = new DecisionRecorder(logger, metrics);
 
@@ -114,17 +141,32 @@ export async function startService(config: Config, logger: Logger, opts: Service
     unavailableMode: config.UNAVAILABLE_MODE,
   });
   health.onChange((ready) => grpcServer.setServing(ready));
+  const api = createHttpServer({
+    pipeline,
+    keys: repository,
+    revoker,
+    recorder,
+    metrics,
+    logger,
+    policy: () => policy,
+    clock,
+    options: { maxKeysPerAccount: config.MAX_KEYS_PER_ACCOUNT, mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL },
+  });
   const ops = createOpsServer(metrics, health);
 
   let grpcPort: number;
+  let httpPort: number;
   let opsPort: number;
   try {
     grpcPort = await grpcServer.listen(config.BIND_ADDRESS, config.GRPC_PORT);
+    httpPort = await listenHttpServer(api, config.BIND_ADDRESS, config.HTTP_PORT);
     opsPort = await listenHttp(ops, config.BIND_ADDRESS, config.OPS_PORT);
   } catch (err) {
     watcher.close();
     grpcServer.server.forceShutdown();
+    await api.close();
     await closeHttp(ops);
+    await keyStore.stop();
     await pool.end().catch(() => undefined);
     throw new StartupError(`cannot listen: ${(err as Error).message}`);
   }
@@ -135,10 +177,12 @@ export async function startService(config: Config, logger: Logger, opts: Service
     (stopping ??= (async () => {
       health.setShuttingDown();
       watcher.close();
-      await grpcServer.shutdown(config.SHUTDOWN_DRAIN_MS);
+      // Both stop taking new calls at once and drain within the same deadline.
+      await Promise.all([grpcServer.shutdown(config.SHUTDOWN_DRAIN_MS), closeHttpServer(api, config.SHUTDOWN_DRAIN_MS)]);
       await closeHttp(ops);
+      await keyStore.stop();
       await pool.end().catch(() => undefined);
     })());
 
-  return { grpcPort, opsPort, health, metrics, repository, pool, stop };
+  return { grpcPort, httpPort, opsPort, health, metrics, repository, revoker, keyStore, pool, stop };
 }

@@ -1,4 +1,5 @@
 // The Decision value every check ends in: an allow, or a denial with its reason.
+import type { LimitState } from '../ratelimit/gcra.js';
 
 /** Error codes a client can see (OpenAI error shape `error.code`); also metric labels and log fields. */
 export const DenyReason = {
@@ -45,6 +46,8 @@ export interface Allow {
   permission: string | null;
   /** Set when a shadow (enforce: false) rule would have denied: allowed, but logged and counted. */
   shadowDenied?: string;
+  /** The request limits that applied, for the x-ratelimit-* response headers. */
+  rateLimit?: readonly LimitState[];
 }
 
 export type Deny =
@@ -53,7 +56,15 @@ export type Deny =
   | { allow: false; reason: 'insufficient_scope'; identity: Identity; permission: string }
   | { allow: false; reason: 'route_not_allowed'; identity: Identity }
   | { allow: false; reason: 'invalid_path'; identity: Identity; detail: string }
-  | { allow: false; reason: 'rate_limit_exceeded'; identity: Identity; retryAfterMs: number }
+  | {
+      allow: false;
+      reason: 'rate_limit_exceeded';
+      /** Absent when the source address is throttled for failed authentications, before any key is known. */
+      identity?: Identity;
+      retryAfterMs: number;
+      detail: 'key' | 'account' | 'failed_auth_per_source';
+      states?: readonly LimitState[];
+    }
   | { allow: false; reason: 'auth_unavailable'; detail: string };
 
 export type Decision = Allow | Deny;

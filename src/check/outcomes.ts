@@ -1,5 +1,6 @@
 // The one outcome table: denial reason -> HTTP status, gRPC code and OpenAI-shaped body.
 import type { Deny } from './decision.js';
+import { rateLimitHeaders } from '../ratelimit/headers.js';
 
 /** gRPC status codes used in CheckResponse.status (google.rpc.Code). */
 export const GrpcCode = {
@@ -56,7 +57,11 @@ export function denialResponse(d: Deny, opts: OutcomeOptions = {}): DenialRespon
       const seconds = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
       return build(429, GrpcCode.RESOURCE_EXHAUSTED, 'rate_limit_error', d.reason,
         `Rate limit reached for requests. Please try again in ${formatSeconds(d.retryAfterMs)}.`,
-        [['retry-after', String(seconds)], ['retry-after-ms', String(Math.max(0, Math.ceil(d.retryAfterMs)))]]);
+        [
+          ['retry-after', String(seconds)],
+          ['retry-after-ms', String(Math.max(0, Math.ceil(d.retryAfterMs)))],
+          ...rateLimitHeaders(d.states ?? []),
+        ]);
     }
     case 'auth_unavailable':
       return build(503, GrpcCode.UNAVAILABLE, 'server_error', d.reason,

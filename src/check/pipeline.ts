@@ -5,6 +5,10 @@ import type { Decision, Identity } from './decision.js';
 import { checkKeyShape, type KeyEnvironment } from '../keys/format.js';
 import type { KeyHasher } from '../keys/hash.js';
 import type { KeyLookup, KeyRecord } from '../keys/repository.js';
+import type { FailedAuthLimiter } from './failed-auth.js';
+import type { RateLimiter } from '../ratelimit/limiter.js';
+import { limitsFor } from '../ratelimit/gcra.js';
+import type { PlanLimits } from '../policy/policy.js';
 import type { AuthorizeResult } from '../policy/policy.js';
 import { StoreUnavailableError } from '../store/errors.js';
 
@@ -16,12 +20,24 @@ export const systemClock: Clock = { now: () => Date.now() };
 /** The part of a compiled policy the pipeline uses; read per call so a reload takes effect at once. */
 export interface RouteAuthorizer {
   authorize(method: string, rawPath: string, scope: string): AuthorizeResult;
+  limitsOf(plan: string): PlanLimits;
+}
+
+/** Key look-up; `peek` answers from memory alone (undefined when memory cannot). */
+export interface KeySource extends KeyLookup {
+  peek?(candidates: Parameters<KeyLookup['findByHash']>[0]): KeyRecord | null | undefined;
 }
 
 export interface PipelineDeps {
   environment: KeyEnvironment;
   hasher: KeyHasher;
-  keys: KeyLookup;
+  keys: KeySource;
+  /** Throttles sources that keep failing before their uncached keys reach a store. */
+  failedAuth?: FailedAuthLimiter;
+  /** Per-key and per-account request limits; absent: no rate limiting. */
+  rateLimiter?: RateLimiter;
+  /** Told about every allowed key (last_used_at, batched). */
+  usage?: { touch(keyId: string): void };
   policy: () => RouteAuthorizer;
   clock?: Clock;
 }
@@ -45,31 +61,47 @@ export class CheckPipeline {
     if (credential.kind === 'invalid') return { allow: false, reason: 'invalid_api_key', detail: credential.problem };
 
     // 2. Shape and checksum, offline: a bad string never reaches a store.
+    const { failedAuth } = this.deps;
     const shape = checkKeyShape(credential.key, this.deps.environment);
-    if (!shape.ok) return { allow: false, reason: 'invalid_api_key', detail: shape.problem };
+    if (!shape.ok) {
+      failedAuth?.recordFailure(attrs.sourceAddress);
+      return { allow: false, reason: 'invalid_api_key', detail: shape.problem };
+    }
 
-    // 3. The key's record.
-    let record: KeyRecord | null;
-    try {
-      record = await this.deps.keys.findByHash(this.deps.hasher.candidates(credential.key));
-    } catch (err) {
-      if (err instanceof StoreUnavailableError) return { allow: false, reason: 'auth_unavailable', detail: `${err.store}_${err.kind}` };
-      throw err;
+    // 3. The key's record: memory first; a source that keeps failing goes no further.
+    const candidates = this.deps.hasher.candidates(credential.key);
+    let record = this.deps.keys.peek?.(candidates);
+    if (record === undefined) {
+      const waitMs = failedAuth?.blockedForMs(attrs.sourceAddress) ?? 0;
+      if (waitMs > 0) return { allow: false, reason: 'rate_limit_exceeded', retryAfterMs: waitMs, detail: 'failed_auth_per_source' };
+      try {
+        record = await this.deps.keys.findByHash(candidates);
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) return { allow: false, reason: 'auth_unavailable', detail: `${err.store}_${err.kind}` };
+        throw err;
+      }
     }
-    if (!record) return { allow: false, reason: 'invalid_api_key', detail: 'unknown' };
-    const identity: Identity = { accountId: record.accountId, keyId: record.id, scope: record.scope, plan: record.plan };
-    if (record.revokedAt) return { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity };
-    if (record.expiresAt && record.expiresAt.getTime() <= this.clock.now()) {
-      return { allow: false, reason: 'invalid_api_key', detail: 'expired', identity };
+    const invalid = this.invalidity(record);
+    if (invalid) {
+      failedAuth?.recordFailure(attrs.sourceAddress);
+      return invalid;
     }
+    const key = record!;
+    const identity: Identity = { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan };
 
     // 4. Route policy against the key's scope.
-    const route = this.deps.policy().authorize(attrs.method, attrs.path, record.scope);
+    const policy = this.deps.policy();
+    const route = policy.authorize(attrs.method, attrs.path, key.scope);
+    let permission: string | null;
+    let shadowDenied: string | undefined;
     switch (route.kind) {
       case 'allow':
-        return { allow: true, identity, permission: route.permission };
+        permission = route.permission;
+        break;
       case 'shadow_deny':
-        return { allow: true, identity, permission: route.permission, shadowDenied: route.permission };
+        permission = route.permission;
+        shadowDenied = route.permission;
+        break;
       case 'insufficient_scope':
         return { allow: false, reason: 'insufficient_scope', identity, permission: route.permission };
       case 'no_route':
@@ -77,5 +109,33 @@ export class CheckPipeline {
       case 'invalid_path':
         return { allow: false, reason: 'invalid_path', identity, detail: route.reason };
     }
+
+    // 5. Request limits, per account and per key, checked together.
+    let rateLimit;
+    if (this.deps.rateLimiter) {
+      const limits = limitsFor(policy.limitsOf(key.plan), key);
+      const outcome = await this.deps.rateLimiter.check(limits, key.accountId, key.id);
+      if (!outcome.allowed) {
+        return { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: outcome.retryAfterMs, detail: outcome.deniedBy ?? 'account', states: outcome.states };
+      }
+      rateLimit = outcome.states;
+    }
+
+    this.deps.usage?.touch(key.id);
+    const allow: Decision = { allow: true, identity, permission };
+    if (shadowDenied !== undefined) allow.shadowDenied = shadowDenied;
+    if (rateLimit && rateLimit.length > 0) allow.rateLimit = rateLimit;
+    return allow;
+  }
+
+  /** Unknown, revoked or expired: the same 401, told apart only in logs and metrics. */
+  private invalidity(record: KeyRecord | null): Decision | undefined {
+    if (!record) return { allow: false, reason: 'invalid_api_key', detail: 'unknown' };
+    const identity: Identity = { accountId: record.accountId, keyId: record.id, scope: record.scope, plan: record.plan };
+    if (record.revokedAt) return { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity };
+    if (record.expiresAt && record.expiresAt.getTime() <= this.clock.now()) {
+      return { allow: false, reason: 'invalid_api_key', detail: 'expired', identity };
+    }
+    return undefined;
   }
 }

@@ -7,6 +7,11 @@ import { createLogger } from '../observability/logger.js';
 import { loadPolicyFile, PolicyError } from '../policy/policy.js';
 import { keyHasherFrom, policyPath, startService, StartupError } from '../service.js';
 import { createPool, migrate } from '../store/postgres.js';
+import { createRedis } from '../store/redis.js';
+import { RedisTier } from '../keys/cache/redis-tier.js';
+import { InvalidationBus } from '../keys/invalidation.js';
+import { CacheAwareRevoker } from '../keys/revocation.js';
+import { systemClock } from '../check/pipeline.js';
 import { StoreUnavailableError } from '../store/errors.js';
 import { sendCheck } from './check-client.js';
 import { installSignalHandlers } from './signals.js';
@@ -45,6 +50,51 @@ async function withRepository<T>(config: Config, fn: (repo: KeyRepository) => Pr
   }
 }
 
+/** The same revocation path as the HTTP API: caches on every replica are cleared before this returns. */
+async function revokeEverywhere(config: Config, repo: KeyRepository, keyId: string) {
+  const pool = createPool({ connectionString: config.DATABASE_URL!, max: 2, timeoutMs: 10_000, applicationName: 'ryvion-authz-cli' });
+  const redisPub = createRedis(config, 'command');
+  const redisSub = redisPub ? createRedis(config, 'subscriber') : undefined;
+  const logger = createLogger('silent');
+  const bus = new InvalidationBus({
+    mode: 'client',
+    databaseUrl: config.DATABASE_URL!,
+    pool,
+    redisPub,
+    redisSub,
+    redisPrefix: config.REDIS_KEY_PREFIX,
+    leaseMs: config.INVALIDATION_LEASE_MS,
+    clock: systemClock,
+    logger,
+  });
+  try {
+    if (redisSub) await waitReady(redisSub, 2000);
+    await bus.start();
+    const redis = redisPub && (await waitReady(redisPub, 2000))
+      ? new RedisTier(redisPub, { prefix: config.REDIS_KEY_PREFIX, ttlMs: config.CACHE_REDIS_TTL_MS, negativeTtlMs: config.CACHE_NEGATIVE_TTL_MS })
+      : undefined;
+    const revoker = new CacheAwareRevoker({ repository: repo, bus, redis, leaseMs: config.INVALIDATION_LEASE_MS, logger });
+    return await revoker.revoke(keyId);
+  } finally {
+    await bus.stop();
+    redisSub?.disconnect();
+    redisPub?.disconnect();
+    await pool.end().catch(() => undefined);
+  }
+}
+
+/** Waits briefly for a Redis connection; the revoke goes on without Redis if it does not come. */
+function waitReady(client: NonNullable<ReturnType<typeof createRedis>>, ms: number): Promise<boolean> {
+  if (client.status === 'ready') return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    client.once('ready', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
 function requireAccountId(id: string): string {
   if (!isAccountId(id)) throw new UsageError(`--account: "${id}" is not an account id (acct_...)`);
   return id;
@@ -79,7 +129,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const logger = createLogger(config.LOG_LEVEL);
       if (!config.REDIS_URL) logger.warn('REDIS_URL is not set: caches and limits are local to this replica; run one replica only');
       const service = await startService(config, logger);
-      logger.info({ grpc_port: service.grpcPort, ops_port: service.opsPort }, 'ryvion-authz ready');
+      logger.info({ grpc_port: service.grpcPort, http_port: service.httpPort, ops_port: service.opsPort }, 'ryvion-authz ready');
       installSignalHandlers(logger, () => service.stop());
     });
 
@@ -125,7 +175,11 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
       const scopes = loadPolicyFile(policyPath(config)).scopes;
       if (!scopes.includes(o.scope)) throw new UsageError(`--scope: "${o.scope}" is not one of ${scopes.join(', ')}`);
-      const { key, secret } = await withRepository(config, (repo) => repo.createKey({ accountId, name, scope: o.scope, expiresAt }));
+      const created = await withRepository(config, (repo) =>
+        repo.createKeyAudited({ accountId, name, scope: o.scope, expiresAt }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
+      );
+      if (created.kind === 'limit_reached') throw new ConflictError(`account ${accountId} already has ${created.limit} live keys (MAX_KEYS_PER_ACCOUNT)`);
+      const { key, secret } = created;
       print(!!o.json, { ...keyJson(key), key: secret }, `created key ${key.id} (${key.scope})\n\n  ${secret}\n\nThis is the only time the key is shown. Store it now.`);
     });
 
@@ -155,9 +209,42 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .action(async (keyId: string, o: { json?: boolean }) => {
       if (!isKeyId(keyId)) throw new UsageError(`"${keyId}" is not a key id (key_...)`);
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
-      const result = await withRepository(config, (repo) => repo.revokeKey(keyId));
+      // The audited change first; the revoke path (idempotent) then clears every replica's caches.
+      const result = await withRepository(config, async (repo) =>
+        (await repo.revokeKeyAudited(keyId, undefined, { keyId: null, via: 'cli' })) ? revokeEverywhere(config, repo, keyId) : null,
+      );
       if (!result) throw new NotFoundError(`no key ${keyId}`);
       print(!!o.json, keyJson(result.key), `revoked ${keyId} at ${result.key.revokedAt?.toISOString()}`);
+    });
+
+  program
+    .command('audit')
+    .description('list an account\'s key audit events (created, revoked), newest first')
+    .requiredOption('--account <id>', 'account id')
+    .option('--limit <n>', 'at most this many events', '100')
+    .option('--json', 'print JSON')
+    .action(async (o: { account: string; limit: string; json?: boolean }) => {
+      const accountId = requireAccountId(o.account);
+      const limit = Number(o.limit);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new UsageError('--limit: a whole number from 1 to 10000');
+      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const events = await withRepository(config, async (repo) => {
+        if (!(await repo.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
+        return repo.listAuditEvents(accountId, limit);
+      });
+      const json = events.map((e) => ({
+        id: e.id,
+        occurred_at: e.occurredAt.toISOString(),
+        account_id: e.accountId,
+        actor_key_id: e.actorKeyId,
+        action: e.action,
+        target_key_id: e.targetKeyId,
+        detail: e.detail,
+      }));
+      const human = events.length
+        ? events.map((e) => `${e.occurredAt.toISOString()}  ${e.action.padEnd(11)}  ${e.targetKeyId}  by ${e.actorKeyId ?? 'operator (cli)'}`).join('\n')
+        : 'no events';
+      print(!!o.json, json, human);
     });
 
   program

@@ -1,6 +1,7 @@
 // Accounts and keys in Postgres, the source of truth. Only key hashes are stored.
 import type pg from 'pg';
 import { asPostgresUnavailable } from '../store/errors.js';
+import { auditDetail, type AuditAction, type AuditActor, type AuditEvent } from './audit.js';
 import { displayPrefix, generateKey, type KeyEnvironment } from './format.js';
 import type { KeyHash, KeyHasher } from './hash.js';
 import { newAccountId, newKeyId } from './ids.js';
@@ -8,6 +9,8 @@ import { newAccountId, newKeyId } from './ids.js';
 /** What a decision needs to know about a key. */
 export interface KeyRecord {
   id: string;
+  /** The stored HMAC (base64url): the cache tiers' id for this key, and what revocations name. */
+  hash: string;
   accountId: string;
   name: string;
   scope: string;
@@ -16,6 +19,9 @@ export interface KeyRecord {
   revokedAt: Date | null;
   /** Bumped on revocation; caches refuse to replace a higher version with a lower one. */
   version: number;
+  /** Request-per-minute overrides of the plan's limits (null: the plan's). */
+  accountRpm: number | null;
+  keyRpm: number | null;
 }
 
 export interface Account {
@@ -52,6 +58,7 @@ export interface KeyLookup {
 
 interface KeyRow {
   id: string;
+  key_hash: Buffer;
   account_id: string;
   name: string;
   scope: string;
@@ -59,7 +66,27 @@ interface KeyRow {
   expires_at: Date | null;
   revoked_at: Date | null;
   version: string;
+  account_rpm: number | null;
+  key_rpm: number | null;
 }
+
+// What a decision reads about a key, from `api_keys k JOIN accounts a`.
+const KEY_RECORD_COLUMNS =
+  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm';
+
+const toKeyRecord = (r: KeyRow): KeyRecord => ({
+  id: r.id,
+  hash: r.key_hash.toString('base64url'),
+  accountId: r.account_id,
+  name: r.name,
+  scope: r.scope,
+  plan: r.plan,
+  expiresAt: r.expires_at,
+  revokedAt: r.revoked_at,
+  version: Number(r.version),
+  accountRpm: r.account_rpm,
+  keyRpm: r.key_rpm,
+});
 
 interface KeyInfoRow {
   id: string;
@@ -96,23 +123,10 @@ export class KeyRepository implements KeyLookup {
 
   async findByHash(candidates: readonly KeyHash[]): Promise<KeyRecord | null> {
     const rows = await this.run<KeyRow>(
-      `SELECT k.id, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version
-         FROM api_keys k JOIN accounts a ON a.id = k.account_id
-        WHERE k.key_hash = ANY($1::bytea[])`,
+      `SELECT ${KEY_RECORD_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = ANY($1::bytea[])`,
       [candidates.map((c) => c.hash)],
     );
-    const r = rows[0];
-    if (!r) return null;
-    return {
-      id: r.id,
-      accountId: r.account_id,
-      name: r.name,
-      scope: r.scope,
-      plan: r.plan,
-      expiresAt: r.expires_at,
-      revokedAt: r.revoked_at,
-      version: Number(r.version),
-    };
+    return rows[0] ? toKeyRecord(rows[0]) : null;
   }
 
   async createAccount(email: string, plan: string): Promise<Account> {
@@ -167,18 +181,54 @@ export class KeyRepository implements KeyLookup {
    * Marks a key revoked. Idempotent: revoking again keeps the first time and
    * version, and still returns the key, so a repeated call can redo whatever
    * cache work a crash interrupted. `accountId` restricts it to one owner.
+   * With `notify`, the invalidation is sent by the same statement, so Postgres
+   * delivers it exactly when the revocation commits (and never without it).
    */
-  async revokeKey(keyId: string, accountId?: string): Promise<{ key: KeyInfo; version: number } | null> {
-    const rows = await this.run<KeyInfoRow & { version: string }>(
-      `UPDATE api_keys
-          SET revoked_at = COALESCE(revoked_at, now()),
-              version = version + CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END
-        WHERE id = $1 AND ($2::text IS NULL OR account_id = $2)
-        RETURNING ${KEY_INFO_COLUMNS}, version`,
-      [keyId, accountId ?? null],
+  async revokeKey(
+    keyId: string,
+    accountId?: string,
+    notify?: { channel: string; rid: string },
+  ): Promise<{ key: KeyInfo; record: KeyRecord } | null> {
+    const rows = await this.run<KeyInfoRow & KeyRow>(
+      `WITH r AS (
+         UPDATE api_keys k
+            SET revoked_at = COALESCE(k.revoked_at, now()),
+                version = k.version + CASE WHEN k.revoked_at IS NULL THEN 1 ELSE 0 END
+           FROM accounts a
+          WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) AND a.id = k.account_id
+          RETURNING k.display_prefix, k.created_at, k.last_used_at, ${KEY_RECORD_COLUMNS})
+       SELECT r.*,
+              CASE WHEN $3::text IS NULL THEN NULL ELSE pg_notify($3, json_build_object(
+                'rid', $4::text, 'keyId', r.id, 'accountId', r.account_id, 'hash', translate(encode(r.key_hash, 'base64'), E'+/=\n', '-_'),
+                'version', r.version)::text) END AS notified
+         FROM r`,
+      [keyId, accountId ?? null, notify?.channel ?? null, notify?.rid ?? null],
     );
     const r = rows[0];
-    return r ? { key: toKeyInfo(r), version: Number(r.version) } : null;
+    if (!r) return null;
+    const record = toKeyRecord(r);
+    return { key: toKeyInfo(r), record };
+  }
+
+  /** Revocations since `sinceMs` ago, to replay into a Redis that may have missed them. */
+  async recentRevocations(sinceMs: number): Promise<KeyRecord[]> {
+    const rows = await this.run<KeyRow>(
+      `SELECT ${KEY_RECORD_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id
+        WHERE k.revoked_at > now() - ($1::double precision * interval '1 millisecond')`,
+      [sinceMs],
+    );
+    return rows.map(toKeyRecord);
+  }
+
+  /** Records when keys were last used: one statement for a whole batch. */
+  async touchLastUsed(batch: ReadonlyMap<string, Date>): Promise<void> {
+    if (batch.size === 0) return;
+    await this.run(
+      `UPDATE api_keys k SET last_used_at = GREATEST(COALESCE(k.last_used_at, u.at), u.at)
+         FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+        WHERE k.id = u.id`,
+      [[...batch.keys()], [...batch.values()]],
+    );
   }
 
   private async run<R extends pg.QueryResultRow>(sql: string, params: unknown[]): Promise<R[]> {
@@ -188,4 +238,140 @@ export class KeyRepository implements KeyLookup {
       throw asPostgresUnavailable(err) ?? err;
     }
   }
+
+  // Key management with its audit trail (HTTP API and CLI): the change and its audit row commit together.
+
+  /**
+   * Creates a key and its `key.created` audit row in one transaction. With
+   * `maxLiveKeys`, refuses once the account holds that many live keys (not
+   * revoked, not expired); creations for one account take a row lock on the
+   * account first, so concurrent calls cannot overshoot the cap.
+   */
+  async createKeyAudited(
+    input: { accountId: string; name: string; scope: string; expiresAt: Date | null },
+    actor: AuditActor,
+    opts: { maxLiveKeys?: number } = {},
+  ): Promise<{ kind: 'created'; key: KeyInfo; secret: string } | { kind: 'limit_reached'; limit: number }> {
+    const secret = generateKey(this.environment);
+    const { hash, pepperVersion } = this.hasher.hashForStorage(secret);
+    return this.transaction(async (tx) => {
+      const account = await tx.query(`SELECT id FROM accounts WHERE id = $1 FOR NO KEY UPDATE`, [input.accountId]);
+      if (account.rowCount === 0) throw new NotFoundError(`no account ${input.accountId}`);
+      if (opts.maxLiveKeys !== undefined) {
+        const live = await tx.query<{ n: string }>(
+          `SELECT count(*) AS n FROM api_keys
+            WHERE account_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())`,
+          [input.accountId],
+        );
+        if (Number(live.rows[0]!.n) >= opts.maxLiveKeys) return { kind: 'limit_reached', limit: opts.maxLiveKeys };
+      }
+      const inserted = await tx.query<KeyInfoRow>(
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ${KEY_INFO_COLUMNS}`,
+        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt],
+      );
+      const key = toKeyInfo(inserted.rows[0]!);
+      await insertAudit(tx, key.accountId, actor, 'key.created', key.id, {
+        name: key.name,
+        scope: key.scope,
+        expires_at: key.expiresAt?.toISOString() ?? null,
+      });
+      return { kind: 'created', key, secret };
+    });
+  }
+
+  /**
+   * Marks a key revoked and writes its `key.revoked` audit row in one
+   * transaction; revoking an already revoked key changes nothing and writes no
+   * second row. Null when no such key (owned by `accountId`, when given). Cache
+   * invalidation is not done here: callers then run the idempotent revoke path.
+   */
+  async revokeKeyAudited(keyId: string, accountId: string | undefined, actor: AuditActor): Promise<KeyInfo | null> {
+    return this.transaction(async (tx) => {
+      const found = await tx.query<KeyInfoRow>(
+        `SELECT ${KEY_INFO_COLUMNS} FROM api_keys WHERE id = $1 AND ($2::text IS NULL OR account_id = $2) FOR UPDATE`,
+        [keyId, accountId ?? null],
+      );
+      const row = found.rows[0];
+      if (!row) return null;
+      if (row.revoked_at) return toKeyInfo(row);
+      const updated = await tx.query<KeyInfoRow>(
+        `UPDATE api_keys SET revoked_at = now(), version = version + 1 WHERE id = $1 RETURNING ${KEY_INFO_COLUMNS}`,
+        [keyId],
+      );
+      const key = toKeyInfo(updated.rows[0]!);
+      await insertAudit(tx, key.accountId, actor, 'key.revoked', key.id);
+      return key;
+    });
+  }
+
+  /** One key as listings show it; null when unknown. */
+  async getKey(keyId: string): Promise<KeyInfo | null> {
+    const rows = await this.run<KeyInfoRow>(`SELECT ${KEY_INFO_COLUMNS} FROM api_keys WHERE id = $1`, [keyId]);
+    return rows[0] ? toKeyInfo(rows[0]) : null;
+  }
+
+  /** An account's audit events, newest first. */
+  async listAuditEvents(accountId: string, limit: number): Promise<AuditEvent[]> {
+    const rows = await this.run<{
+      id: string;
+      occurred_at: Date;
+      account_id: string;
+      actor_key_id: string | null;
+      action: AuditAction;
+      target_key_id: string;
+      detail: Record<string, unknown>;
+    }>(
+      `SELECT id, occurred_at, account_id, actor_key_id, action, target_key_id, detail
+         FROM audit_events WHERE account_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2`,
+      [accountId, limit],
+    );
+    return rows.map((r) => ({
+      id: Number(r.id),
+      occurredAt: r.occurred_at,
+      accountId: r.account_id,
+      actorKeyId: r.actor_key_id,
+      action: r.action,
+      targetKeyId: r.target_key_id,
+      detail: r.detail,
+    }));
+  }
+
+  private async transaction<T>(fn: (tx: pg.PoolClient) => Promise<T>): Promise<T> {
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw asPostgresUnavailable(err) ?? err;
+    }
+    let discard = false;
+    try {
+      await client.query('BEGIN');
+      const result = await fn(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (err) {
+      const outage = err instanceof NotFoundError ? undefined : asPostgresUnavailable(err);
+      // A connection that timed out may still be busy: drop it (the server rolls back) rather than reuse it.
+      if (outage) discard = true;
+      else await client.query('ROLLBACK').catch(() => (discard = true));
+      throw outage ?? err;
+    } finally {
+      client.release(discard);
+    }
+  }
+}
+
+async function insertAudit(
+  tx: pg.PoolClient,
+  accountId: string,
+  actor: AuditActor,
+  action: AuditAction,
+  targetKeyId: string,
+  extra?: Record<string, string | null>,
+): Promise<void> {
+  await tx.query(
+    `INSERT INTO audit_events (account_id, actor_key_id, action, target_key_id, detail) VALUES ($1, $2, $3, $4, $5)`,
+    [accountId, actor.keyId, action, targetKeyId, JSON.stringify(auditDetail(actor, extra))],
+  );
 }

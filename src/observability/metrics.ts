@@ -31,6 +31,69 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly cacheRequests = new client.Counter({
+    name: 'ryvion_authz_key_cache_requests_total',
+    help: 'Key look-ups per tier (memory|redis|postgres) and result (hit|miss|bypass|coalesced|error|overload).',
+    labelNames: ['tier', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly storeErrors = new client.Counter({
+    name: 'ryvion_authz_store_errors_total',
+    help: 'Store failures by store (postgres|redis) and kind (timeout|connection|overload|query).',
+    labelNames: ['store', 'kind'] as const,
+    registers: [this.registry],
+  });
+
+  readonly storeUp = new client.Gauge({
+    name: 'ryvion_authz_store_up',
+    help: '1 when the store answered its last probe or call, else 0.',
+    labelNames: ['store'] as const,
+    registers: [this.registry],
+  });
+
+  readonly leaseHeld = new client.Gauge({
+    name: 'ryvion_authz_invalidation_lease_held',
+    help: '1 while this replica holds its invalidation lease and may answer from memory.',
+    registers: [this.registry],
+  });
+
+  readonly invalidationChannelUp = new client.Gauge({
+    name: 'ryvion_authz_invalidation_channel_up',
+    help: '1 while the invalidation channel (postgres|redis) delivers this replica its own pings.',
+    labelNames: ['channel'] as const,
+    registers: [this.registry],
+  });
+
+  readonly invalidationsReceived = new client.Counter({
+    name: 'ryvion_authz_invalidations_received_total',
+    help: 'Revocation messages received, by channel (the same revocation arrives on each).',
+    labelNames: ['channel'] as const,
+    registers: [this.registry],
+  });
+
+  readonly revocationDuration = new client.Histogram({
+    name: 'ryvion_authz_revocation_propagation_seconds',
+    help: 'From the revocation commit until every live replica acknowledged it or its lease ran out.',
+    labelNames: ['result'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+
+  readonly degraded = new client.Gauge({
+    name: 'ryvion_authz_degraded',
+    help: '1 while a component runs degraded (redis: deciding from Postgres and memory; postgres: only cached keys; memory: lease lapsed).',
+    labelNames: ['component'] as const,
+    registers: [this.registry],
+  });
+
+  readonly rateLimitDecisions = new client.Counter({
+    name: 'ryvion_authz_ratelimit_decisions_total',
+    help: 'Rate-limit decisions by outcome (allowed|limited) and where they were made (shared: Redis; local: this replica while Redis is down, or without Redis; memory: already known to be over).',
+    labelNames: ['outcome', 'mode'] as const,
+    registers: [this.registry],
+  });
+
   readonly policyReloads = new client.Counter({
     name: 'ryvion_authz_policy_reloads_total',
     help: 'Policy file reloads by result (success|failure); a failure keeps the last good policy.',
@@ -47,6 +110,17 @@ export class Metrics {
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics !== false) client.collectDefaultMetrics({ register: this.registry });
     // Known label values start at zero so rates and alerts work before the first event.
+    for (const tier of ['memory', 'redis', 'postgres']) for (const r of ['hit', 'miss', 'error']) this.cacheRequests.labels(tier, r);
+    for (const store of ['postgres', 'redis']) {
+      for (const kind of ['timeout', 'connection', 'overload', 'query']) this.storeErrors.labels(store, kind);
+    }
+    for (const channel of ['postgres', 'redis']) {
+      this.invalidationsReceived.labels(channel);
+      this.invalidationChannelUp.labels(channel).set(0);
+    }
+    for (const component of ['postgres', 'redis', 'memory', 'ratelimit']) this.degraded.labels(component).set(0);
+    for (const result of ['acknowledged', 'lease_expired']) this.revocationDuration.labels(result);
+    for (const outcome of ['allowed', 'limited']) for (const mode of ['shared', 'local', 'memory']) this.rateLimitDecisions.labels(outcome, mode);
     this.policyReloads.labels('success');
     this.policyReloads.labels('failure');
     for (const transport of TRANSPORTS) {

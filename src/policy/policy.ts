@@ -31,6 +31,20 @@ export interface CompiledPolicy {
   readonly scopes: readonly string[];
   authorize(method: string, rawPath: string, scope: string): AuthorizeResult;
   permissionsOf(scope: string): ReadonlySet<Permission>;
+  /** A plan's request limits (the default plan's for an unknown name); empty when the file defines no plans. */
+  limitsOf(plan: string): PlanLimits;
+}
+
+/** A limit of `requests` per `windowMs`, of which `burst` may arrive at once. */
+export interface RequestLimit {
+  requests: number;
+  windowMs: number;
+  burst: number;
+}
+
+export interface PlanLimits {
+  account?: RequestLimit;
+  key?: RequestLimit;
 }
 
 export class PolicyError extends Error {
@@ -99,11 +113,36 @@ const ruleSchema = z
     message: 'a rule has "permission" or "any_valid_key: true", not both',
   });
 
+const DURATION_UNITS_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+// "30s", "1m", "6h", "1d": a window from a second to a day.
+const durationSchema = z.string().transform((text, ctx) => {
+  const m = /^(\d+)(s|m|h|d)$/.exec(text);
+  const ms = m ? Number(m[1]) * DURATION_UNITS_MS[m[2]!]! : NaN;
+  if (!(ms >= 1000 && ms <= 86_400_000)) {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(text)} is not a window from 1s to 1d (like "1s", "30s", "1m", "1h", "1d")` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const limitSchema = z.strictObject({
+  requests: z.number().int().positive(),
+  window: durationSchema,
+  // How many may arrive at once; default a tenth of `requests` (at least 1).
+  burst: z.number().int().positive().optional(),
+});
+
+const planSchema = z.strictObject({ account: limitSchema.optional(), key: limitSchema.optional() });
+
 const policySchema = z.strictObject({
   version: z.literal(1),
   default_action: z.enum(['deny', 'allow']).default('deny'),
   scopes: z.record(z.string(), z.array(nameSchema('permission'))),
   rules: z.array(ruleSchema),
+  plans: z.record(nameSchema('plan'), planSchema).default({}),
+  // The plan of an account whose plan the file does not name.
+  default_plan: nameSchema('plan').default('free'),
 });
 
 type PolicyDocument = z.infer<typeof policySchema>;
@@ -180,6 +219,8 @@ class RoutePolicy implements CompiledPolicy {
   private readonly routesByMethod: ReadonlyMap<string, readonly Route[]>;
   private readonly anyMethodRoutes: readonly Route[];
   private readonly unmatched: AuthorizeResult;
+  private readonly plans: ReadonlyMap<string, PlanLimits>;
+  private readonly defaultPlan: PlanLimits;
 
   constructor(
     readonly source: string,
@@ -188,6 +229,19 @@ class RoutePolicy implements CompiledPolicy {
     this.scopes = Object.freeze(Object.keys(policy.scopes));
     this.grants = new Map(Object.entries(policy.scopes).map(([scope, permissions]) => [scope, new Set(permissions)]));
     this.unmatched = policy.default_action === 'allow' ? DEFAULT_ALLOW : NO_ROUTE;
+    const toLimit = (l: { requests: number; window: number; burst?: number | undefined } | undefined): RequestLimit | undefined =>
+      l && { requests: l.requests, windowMs: l.window, burst: l.burst ?? Math.max(1, Math.ceil(l.requests / 10)) };
+    this.plans = new Map(
+      Object.entries(policy.plans).map(([name, p]) => {
+        const limits: PlanLimits = {};
+        const account = toLimit(p.account);
+        const key = toLimit(p.key);
+        if (account) limits.account = account;
+        if (key) limits.key = key;
+        return [name, Object.freeze(limits)];
+      }),
+    );
+    this.defaultPlan = this.plans.get(policy.default_plan) ?? {};
 
     const byMethod = new Map<string, Route[]>();
     for (const method of HTTP_METHODS) byMethod.set(method, []);
@@ -223,6 +277,10 @@ class RoutePolicy implements CompiledPolicy {
 
   permissionsOf(scope: string): ReadonlySet<Permission> {
     return this.grants.get(scope) ?? EMPTY_PERMISSIONS;
+  }
+
+  limitsOf(plan: string): PlanLimits {
+    return this.plans.get(plan) ?? this.defaultPlan;
   }
 }
 
@@ -297,6 +355,9 @@ function crossCheck(policy: PolicyDocument, locator: Locator): Problem[] {
         problems.push(locator.at(['scopes', scope, i], `permission ${JSON.stringify(permission)} is not used by any rule`));
       }
     });
+  }
+  if (Object.keys(policy.plans).length > 0 && !(policy.default_plan in policy.plans)) {
+    problems.push(locator.at(['default_plan'], `default plan ${JSON.stringify(policy.default_plan)} is not one of the plans`));
   }
   return problems;
 }

@@ -1,18 +1,20 @@
 // Starts the real service in-process on free ports, and talks to it over real gRPC.
 import * as grpc from '@grpc/grpc-js';
 import { loadConfig, type Config } from '../../src/config.js';
-import { createLogger } from '../../src/observability/logger.js';
-import { startService, type RunningService } from '../../src/service.js';
+import { createLogger, type Logger } from '../../src/observability/logger.js';
+import { startService } from '../../src/service.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from '../../src/transport/grpc/proto.js';
 import type { Clock } from '../../src/check/pipeline.js';
+import type { RunningService } from '../../src/service.js';
 
 export function testConfig(env: Record<string, string>): Config {
-  const config = loadConfig({ LOG_LEVEL: 'silent', BIND_ADDRESS: '127.0.0.1', ...env }, ['DATABASE_URL', 'KEY_PEPPER']);
+  // Rate limits are off unless a test turns them on: the default plan would throttle tests about other things.
+  const config = loadConfig({ LOG_LEVEL: 'silent', BIND_ADDRESS: '127.0.0.1', RATE_LIMIT_ENABLED: 'false', ...env }, ['DATABASE_URL', 'KEY_PEPPER']);
   return { ...config, GRPC_PORT: 0, HTTP_PORT: 0, OPS_PORT: 0 };
 }
 
-export async function startTestService(env: Record<string, string>, opts: { clock?: Clock } = {}): Promise<RunningService> {
-  return startService(testConfig(env), createLogger(env.LOG_LEVEL ?? 'silent'), { defaultMetrics: false, clock: opts.clock });
+export async function startTestService(env: Record<string, string>, opts: { clock?: Clock; logger?: Logger } = {}): Promise<RunningService> {
+  return startService(testConfig(env), opts.logger ?? createLogger(env.LOG_LEVEL ?? 'silent'), { defaultMetrics: false, clock: opts.clock });
 }
 
 const Client = grpc.makeGenericClientConstructor(authorizationService(), 'Authorization');
@@ -40,4 +42,25 @@ export function headersOf(list: CheckResponse['ok_response'] extends infer O ? (
   const out: Record<string, string> = {};
   for (const h of list) out[h.header.key.toLowerCase()] = h.header.value ?? '';
   return out;
+}
+
+/** Current value of a counter or gauge series of a running service. */
+export async function metricValue(service: RunningService, name: string, labels: Record<string, string> = {}): Promise<number> {
+  // Histogram series (_count, _sum, _bucket) live under the histogram's own name.
+  const base = name.replace(/_(count|sum|bucket)$/, '');
+  const metric = service.metrics.registry.getSingleMetric(name) ?? service.metrics.registry.getSingleMetric(base);
+  if (!metric) throw new Error(`no metric ${name}`);
+  const { values } = await metric.get();
+  return values
+    .filter((v) => (v as { metricName?: string }).metricName === undefined || (v as { metricName?: string }).metricName === name)
+    .filter((v) => Object.entries(labels).every(([k, want]) => String((v.labels as Record<string, unknown>)[k]) === want))
+    .reduce((sum, v) => sum + v.value, 0);
+}
+
+/** Postgres and Redis look-ups a service has made so far (from its query path counters). */
+export async function storeLookups(service: RunningService): Promise<{ postgres: number; redis: number }> {
+  const sum = async (tier: string): Promise<number> =>
+    (await metricValue(service, 'ryvion_authz_key_cache_requests_total', { tier })) -
+    (await metricValue(service, 'ryvion_authz_key_cache_requests_total', { tier, result: 'overload' }));
+  return { postgres: await sum('postgres'), redis: await sum('redis') };
 }

@@ -126,7 +126,7 @@ describe('401 rows of the outcome table', () => {
     const { secret, key } = await repo.createKey({ accountId, name: 'to-revoke', scope: 'buyer', expiresAt: null });
     const before = await client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${secret}` } }));
     expect(before.ok_response).toBeDefined();
-    await repo.revokeKey(key.id);
+    await service.revoker.revoke(key.id);
     const d = denied(await client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${secret}` } })));
     expect(d).toMatchObject({ http: 401, body: { error: { code: 'invalid_api_key' } } });
   });
@@ -145,7 +145,7 @@ describe('401 rows of the outcome table', () => {
 
   it('revoked, expired and unknown keys get the very same body (no enumeration)', async () => {
     const { secret, key } = await repo.createKey({ accountId, name: 'enum', scope: 'buyer', expiresAt: null });
-    await repo.revokeKey(key.id);
+    await service.revoker.revoke(key.id);
     const a = denied(await client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${secret}` } })));
     const b = denied(await client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${generateKey('live')}` } })));
     expect(a.body).toEqual(b.body);

@@ -11,7 +11,7 @@ describe('outcome table', () => {
     ['insufficient scope', { allow: false, reason: 'insufficient_scope', identity, permission: 'inference' }, 403, 7, 'permission_error', 'insufficient_scope'],
     ['no matching route', { allow: false, reason: 'route_not_allowed', identity }, 403, 7, 'permission_error', 'route_not_allowed'],
     ['unsafe path', { allow: false, reason: 'invalid_path', identity, detail: 'encoded slash' }, 400, 3, 'invalid_request_error', 'invalid_path'],
-    ['rate limited', { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: 1500 }, 429, 8, 'rate_limit_error', 'rate_limit_exceeded'],
+    ['rate limited', { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: 1500, detail: 'key' }, 429, 8, 'rate_limit_error', 'rate_limit_exceeded'],
     ['stores down', { allow: false, reason: 'auth_unavailable', detail: 'postgres_timeout' }, 503, 14, 'server_error', 'auth_unavailable'],
   ])('%s -> HTTP %i, gRPC %i, OpenAI error type %s, code %s', (_n, deny, http, grpc, type, code) => {
     const r = denialResponse(deny);
@@ -46,7 +46,7 @@ describe('outcome table', () => {
   });
 
   it('rounds retry-after up to whole seconds and gives retry-after-ms exactly on a 429', () => {
-    const r = denialResponse({ allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: 1200 });
+    const r = denialResponse({ allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: 1200, detail: 'key' });
     expect(r.headers).toContainEqual(['retry-after', '2']);
     expect(r.headers).toContainEqual(['retry-after-ms', '1200']);
   });

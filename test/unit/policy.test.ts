@@ -241,7 +241,17 @@ rules:
       `version: 1\nscopes:\n  reader: [read\nrules: []\n`,
       'policy/test.yaml:4: YAML syntax error:',
     ],
-    ['unknown top-level key', `${VALID_HEAD}  - paths: [/r]\n    permission: read\nplans: {}\n`, 'policy/test.yaml:7: unknown key "plans"'],
+    ['unknown top-level key', `${VALID_HEAD}  - paths: [/r]\n    permission: read\nlimits: {}\n`, 'policy/test.yaml:7: unknown key "limits"'],
+    [
+      'plan window out of range',
+      `${VALID_HEAD}  - paths: [/r]\n    permission: read\nplans:\n  free:\n    account: { requests: 10, window: 2d }\n`,
+      'policy/test.yaml:9: plans.free.account.window: "2d" is not a window from 1s to 1d (like "1s", "30s", "1m", "1h", "1d")',
+    ],
+    [
+      'default plan that is not a plan',
+      `${VALID_HEAD}  - paths: [/r]\n    permission: read\nplans:\n  free:\n    account: { requests: 10, window: 1m }\ndefault_plan: gold\n`,
+      'policy/test.yaml:10: default_plan: default plan "gold" is not one of the plans',
+    ],
     [
       'unknown key in a rule',
       `${VALID_HEAD}  - paths: [/r]\n    permision: read\n`,

@@ -4,6 +4,7 @@ import type { RequestAttributes } from '../../check/attributes.js';
 import { splitJoined } from '../../check/attributes.js';
 import type { Allow, Decision, Deny } from '../../check/decision.js';
 import { denialResponse, GrpcCode } from '../../check/outcomes.js';
+import { rateLimitHeaders } from '../../ratelimit/headers.js';
 import { HeaderAppendAction, type CheckRequest, type CheckResponse, type HeaderValueOption, type ProtoStruct } from './proto.js';
 
 export const IDENTITY_HEADERS = {
@@ -107,7 +108,10 @@ function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckRe
         overwrite(IDENTITY_HEADERS.scope, d.identity.scope),
       ],
       headers_to_remove: opts.stripCredentialHeaders ? [...CREDENTIAL_HEADERS] : [],
-      response_headers_to_add: [overwrite('x-request-id', requestId)],
+      response_headers_to_add: [
+        overwrite('x-request-id', requestId),
+        ...rateLimitHeaders(d.rateLimit ?? []).map(([k, v]) => overwrite(k, v)),
+      ],
     },
     dynamic_metadata: metadata,
   };

@@ -1,0 +1,75 @@
+// What the cache tiers hold for one key hash: a record, a revocation, or "no such key".
+import type { KeyRecord } from '../repository.js';
+
+/**
+ * `version` orders entries: a fill never replaces a higher version, so a fill
+ * that read Postgres before a revoke cannot land after the revoked marker.
+ * Unknown keys have version 0.
+ */
+export type CacheEntry = { state: 'found'; version: number; record: KeyRecord } | { state: 'absent'; version: 0 };
+
+export function entryFor(record: KeyRecord | null): CacheEntry {
+  return record ? { state: 'found', version: record.version, record } : { state: 'absent', version: 0 };
+}
+
+interface WireRecord {
+  i: string;
+  a: string;
+  n: string;
+  s: string;
+  p: string;
+  e: number | null;
+  r: number | null;
+  ar?: number | null;
+  kr?: number | null;
+}
+
+/** Compact JSON for Redis; `v` must stay a top-level number (the fill script reads it). */
+export function encodeEntry(entry: CacheEntry): string {
+  if (entry.state === 'absent') return '{"v":0}';
+  const r = entry.record;
+  const wire: WireRecord = {
+    i: r.id,
+    a: r.accountId,
+    n: r.name,
+    s: r.scope,
+    p: r.plan,
+    e: r.expiresAt ? r.expiresAt.getTime() : null,
+    r: r.revokedAt ? r.revokedAt.getTime() : null,
+    ar: r.accountRpm,
+    kr: r.keyRpm,
+  };
+  return JSON.stringify({ v: entry.version, k: wire });
+}
+
+/** Parses what encodeEntry wrote; anything else is treated as a miss by the caller. */
+export function decodeEntry(hash: string, text: string): CacheEntry | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof parsed !== 'object' || parsed === null) return undefined;
+  const { v, k } = parsed as { v?: unknown; k?: Partial<WireRecord> };
+  if (typeof v !== 'number') return undefined;
+  if (v === 0 || k === undefined) return { state: 'absent', version: 0 };
+  if (typeof k.i !== 'string' || typeof k.a !== 'string' || typeof k.s !== 'string') return undefined;
+  return {
+    state: 'found',
+    version: v,
+    record: {
+      id: k.i,
+      hash,
+      accountId: k.a,
+      name: typeof k.n === 'string' ? k.n : '',
+      scope: k.s,
+      plan: typeof k.p === 'string' ? k.p : 'free',
+      expiresAt: typeof k.e === 'number' ? new Date(k.e) : null,
+      revokedAt: typeof k.r === 'number' ? new Date(k.r) : null,
+      version: v,
+      accountRpm: typeof k.ar === 'number' ? k.ar : null,
+      keyRpm: typeof k.kr === 'number' ? k.kr : null,
+    },
+  };
+}

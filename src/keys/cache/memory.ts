@@ -1,0 +1,66 @@
+// The per-replica memory tier: a bounded LRU of key entries, guarded by revocation tombstones and an epoch.
+import { LRUCache } from 'lru-cache';
+import type { CacheEntry } from './entry.js';
+
+export interface MemoryTierOptions {
+  maxKeys: number;
+  ttlMs: number;
+  negativeTtlMs: number;
+  /** How long a revocation is remembered, to refuse late fills; longer than any look-up can take. */
+  tombstoneTtlMs?: number;
+}
+
+export class MemoryTier {
+  private readonly entries: LRUCache<string, CacheEntry>;
+  // hash -> revoked version. A fill below it started before the revoke and must not land.
+  private readonly tombstones: LRUCache<string, number>;
+  private readonly negativeTtlMs: number;
+  private epochValue = 0;
+
+  constructor(opts: MemoryTierOptions) {
+    this.entries = new LRUCache({ max: opts.maxKeys, ttl: opts.ttlMs, ttlAutopurge: false, updateAgeOnGet: false });
+    this.tombstones = new LRUCache({ max: opts.maxKeys, ttl: opts.tombstoneTtlMs ?? 10 * 60_000 });
+    this.negativeTtlMs = opts.negativeTtlMs;
+  }
+
+  /** Fills captured before a flush carry an older epoch and are dropped. */
+  get epoch(): number {
+    return this.epochValue;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  get(hash: string): CacheEntry | undefined {
+    return this.entries.get(hash);
+  }
+
+  /**
+   * Stores an entry read from a lower tier, unless it is stale: the memory was
+   * flushed since the read began (`epoch`), a revocation of a higher version
+   * arrived meanwhile, or a higher version is already held.
+   */
+  fill(hash: string, entry: CacheEntry, epoch: number): boolean {
+    if (epoch !== this.epochValue) return false;
+    const tomb = this.tombstones.get(hash);
+    if (tomb !== undefined && entry.version < tomb) return false;
+    const current = this.entries.get(hash);
+    if (current && current.version > entry.version) return false;
+    this.entries.set(hash, entry, entry.state === 'absent' ? { ttl: this.negativeTtlMs } : undefined);
+    return true;
+  }
+
+  /** A revocation: remember it and drop whatever is held for the key. */
+  invalidate(hash: string, version: number): void {
+    const tomb = this.tombstones.get(hash);
+    if (tomb === undefined || tomb < version) this.tombstones.set(hash, version);
+    this.entries.delete(hash);
+  }
+
+  /** Everything goes (a lease regained, a channel reconnected); in-flight fills are refused. */
+  flush(): void {
+    this.epochValue++;
+    this.entries.clear();
+  }
+}

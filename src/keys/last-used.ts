@@ -1,0 +1,33 @@
+// last_used_at in batches: at most one write per key per interval, never one per request.
+import type { KeyRepository } from './repository.js';
+
+export class LastUsedRecorder {
+  private pending = new Map<string, Date>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly repository: Pick<KeyRepository, 'touchLastUsed'>,
+    flushMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.timer = setInterval(() => void this.flush(), flushMs);
+    this.timer.unref();
+  }
+
+  touch(keyId: string): void {
+    if (!this.pending.has(keyId)) this.pending.set(keyId, new Date(this.now()));
+  }
+
+  /** Writes the batch; on failure the batch is dropped (a later use records it again). */
+  async flush(): Promise<void> {
+    if (this.pending.size === 0) return;
+    const batch = this.pending;
+    this.pending = new Map();
+    await this.repository.touchLastUsed(batch).catch(() => undefined);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.flush();
+  }
+}

@@ -1,0 +1,132 @@
+// Key resolution through the tiers: memory -> Redis -> Postgres, read-through, coalesced, capped.
+import type { KeyHash } from './hash.js';
+import type { KeyLookup, KeyRecord } from './repository.js';
+import { entryFor, type CacheEntry } from './cache/entry.js';
+import type { MemoryTier } from './cache/memory.js';
+import type { RedisTier } from './cache/redis-tier.js';
+import { StoreUnavailableError } from '../store/errors.js';
+import type { Metrics } from '../observability/metrics.js';
+
+export interface ResolverDeps {
+  memory: MemoryTier;
+  redis: RedisTier | undefined;
+  postgres: KeyLookup;
+  /** Memory is trusted only while this replica holds its invalidation lease. */
+  leaseHeld: () => boolean;
+  /** False while Redis may hold entries that missed revocations (until the replay after a reconnect). */
+  redisTrusted: () => boolean;
+  /** Beyond this many concurrent Postgres look-ups the answer is 503, not a queue. */
+  postgresConcurrency: number;
+  metrics: Metrics;
+}
+
+export class KeyResolver implements KeyLookup {
+  private readonly inflight = new Map<string, Promise<KeyRecord | null>>();
+  private postgresActive = 0;
+
+  constructor(private readonly deps: ResolverDeps) {}
+
+  /**
+   * The memory tier alone: a record, null for a cached "no such key", or
+   * undefined when memory cannot answer (miss, or lease not held).
+   */
+  peek(candidates: readonly KeyHash[]): KeyRecord | null | undefined {
+    const cached = this.fromMemory(candidates);
+    if (cached !== undefined) this.deps.metrics.cacheRequests.labels('memory', 'hit').inc();
+    return cached;
+  }
+
+  async findByHash(candidates: readonly KeyHash[]): Promise<KeyRecord | null> {
+    const m = this.deps.metrics.cacheRequests;
+    const cached = this.fromMemory(candidates);
+    if (cached !== undefined) {
+      m.labels('memory', 'hit').inc();
+      return cached;
+    }
+    m.labels('memory', this.deps.leaseHeld() ? 'miss' : 'bypass').inc();
+    const id = candidates[0]!.hash.toString('base64url');
+    const pending = this.inflight.get(id);
+    if (pending) {
+      m.labels('memory', 'coalesced').inc();
+      return pending;
+    }
+    const load = this.load(id, candidates).finally(() => {
+      if (this.inflight.get(id) === load) this.inflight.delete(id);
+    });
+    this.inflight.set(id, load);
+    return load;
+  }
+
+  private fromMemory(candidates: readonly KeyHash[]): KeyRecord | null | undefined {
+    if (!this.deps.leaseHeld()) return undefined;
+    let absent = false;
+    for (const c of candidates) {
+      const e = this.deps.memory.get(c.hash.toString('base64url'));
+      if (e?.state === 'found') return e.record;
+      if (e) absent = true;
+    }
+    return absent ? null : undefined;
+  }
+
+  /** A revocation arrived: later callers must not join a look-up that began before it. */
+  forget(hash: string): void {
+    this.inflight.delete(hash);
+  }
+
+  private async load(id: string, candidates: readonly KeyHash[]): Promise<KeyRecord | null> {
+    const { memory, redis, metrics } = this.deps;
+    const epoch = memory.epoch;
+    const hashes = candidates.map((c) => c.hash.toString('base64url'));
+
+    if (redis && this.deps.redisTrusted()) {
+      try {
+        let absent: CacheEntry | undefined;
+        for (const hash of hashes) {
+          const e = await redis.get(hash);
+          if (e?.state === 'found') {
+            metrics.cacheRequests.labels('redis', 'hit').inc();
+            memory.fill(hash, e, epoch);
+            return e.record;
+          }
+          if (e && hash === id) absent = e;
+        }
+        if (absent) {
+          metrics.cacheRequests.labels('redis', 'hit').inc();
+          memory.fill(id, absent, epoch);
+          return null;
+        }
+        metrics.cacheRequests.labels('redis', 'miss').inc();
+      } catch (err) {
+        metrics.cacheRequests.labels('redis', 'error').inc();
+        metrics.storeErrors.labels('redis', err instanceof StoreUnavailableError ? err.kind : 'query').inc();
+      }
+    }
+
+    if (this.postgresActive >= this.deps.postgresConcurrency) {
+      metrics.cacheRequests.labels('postgres', 'overload').inc();
+      throw new StoreUnavailableError('postgres', 'overload');
+    }
+    this.postgresActive++;
+    let record: KeyRecord | null;
+    try {
+      record = await this.deps.postgres.findByHash(candidates);
+      metrics.cacheRequests.labels('postgres', record ? 'hit' : 'miss').inc();
+    } catch (err) {
+      metrics.cacheRequests.labels('postgres', 'error').inc();
+      if (err instanceof StoreUnavailableError) metrics.storeErrors.labels('postgres', err.kind).inc();
+      throw err;
+    } finally {
+      this.postgresActive--;
+    }
+    // Cached under the stored hash, which is what a revocation names.
+    const hash = record ? record.hash : id;
+    const entry = entryFor(record);
+    memory.fill(hash, entry, epoch);
+    if (redis) {
+      redis.fill(hash, entry).catch(() => {
+        metrics.cacheRequests.labels('redis', 'error').inc();
+      });
+    }
+    return record;
+  }
+}

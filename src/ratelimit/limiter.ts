@@ -1,0 +1,106 @@
+// Per-key and per-account limits: shared in Redis, answered from memory when already over, local when Redis is down.
+import { LRUCache } from 'lru-cache';
+import type { Clock } from '../check/pipeline.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { gcra, tolerance, type GcraResult, type Limit, type LimitState } from './gcra.js';
+import type { RedisGcra } from './redis-gcra.js';
+
+export interface RateLimitOutcome {
+  allowed: boolean;
+  retryAfterMs: number;
+  /** Which limit denied (when denied). */
+  deniedBy?: Limit['name'];
+  /** Every limit's state, for the response headers. */
+  states: LimitState[];
+}
+
+export interface RateLimiterOptions {
+  redis: RedisGcra | undefined;
+  /** Share of each limit a replica allows on its own while Redis is unreachable. */
+  localShare: number;
+  clock: Clock;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+const subject = (l: Limit, accountId: string, keyId: string): string => (l.name === 'account' ? `a:${accountId}` : `k:${keyId}`);
+
+export class RateLimiter {
+  // Subjects known to be over their limit, until when: a client hammering past
+  // its limit costs no Redis call (the way envoyproxy/ratelimit does it).
+  private readonly overUntil = new LRUCache<string, number>({ max: 100_000 });
+  private readonly localTats = new LRUCache<string, number>({ max: 200_000 });
+  private degraded = false;
+
+  constructor(private readonly opts: RateLimiterOptions) {}
+
+  async check(limits: readonly Limit[], accountId: string, keyId: string): Promise<RateLimitOutcome> {
+    if (limits.length === 0) return { allowed: true, retryAfterMs: 0, states: [] };
+    const now = this.opts.clock.now();
+    const m = this.opts.metrics.rateLimitDecisions;
+
+    let blockedFor = 0;
+    let deniedBy: Limit['name'] | undefined;
+    for (const l of limits) {
+      const until = this.overUntil.get(subject(l, accountId, keyId));
+      if (until !== undefined && until > now && until - now > blockedFor) {
+        blockedFor = until - now;
+        deniedBy = l.name;
+      }
+    }
+    if (blockedFor > 0) {
+      m.labels('limited', 'memory').inc();
+      return { allowed: false, retryAfterMs: Math.ceil(blockedFor), deniedBy, states: limits.map((limit) => ({ limit, remaining: 0, resetMs: blockedFor })) };
+    }
+
+    let result: GcraResult;
+    let mode: 'shared' | 'local' = 'shared';
+    if (this.opts.redis) {
+      try {
+        result = await this.opts.redis.check(limits, accountId, keyId);
+        this.setDegraded(false);
+      } catch {
+        this.setDegraded(true);
+        result = this.local(limits, accountId, keyId, now, this.opts.localShare);
+        mode = 'local';
+      }
+    } else {
+      result = this.local(limits, accountId, keyId, now, 1);
+      mode = 'local';
+    }
+
+    if (result.allowed) {
+      m.labels('allowed', mode).inc();
+      return { allowed: true, retryAfterMs: 0, states: result.states };
+    }
+    m.labels('limited', mode).inc();
+    let worst = 0;
+    for (const s of result.states) {
+      const retry = s.resetMs - tolerance(s.limit); // > 0: this limit admits nothing until then
+      if (retry <= 0) continue;
+      this.overUntil.set(subject(s.limit, accountId, keyId), now + retry);
+      if (retry > worst) {
+        worst = retry;
+        deniedBy = s.limit.name;
+      }
+    }
+    return { allowed: false, retryAfterMs: result.retryAfterMs, deniedBy: deniedBy ?? limits[0]!.name, states: result.states };
+  }
+
+  private local(limits: readonly Limit[], accountId: string, keyId: string, now: number, share: number): GcraResult {
+    const scaled = limits.map((l) => ({ ...l, requests: Math.max(1, Math.floor(l.requests * share)), burst: Math.max(1, Math.floor(l.burst * share)) }));
+    const ids = limits.map((l) => subject(l, accountId, keyId));
+    const r = gcra(scaled, ids.map((id) => this.localTats.get(id)), now);
+    if (r.allowed) ids.forEach((id, i) => this.localTats.set(id, r.newTats[i]!));
+    return r;
+  }
+
+  private setDegraded(on: boolean): void {
+    if (on === this.degraded) return;
+    this.degraded = on;
+    this.opts.metrics.degraded.labels('ratelimit').set(on ? 1 : 0);
+    if (on) this.opts.logger.warn({ share: this.opts.localShare }, 'redis unreachable: rate limits fall back to this replica, at a share of each limit');
+    else this.opts.logger.info('redis reachable again: rate limits are shared');
+  }
+}

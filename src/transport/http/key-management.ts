@@ -1,0 +1,168 @@
+// The key management calls (create, list, revoke, me) for an authenticated caller, free of HTTP details.
+import { z } from 'zod';
+import type { Identity } from '../../check/decision.js';
+import type { Clock } from '../../check/pipeline.js';
+import type { AuditActor } from '../../keys/audit.js';
+import { isKeyId } from '../../keys/ids.js';
+import type { KeyInfo, KeyRepository } from '../../keys/repository.js';
+import type { KeyRevoker } from '../../keys/revocation.js';
+import type { Logger } from '../../observability/logger.js';
+import type { CompiledPolicy } from '../../policy/policy.js';
+import { ApiError, ApiErrorCode, invalidRequest } from './errors.js';
+
+/** The repository calls the API makes. */
+export type ManagedKeys = Pick<KeyRepository, 'createKeyAudited' | 'revokeKeyAudited' | 'listKeys' | 'getAccount' | 'getKey'>;
+
+export interface KeyManagementDeps {
+  keys: ManagedKeys;
+  revoker: KeyRevoker;
+  /** Read per call, so a policy reload changes the known scopes at once. */
+  policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'>;
+  clock: Clock;
+  logger: Logger;
+  /** Live (not revoked, not expired) keys an account may hold; creation beyond it is refused. */
+  maxKeysPerAccount: number;
+}
+
+export const NAME_MAX_CHARS = 128;
+
+// Control characters (NUL is refused by Postgres text) and lone surrogates have no place in a name.
+const UNPRINTABLE = /[\p{Cc}\p{Cs}]/u;
+
+const createKeyBody = z.strictObject({
+  name: z
+    .string()
+    .trim()
+    .refine((s) => s.length > 0, 'must not be empty')
+    .refine((s) => [...s].length <= NAME_MAX_CHARS, `must be at most ${NAME_MAX_CHARS} characters`)
+    .refine((s) => !UNPRINTABLE.test(s), 'must not contain control characters'),
+  scope: z.string().optional(),
+  expires_at: z.iso
+    .datetime({ offset: true, error: 'must be an ISO 8601 date-time with a time zone, e.g. 2030-01-31T00:00:00Z' })
+    .nullable()
+    .optional(),
+});
+
+/** A key as the API shows it: never the secret, never the hash. */
+export function keyObject(k: KeyInfo): Record<string, string | null> {
+  return {
+    object: 'api_key',
+    id: k.id,
+    name: k.name,
+    scope: k.scope,
+    prefix: k.prefix,
+    created_at: k.createdAt.toISOString(),
+    expires_at: k.expiresAt?.toISOString() ?? null,
+    last_used_at: k.lastUsedAt?.toISOString() ?? null,
+    revoked_at: k.revokedAt?.toISOString() ?? null,
+  };
+}
+
+const keyNotFound = (): ApiError =>
+  // The same answer for an unknown id and another account's key: ids of other accounts are not confirmed.
+  invalidRequest(ApiErrorCode.key_not_found, 'No API key with that id exists in your account.', 'id', 404);
+
+export class KeyManagement {
+  constructor(private readonly deps: KeyManagementDeps) {}
+
+  /** POST /api/v1/auth/api-keys: the new key with its secret, the only time the secret is returned. */
+  async create(caller: Identity, body: unknown, requestId: string): Promise<Record<string, unknown>> {
+    const input = parseCreateBody(body);
+    const policy = this.deps.policy();
+    const scope = input.scope ?? caller.scope;
+    if (!policy.scopes.includes(scope)) {
+      throw invalidRequest(ApiErrorCode.invalid_value, `Invalid value for 'scope': must be one of ${policy.scopes.join(', ')}.`, 'scope');
+    }
+    // A key may hand out at most what it holds itself.
+    const own = policy.permissionsOf(caller.scope);
+    const beyond = [...policy.permissionsOf(scope)].filter((p) => !own.has(p));
+    if (beyond.length > 0) {
+      throw new ApiError(403, 'permission_error', ApiErrorCode.scope_not_allowed,
+        `A key with scope "${caller.scope}" cannot create a key with scope "${scope}": it would grant ${beyond.join(', ')}.`, 'scope');
+    }
+    let expiresAt: Date | null = null;
+    if (input.expires_at) {
+      expiresAt = new Date(input.expires_at);
+      if (expiresAt.getTime() <= this.deps.clock.now()) {
+        throw invalidRequest(ApiErrorCode.invalid_value, "Invalid value for 'expires_at': must be in the future.", 'expires_at');
+      }
+    }
+
+    const created = await this.deps.keys.createKeyAudited(
+      { accountId: caller.accountId, name: input.name, scope, expiresAt },
+      this.actor(caller, requestId),
+      { maxLiveKeys: this.deps.maxKeysPerAccount },
+    );
+    if (created.kind === 'limit_reached') {
+      throw invalidRequest(ApiErrorCode.key_limit_reached,
+        `This account already has ${created.limit} active API keys, the most allowed. Revoke keys you no longer use, then try again.`, null, 409);
+    }
+    this.deps.logger.info(
+      { request_id: requestId, account_id: caller.accountId, key_id: created.key.id, actor_key_id: caller.keyId, scope },
+      'api key created',
+    );
+    return { ...keyObject(created.key), key: created.secret };
+  }
+
+  /** GET /api/v1/auth/api-keys: the caller's account's keys, revoked ones included, in creation order. */
+  async list(caller: Identity): Promise<Record<string, unknown>> {
+    const keys = await this.deps.keys.listKeys(caller.accountId);
+    return { object: 'list', data: keys.map(keyObject) };
+  }
+
+  /**
+   * DELETE /api/v1/auth/api-keys/{id}. The audited change first, then the
+   * revoke path (idempotent), which returns once no replica accepts the key.
+   * Revoking again answers 200 with the first revocation time.
+   */
+  async revoke(caller: Identity, keyId: string, requestId: string): Promise<Record<string, unknown>> {
+    if (!isKeyId(keyId)) throw keyNotFound();
+    const revoked = await this.deps.keys.revokeKeyAudited(keyId, caller.accountId, this.actor(caller, requestId));
+    if (!revoked) throw keyNotFound();
+    const outcome = await this.deps.revoker.revoke(keyId, caller.accountId);
+    if (!outcome) throw keyNotFound();
+    this.deps.logger.info(
+      { request_id: requestId, account_id: caller.accountId, key_id: keyId, actor_key_id: caller.keyId },
+      'api key revoked',
+    );
+    return { ...keyObject(outcome.key), revoked: true };
+  }
+
+  /** GET /api/v1/auth/me: the account and the calling key. */
+  async me(caller: Identity): Promise<Record<string, unknown>> {
+    const [account, key] = await Promise.all([this.deps.keys.getAccount(caller.accountId), this.deps.keys.getKey(caller.keyId)]);
+    if (!account || !key) throw new Error(`the authenticated key ${caller.keyId} or its account is missing from Postgres`);
+    return {
+      object: 'auth.me',
+      account: { id: account.id, email: account.email, plan: account.plan },
+      key: { id: key.id, name: key.name, scope: key.scope },
+    };
+  }
+
+  private actor(caller: Identity, requestId: string): AuditActor {
+    return { keyId: caller.keyId, via: 'api', requestId };
+  }
+}
+
+type CreateKeyInput = z.infer<typeof createKeyBody>;
+
+/** Validates the create body; the first problem becomes a 400 naming the field. */
+export function parseCreateBody(body: unknown): CreateKeyInput {
+  const parsed = createKeyBody.safeParse(body);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  if (issue.code === 'unrecognized_keys') {
+    const name = issue.keys[0]!.slice(0, 64);
+    throw invalidRequest(ApiErrorCode.unknown_parameter, `Unrecognized request argument supplied: ${name}`, name);
+  }
+  const param = typeof issue.path[0] === 'string' ? issue.path[0] : null;
+  if (param === null) {
+    throw invalidRequest(ApiErrorCode.invalid_type, 'The request body must be a JSON object, e.g. {"name": "my-new-key"}.');
+  }
+  if (issue.code === 'invalid_type') {
+    const present = typeof body === 'object' && body !== null && (body as Record<string, unknown>)[param] !== undefined;
+    if (!present) throw invalidRequest(ApiErrorCode.missing_required_parameter, `Missing required parameter: '${param}'.`, param);
+    throw invalidRequest(ApiErrorCode.invalid_type, `Invalid type for '${param}': expected ${issue.expected}.`, param);
+  }
+  throw invalidRequest(ApiErrorCode.invalid_value, `Invalid value for '${param}': ${issue.message}.`, param);
+}

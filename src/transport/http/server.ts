@@ -1,0 +1,211 @@
+// HTTP API on HTTP_PORT: the key management calls, each authenticated by the same pipeline as Check.
+import { randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Decision, Identity } from '../../check/decision.js';
+import { denialResponse } from '../../check/outcomes.js';
+import { systemClock, type CheckPipeline, type Clock } from '../../check/pipeline.js';
+import type { KeyRevoker } from '../../keys/revocation.js';
+import type { DecisionRecorder } from '../../observability/decision-log.js';
+import type { Logger } from '../../observability/logger.js';
+import type { Metrics } from '../../observability/metrics.js';
+import type { CompiledPolicy } from '../../policy/policy.js';
+import { StoreUnavailableError } from '../../store/errors.js';
+import { toAttributes, requestIdOf } from './attributes.js';
+import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
+import { KeyManagement, type ManagedKeys } from './key-management.js';
+
+export const API_KEYS_PATH = '/api/v1/auth/api-keys';
+export const API_KEY_PATH = `${API_KEYS_PATH}/:id`;
+export const ME_PATH = '/api/v1/auth/me';
+
+export const DEFAULT_BODY_LIMIT_BYTES = 16 * 1024;
+
+export interface HttpServerOptions {
+  /** Live keys an account may hold (MAX_KEYS_PER_ACCOUNT). */
+  maxKeysPerAccount: number;
+  /** Larger bodies get 413. */
+  bodyLimitBytes?: number;
+  mcpResourceMetadataUrl?: string | undefined;
+}
+
+export interface HttpServerDeps {
+  pipeline: Pick<CheckPipeline, 'decide'>;
+  keys: ManagedKeys;
+  revoker: KeyRevoker;
+  recorder: DecisionRecorder;
+  metrics: Metrics;
+  logger: Logger;
+  policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'>;
+  clock?: Clock;
+  options: HttpServerOptions;
+}
+
+// Methods served at each path, for 405 and its `allow` header.
+const PATHS: ReadonlyArray<{ pattern: RegExp; methods: readonly string[] }> = [
+  { pattern: /^\/api\/v1\/auth\/api-keys$/, methods: ['GET', 'POST'] },
+  { pattern: /^\/api\/v1\/auth\/api-keys\/[^/]+$/, methods: ['DELETE'] },
+  { pattern: /^\/api\/v1\/auth\/me$/, methods: ['GET'] },
+];
+
+export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
+  const bodyLimit = deps.options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
+  const management = new KeyManagement({
+    keys: deps.keys,
+    revoker: deps.revoker,
+    policy: deps.policy,
+    clock: deps.clock ?? systemClock,
+    logger: deps.logger,
+    maxKeysPerAccount: deps.options.maxKeysPerAccount,
+  });
+  const callers = new WeakMap<FastifyRequest, Identity>();
+
+  const app = Fastify({
+    // Our own log lines only (decisions, changes, errors), through the redacting logger.
+    logger: false,
+    bodyLimit,
+    // HEAD is not in the policy; it gets 405 rather than a 403 from the pipeline.
+    exposeHeadRoutes: false,
+    // In-flight and keep-alive requests finish normally while the server drains.
+    return503OnClosing: false,
+    requestTimeout: 30_000,
+    genReqId: requestIdOf,
+    clientErrorHandler,
+  });
+  // JSON only: anything else with a body is 415.
+  app.removeContentTypeParser('text/plain');
+
+  app.addHook('onRequest', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+    reply.header('cache-control', 'no-store');
+  });
+
+  // Authenticates like Check: same extraction, same pipeline, same denials.
+  const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
+    const started = process.hrtime.bigint();
+    const attrs = toAttributes(req.raw);
+    let decision: Decision;
+    try {
+      decision = await deps.pipeline.decide(attrs);
+      deps.recorder.record('http', decision, req.id, attrs.method, started);
+    } catch (err) {
+      try {
+        deps.recorder.internalError('http', req.id, err);
+      } catch {
+        // Logging must not stand between the caller and its answer.
+      }
+      decision = { allow: false, reason: 'auth_unavailable', detail: 'internal' };
+    }
+    if (decision.allow) {
+      callers.set(req, decision.identity);
+      return undefined;
+    }
+    const denial = denialResponse(decision, { mcpResourceMetadataUrl: deps.options.mcpResourceMetadataUrl, path: attrs.path });
+    for (const [name, value] of denial.headers) reply.header(name, value);
+    return reply.code(denial.httpStatus).send(Buffer.from(denial.body));
+  };
+
+  const caller = (req: FastifyRequest): Identity => {
+    const identity = callers.get(req);
+    if (!identity) throw new Error('route handler reached without an authenticated caller');
+    return identity;
+  };
+
+  app.post(API_KEYS_PATH, { onRequest: authenticate }, async (req, reply) =>
+    sendJson(reply, 201, await management.create(caller(req), req.body, req.id)),
+  );
+  app.get(API_KEYS_PATH, { onRequest: authenticate }, async (req, reply) => sendJson(reply, 200, await management.list(caller(req))));
+  app.delete<{ Params: { id: string } }>(API_KEY_PATH, { onRequest: authenticate }, async (req, reply) =>
+    sendJson(reply, 200, await management.revoke(caller(req), req.params.id, req.id)),
+  );
+  app.get(ME_PATH, { onRequest: authenticate }, async (req, reply) => sendJson(reply, 200, await management.me(caller(req))));
+
+  app.setNotFoundHandler(async (req, reply) => {
+    const path = req.url.split('?')[0]!;
+    const allowed = PATHS.find((p) => p.pattern.test(path))?.methods;
+    if (allowed) {
+      reply.header('allow', allowed.join(', '));
+      return sendError(reply, invalidRequest(ApiErrorCode.method_not_allowed, `Method ${req.method} is not allowed here; use ${allowed.join(' or ')}.`, null, 405));
+    }
+    return sendError(reply, invalidRequest(ApiErrorCode.not_found, 'Unknown request URL. See the key management API in the documentation.', null, 404));
+  });
+
+  app.setErrorHandler(async (err: FastifyError | Error, req, reply) => {
+    if (err instanceof ApiError) return sendError(reply, err);
+    const framing = fromFastifyError(err as FastifyError, bodyLimit);
+    if (framing) return sendError(reply, framing);
+    if (err instanceof StoreUnavailableError) {
+      deps.logger.warn({ request_id: req.id, store: err.store, kind: err.kind }, 'store unavailable during a management call; answered 503');
+      return sendError(reply, new ApiError(503, 'server_error', ApiErrorCode.service_unavailable,
+        'The key store did not answer in time; nothing was changed. Please retry shortly.', null, [['retry-after', '1']]));
+    }
+    deps.metrics.internalErrors.labels('http').inc();
+    deps.logger.error({ request_id: req.id, method: req.method, route: req.routeOptions.url, err }, 'internal error in the HTTP API; answered 500');
+    return sendError(reply, new ApiError(500, 'server_error', ApiErrorCode.internal_error, 'The server had an error while processing your request.'));
+  });
+
+  return app;
+}
+
+/** Maps Fastify's own request errors (body parsing, limits) to API errors; undefined for anything else. */
+function fromFastifyError(err: FastifyError, bodyLimit: number): ApiError | undefined {
+  switch (err.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return invalidRequest(ApiErrorCode.invalid_json, 'The request body is not valid JSON.');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return invalidRequest(ApiErrorCode.invalid_json, 'The request body is empty; send a JSON object.');
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return invalidRequest(ApiErrorCode.request_too_large, `The request body is too large; the limit is ${bodyLimit} bytes.`, null, 413);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return invalidRequest(ApiErrorCode.unsupported_media_type, 'Content-Type must be application/json.', null, 415);
+  }
+  if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+    return invalidRequest(ApiErrorCode.invalid_request, 'The request could not be read.', null, err.statusCode);
+  }
+  return undefined;
+}
+
+// Bodies go out as bytes: a string would make Fastify append `; charset=utf-8` to the content-type,
+// and the API answers with exactly the `application/json` that Check denials carry.
+function sendJson(reply: FastifyReply, status: number, value: unknown): FastifyReply {
+  return reply.code(status).header('content-type', 'application/json').send(Buffer.from(JSON.stringify(value)));
+}
+
+function sendError(reply: FastifyReply, err: ApiError): FastifyReply {
+  for (const [name, value] of err.headers) reply.header(name, value);
+  return reply.code(err.status).header('content-type', 'application/json').send(Buffer.from(err.body()));
+}
+
+// Requests Node cannot parse never reach Fastify: answer them in the same shape.
+function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, reason] =
+    err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large']
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout']
+    : [400, 'Bad Request'];
+  const body = errorBody('invalid_request_error', ApiErrorCode.invalid_request, `The request could not be read (${reason}).`, null);
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+        `x-request-id: ${randomUUID()}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(err);
+}
+
+/** Listens and returns the port actually bound (0 picks a free one). */
+export async function listenHttpServer(app: FastifyInstance, host: string, port: number): Promise<number> {
+  await app.listen({ host, port });
+  const address = app.server.address();
+  return typeof address === 'object' && address ? address.port : port;
+}
+
+/** Stops accepting, lets in-flight requests finish up to `deadlineMs`, then cuts the rest. */
+export async function closeHttpServer(app: FastifyInstance, deadlineMs: number): Promise<void> {
+  const timer = setTimeout(() => app.server.closeAllConnections(), deadlineMs);
+  try {
+    await app.close();
+  } finally {
+    clearTimeout(timer);
+  }
+}

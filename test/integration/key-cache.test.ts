@@ -1,0 +1,388 @@
+// Key resolution across replicas: caches, instant revocation, floods, and store outages.
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { generateKey } from '../../src/keys/format.js';
+import type { RunningService } from '../../src/service.js';
+import type { CheckResponse } from '../../src/transport/grpc/proto.js';
+import { envoyCheckRequest } from '../fixtures/envoy.js';
+import { ThrowawayRedis, freePort } from '../helpers/redis-server.js';
+import { CheckClient, metricValue, startTestService, storeLookups } from '../helpers/service.js';
+import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
+import { TcpProxy } from '../helpers/tcp-proxy.js';
+
+type Db = Awaited<ReturnType<typeof freshDatabase>>;
+const pepper = testPepper();
+const started: Array<{ service: RunningService; client: CheckClient }> = [];
+const cleanups: Array<() => Promise<void>> = [];
+
+async function replica(env: Record<string, string>): Promise<{ service: RunningService; client: CheckClient }> {
+  const service = await startTestService({ KEY_PEPPER: pepper, INVALIDATION_LEASE_MS: '1000', ...env });
+  const r = { service, client: new CheckClient(service.grpcPort) };
+  started.push(r);
+  return r;
+}
+
+async function stopReplica(r: { service: RunningService; client: CheckClient }): Promise<void> {
+  r.client.close();
+  await r.service.stop();
+  started.splice(started.indexOf(r), 1);
+}
+
+afterAll(async () => {
+  for (const r of [...started]) await stopReplica(r);
+  for (const c of cleanups.reverse()) await c();
+});
+
+const check = (c: CheckClient, key: string, source?: string): Promise<CheckResponse> =>
+  c.check(envoyCheckRequest({ headers: { authorization: `Bearer ${key}` }, ...(source ? { source } : {}) }));
+const allowed = (r: CheckResponse): boolean => r.ok_response !== undefined;
+const httpStatus = (r: CheckResponse): number => (r.ok_response ? 200 : r.denied_response!.status.code);
+
+/** Waits until the replica holds its invalidation lease (memory trusted). */
+async function leaseHeld(s: RunningService): Promise<void> {
+  await vi.waitFor(() => expect(s.keyStore.bus.leaseHeld()).toBe(true), { timeout: 5000, interval: 20 });
+}
+
+async function newKey(s: RunningService, accountId: string, name = 'k'): Promise<{ secret: string; id: string }> {
+  const { secret, key } = await s.repository.createKey({ accountId, name, scope: 'buyer', expiresAt: null });
+  return { secret, id: key.id };
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+describe('revocation across replicas', () => {
+  let db: Db;
+  let replicas: Array<{ service: RunningService; client: CheckClient }>;
+  let accountId: string;
+  const prefix = redisPrefix();
+
+  beforeAll(async () => {
+    db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    // The revoked keys these tests check on purpose must not throttle the fixture's one source address.
+    const env = { DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: prefix, FAILED_AUTH_PER_SOURCE_PER_MINUTE: '1000000' };
+    replicas = [await replica(env), await replica(env), await replica(env)];
+    for (const r of replicas) await leaseHeld(r.service);
+    accountId = (await replicas[0]!.service.repository.createAccount('replicas@example.com', 'free')).id;
+  });
+
+  it('after revoke returns, every replica denies the key on its very next Check (timed over 40 revocations)', async () => {
+    const durations: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      const { secret, id } = await newKey(replicas[0]!.service, accountId, `r${i}`);
+      for (const r of replicas) expect(allowed(await check(r.client, secret))).toBe(true);
+      // Now cached in every replica's memory: the next decisions cost no look-up.
+      const revoker = replicas[i % replicas.length]!.service.revoker;
+      const t0 = performance.now();
+      const outcome = await revoker.revoke(id);
+      durations.push(performance.now() - t0);
+      expect(outcome?.acknowledged).toBe(true);
+      for (const r of replicas) expect(httpStatus(await check(r.client, secret))).toBe(401);
+    }
+    durations.sort((a, b) => a - b);
+    const p50 = percentile(durations, 50);
+    const p99 = percentile(durations, 99);
+    console.log(`revoke with 3 replicas: p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms (n=${durations.length})`);
+    // Every replica acknowledged: far below the 1 s lease that a silent replica would cost.
+    expect(p99).toBeLessThan(1000);
+  });
+
+  it('concurrent cache fills racing a revoke never resurrect the key (zero over 60 iterations)', async () => {
+    let resurrections = 0;
+    for (let i = 0; i < 60; i++) {
+      const { secret, id } = await newKey(replicas[0]!.service, accountId, `race${i}`);
+      for (const r of replicas) r.service.keyStore.memory.flush();
+      // Cold look-ups on every replica (memory, Redis and Postgres fills) while the revoke runs.
+      const racing = replicas.flatMap((r) => Array.from({ length: 4 }, () => check(r.client, secret)));
+      const revoked = replicas[i % 3]!.service.revoker.revoke(id);
+      await Promise.all([...racing, revoked]);
+      for (let round = 0; round < 3; round++) {
+        for (const r of replicas) if (allowed(await check(r.client, secret))) resurrections++;
+      }
+    }
+    expect(resurrections).toBe(0);
+  });
+
+  it('revoking twice succeeds and repeats the cache work', async () => {
+    const { secret, id } = await newKey(replicas[0]!.service, accountId, 'twice');
+    expect(allowed(await check(replicas[1]!.client, secret))).toBe(true);
+    expect(await replicas[0]!.service.revoker.revoke(id)).not.toBeNull();
+    expect(await replicas[1]!.service.revoker.revoke(id)).toMatchObject({ acknowledged: true });
+    for (const r of replicas) expect(httpStatus(await check(r.client, secret))).toBe(401);
+  });
+
+  it('a key cached in memory is decided with no Redis or Postgres call', async () => {
+    const r = replicas[1]!;
+    const { secret } = await newKey(r.service, accountId, 'hot');
+    expect(allowed(await check(r.client, secret))).toBe(true);
+    const before = await storeLookups(r.service);
+    const memoryHits = await metricValue(r.service, 'ryvion_authz_key_cache_requests_total', { tier: 'memory', result: 'hit' });
+    for (let i = 0; i < 50; i++) expect(allowed(await check(r.client, secret))).toBe(true);
+    expect(await storeLookups(r.service)).toEqual(before);
+    expect(await metricValue(r.service, 'ryvion_authz_key_cache_requests_total', { tier: 'memory', result: 'hit' })).toBe(memoryHits + 50);
+  });
+
+  it('the revocation-propagation histogram counts acknowledged revocations', async () => {
+    const n = await metricValue(replicas[0]!.service, 'ryvion_authz_revocation_propagation_seconds_count', { result: 'acknowledged' });
+    expect(n).toBeGreaterThan(0);
+  });
+});
+
+describe('a replica cut off from its invalidation channels', () => {
+  it('does not hold up revoke beyond its lease, never accepts the key again, and stops answering from memory once its lease lapses', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const prefix = redisPrefix();
+    const shared = new URL(testRedisUrl());
+    const pgTarget = new URL(db.url);
+    const redisProxy = new TcpProxy(shared.hostname, Number(shared.port || 6379));
+    const pgProxy = new TcpProxy(pgTarget.hostname, Number(pgTarget.port || 5432));
+    await redisProxy.start();
+    await pgProxy.start();
+    cleanups.push(async () => {
+      await redisProxy.cut();
+      await pgProxy.cut();
+    });
+    const viaProxy = new URL(db.url);
+    viaProxy.hostname = '127.0.0.1';
+    viaProxy.port = String(pgProxy.port);
+
+    const a = await replica({ DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: prefix });
+    const c = await replica({ DATABASE_URL: viaProxy.toString(), REDIS_URL: `redis://127.0.0.1:${redisProxy.port}`, REDIS_KEY_PREFIX: prefix });
+    await leaseHeld(a.service);
+    await leaseHeld(c.service);
+    const accountId = (await a.service.repository.createAccount('cut@example.com', 'free')).id;
+    const doomed = await newKey(a.service, accountId, 'doomed');
+    const other = await newKey(a.service, accountId, 'other');
+    expect(allowed(await check(c.client, doomed.secret))).toBe(true);
+    expect(allowed(await check(c.client, other.secret))).toBe(true);
+
+    await redisProxy.cut();
+    await pgProxy.cut();
+    const t0 = performance.now();
+    const outcome = await a.service.revoker.revoke(doomed.id);
+    const waited = performance.now() - t0;
+    console.log(`revoke with one replica cut off: ${waited.toFixed(0)} ms (lease 1000 ms)`);
+    expect(outcome).toMatchObject({ acknowledged: false });
+    expect(waited).toBeLessThan(1000 + 500);
+
+    // From here on the cut replica must never allow the revoked key.
+    expect(allowed(await check(c.client, doomed.secret))).toBe(false);
+    expect(c.service.keyStore.bus.leaseHeld()).toBe(false);
+    // Its lease has lapsed: even a key it had cached is not answered from memory (stores unreachable: 503).
+    const cachedButUntrusted = await check(c.client, other.secret);
+    expect(httpStatus(cachedButUntrusted)).toBe(503);
+
+    await redisProxy.restore();
+    await pgProxy.restore();
+    await leaseHeld(c.service);
+    await expect.poll(async () => allowed(await check(c.client, other.secret)), { timeout: 5000 }).toBe(true);
+    expect(httpStatus(await check(c.client, doomed.secret))).toBe(401);
+  });
+
+  it('a killed Redis subscription does not stop revocations: Postgres delivers them', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const env = { DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix() };
+    const a = await replica(env);
+    const b = await replica(env);
+    await leaseHeld(a.service);
+    await leaseHeld(b.service);
+    const accountId = (await a.service.repository.createAccount('kill@example.com', 'free')).id;
+    const { secret, id } = await newKey(a.service, accountId);
+    expect(allowed(await check(b.client, secret))).toBe(true);
+
+    // CLIENT KILL on b's subscriber connection only (found by its connection name).
+    const admin = new Redis(testRedisUrl());
+    const list = await admin.client('LIST');
+    const line = String(list).split('\n').find((l) => l.includes(`name=ryvion-authz-sub-${b.service.keyStore.bus.instanceId}`));
+    expect(line).toBeDefined();
+    const clientId = /\bid=(\d+)/.exec(line!)![1]!;
+    await admin.client('KILL', 'ID', clientId);
+    admin.disconnect();
+
+    const outcome = await a.service.revoker.revoke(id);
+    expect(outcome).toMatchObject({ acknowledged: true });
+    expect(httpStatus(await check(b.client, secret))).toBe(401);
+  });
+});
+
+describe('floods of unknown keys', () => {
+  let db: Db;
+  let r: { service: RunningService; client: CheckClient };
+
+  beforeAll(async () => {
+    db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    r = await replica({ DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix(), FAILED_AUTH_PER_SOURCE_PER_MINUTE: '1000000' });
+    await leaseHeld(r.service);
+  });
+
+  it('thousands of random well-formed keys, each sent three times, cost at most one Postgres look-up per distinct key', async () => {
+    const keys = Array.from({ length: 2000 }, () => generateKey('live'));
+    const before = await storeLookups(r.service);
+    for (let round = 0; round < 3; round++) {
+      // 25 at a time: below the cap on concurrent Postgres look-ups (32), which answers 503 beyond it.
+      for (let i = 0; i < keys.length; i += 25) {
+        const batch = keys.slice(i, i + 25).map((k, j) => check(r.client, k, `198.51.100.${(i + j) % 250}`));
+        for (const res of await Promise.all(batch)) expect(httpStatus(res)).toBe(401);
+      }
+    }
+    const after = await storeLookups(r.service);
+    const lookups = after.postgres - before.postgres;
+    console.log(`flood: ${keys.length} distinct unknown keys x 3 = ${keys.length * 3} checks, ${lookups} Postgres look-ups`);
+    expect(lookups).toBeLessThanOrEqual(keys.length);
+  });
+
+  it('malformed keys and bad checksums cause zero look-ups', async () => {
+    const before = await storeLookups(r.service);
+    const good = generateKey('live');
+    const bad = [`${good.slice(0, -1)}${good.endsWith('0') ? '1' : '0'}`, 'ryv_live_short', 'sk-proj-abcdef', `ryv_test_${good.slice(9)}`];
+    for (let i = 0; i < 500; i++) expect(httpStatus(await check(r.client, bad[i % bad.length]!))).toBe(401);
+    expect(await storeLookups(r.service)).toEqual(before);
+  });
+
+  it('concurrent look-ups of one uncached key are coalesced into one Postgres query', async () => {
+    const key = generateKey('live');
+    r.service.keyStore.memory.flush();
+    const before = await storeLookups(r.service);
+    await Promise.all(Array.from({ length: 40 }, () => check(r.client, key)));
+    expect((await storeLookups(r.service)).postgres - before.postgres).toBe(1);
+  });
+});
+
+describe('guards against a flood reaching Postgres', () => {
+  it('beyond the cap on concurrent Postgres look-ups the answer is 503, not a queue', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const r = await replica({ DATABASE_URL: db.url, POSTGRES_LOOKUP_CONCURRENCY: '2', FAILED_AUTH_PER_SOURCE_PER_MINUTE: '1000000' });
+    const results = await Promise.all(Array.from({ length: 60 }, (_, i) => check(r.client, generateKey('live'), `192.0.2.${i}`)));
+    const statuses = results.map(httpStatus);
+    expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0);
+    expect(statuses.every((s) => s === 503 || s === 401)).toBe(true);
+    expect(await metricValue(r.service, 'ryvion_authz_key_cache_requests_total', { tier: 'postgres', result: 'overload' })).toBeGreaterThan(0);
+  });
+
+  it('a source that keeps failing is throttled with 429 before its uncached keys reach a store', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const r = await replica({ DATABASE_URL: db.url, FAILED_AUTH_PER_SOURCE_PER_MINUTE: '20' });
+    const accountId = (await r.service.repository.createAccount('throttle@example.com', 'free')).id;
+    const valid = await newKey(r.service, accountId);
+    expect(allowed(await check(r.client, valid.secret, '203.0.113.99'))).toBe(true);
+    for (let i = 0; i < 20; i++) expect(httpStatus(await check(r.client, generateKey('live'), '203.0.113.99'))).toBe(401);
+    const before = await storeLookups(r.service);
+    const throttled = await check(r.client, generateKey('live'), '203.0.113.99');
+    expect(httpStatus(throttled)).toBe(429);
+    expect(JSON.parse(throttled.denied_response!.body).error.code).toBe('rate_limit_exceeded');
+    expect((await storeLookups(r.service)).postgres).toBe(before.postgres);
+    // A key already in memory still works from that source; other sources are not affected.
+    expect(allowed(await check(r.client, valid.secret, '203.0.113.99'))).toBe(true);
+    expect(httpStatus(await check(r.client, generateKey('live'), '203.0.113.100'))).toBe(401);
+  });
+});
+
+describe('degraded operation', () => {
+  it('with Redis stopped, decisions go on from Postgres; revocations still apply; everything recovers when Redis returns', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const redis = new ThrowawayRedis(await freePort());
+    await redis.start();
+    cleanups.push(() => redis.dispose());
+    const env = { DATABASE_URL: db.url, REDIS_URL: redis.url, REDIS_KEY_PREFIX: redisPrefix() };
+    const a = await replica(env);
+    const b = await replica(env);
+    await leaseHeld(a.service);
+    await leaseHeld(b.service);
+    const accountId = (await a.service.repository.createAccount('redis-down@example.com', 'free')).id;
+    const k1 = await newKey(a.service, accountId, 'k1');
+    expect(allowed(await check(a.client, k1.secret))).toBe(true);
+
+    await redis.stop();
+    const k2 = await newKey(a.service, accountId, 'k2');
+    expect(allowed(await check(b.client, k2.secret))).toBe(true); // uncached: from Postgres
+    expect(allowed(await check(a.client, k1.secret))).toBe(true);
+    expect(await a.service.revoker.revoke(k1.id)).toMatchObject({ acknowledged: true }); // through Postgres NOTIFY
+    expect(httpStatus(await check(a.client, k1.secret))).toBe(401);
+    expect(httpStatus(await check(b.client, k1.secret))).toBe(401);
+    expect(await metricValue(a.service, 'ryvion_authz_degraded', { component: 'redis' })).toBe(1);
+
+    await redis.start();
+    await expect.poll(() => metricValue(a.service, 'ryvion_authz_store_up', { store: 'redis' }), { timeout: 10_000 }).toBe(1);
+    await expect.poll(() => metricValue(a.service, 'ryvion_authz_degraded', { component: 'redis' }), { timeout: 10_000 }).toBe(0);
+    const k3 = await newKey(a.service, accountId, 'k3');
+    a.service.keyStore.memory.flush();
+    expect(allowed(await check(a.client, k3.secret))).toBe(true);
+    const redisBefore = (await storeLookups(a.service)).redis;
+    a.service.keyStore.memory.flush();
+    expect(allowed(await check(a.client, k3.secret))).toBe(true);
+    expect((await storeLookups(a.service)).redis).toBeGreaterThan(redisBefore);
+    expect(httpStatus(await check(a.client, k1.secret))).toBe(401);
+  });
+
+  it('a Redis that was unreachable during a revoke does not hand the old entry back: revocations are replayed', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const prefix = redisPrefix();
+    const shared = new URL(testRedisUrl());
+    const proxy = new TcpProxy(shared.hostname, Number(shared.port || 6379));
+    await proxy.start();
+    cleanups.push(() => proxy.cut());
+    const a = await replica({ DATABASE_URL: db.url, REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_KEY_PREFIX: prefix });
+    await leaseHeld(a.service);
+    const accountId = (await a.service.repository.createAccount('replay@example.com', 'free')).id;
+    const k = await newKey(a.service, accountId);
+    expect(allowed(await check(a.client, k.secret))).toBe(true);
+    // The active entry is now in Redis (the fill is asynchronous).
+    const direct = new Redis(testRedisUrl());
+    cleanups.push(async () => direct.disconnect());
+    await expect.poll(async () => (await direct.keys(`${prefix}key:*`)).length, { timeout: 2000 }).toBeGreaterThan(0);
+
+    await proxy.cut();
+    expect(await a.service.revoker.revoke(k.id)).not.toBeNull();
+    // Redis still holds the active entry: nobody could reach it to overwrite it.
+    const [stale] = await direct.mget(...(await direct.keys(`${prefix}key:*`)));
+    expect(stale).not.toContain('"r":1');
+
+    await proxy.restore();
+    await expect.poll(() => metricValue(a.service, 'ryvion_authz_degraded', { component: 'redis' }), { timeout: 10_000 }).toBe(0);
+    // A replica that has nothing in memory and reads Redis must see the revocation.
+    const fresh = await replica({ DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: prefix });
+    await leaseHeld(fresh.service);
+    expect(httpStatus(await check(fresh.client, k.secret))).toBe(401);
+    a.service.keyStore.memory.flush();
+    expect(httpStatus(await check(a.client, k.secret))).toBe(401);
+  });
+
+  it('with Postgres unreachable, cached keys still pass and uncached keys get 503', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const target = new URL(db.url);
+    const proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
+    await proxy.start();
+    cleanups.push(() => proxy.cut());
+    const viaProxy = new URL(db.url);
+    viaProxy.hostname = '127.0.0.1';
+    viaProxy.port = String(proxy.port);
+    const r = await replica({ DATABASE_URL: viaProxy.toString(), REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix() });
+    await leaseHeld(r.service);
+    const accountId = (await r.service.repository.createAccount('pg-down@example.com', 'free')).id;
+    const cached = await newKey(r.service, accountId, 'cached');
+    const uncached = await newKey(r.service, accountId, 'uncached');
+    expect(allowed(await check(r.client, cached.secret))).toBe(true);
+    await new Promise((res) => setTimeout(res, 100)); // let the asynchronous Redis fill land
+
+    await proxy.cut();
+    for (let i = 0; i < 5; i++) expect(allowed(await check(r.client, cached.secret))).toBe(true);
+    expect(httpStatus(await check(r.client, uncached.secret))).toBe(503);
+    // Past the lease (memory no longer trusted without Postgres) the Redis tier still knows the cached key.
+    await expect.poll(() => r.service.keyStore.bus.leaseHeld(), { timeout: 3000 }).toBe(false);
+    expect(allowed(await check(r.client, cached.secret))).toBe(true);
+    expect(httpStatus(await check(r.client, uncached.secret))).toBe(503);
+
+    await proxy.restore();
+    await expect.poll(async () => allowed(await check(r.client, uncached.secret)), { timeout: 5000 }).toBe(true);
+  });
+});
