@@ -1,7 +1,7 @@
 // The ryvion-authz command line: serve, migrate, accounts, keys and check.
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from '../config.js';
-import { KeyRepository, NotFoundError, ConflictError, type KeyInfo } from '../keys/repository.js';
+import { KeyRepository, NotFoundError, ConflictError, type Account, type KeyInfo } from '../keys/repository.js';
 import { isAccountId, isKeyId } from '../keys/ids.js';
 import { createLogger } from '../observability/logger.js';
 import { loadPolicyFile, PolicyError } from '../policy/policy.js';
@@ -95,6 +95,17 @@ function waitReady(client: NonNullable<ReturnType<typeof createRedis>>, ms: numb
   });
 }
 
+function parseRpm(value: string | undefined): number | null {
+  if (value === undefined) return null;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) throw new UsageError('--rpm: a whole number of requests per minute, 1 or more');
+  return n;
+}
+
+function accountJson(a: Account): Record<string, unknown> {
+  return { id: a.id, email: a.email, plan: a.plan, rate_limit_rpm: a.rateLimitRpm, created_at: a.createdAt.toISOString() };
+}
+
 function requireAccountId(id: string): string {
   if (!isAccountId(id)) throw new UsageError(`--account: "${id}" is not an account id (acct_...)`);
   return id;
@@ -148,15 +159,33 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .description('create an account')
     .requiredOption('--email <email>', 'account e-mail address')
     .option('--plan <plan>', 'rate-limit plan', 'free')
+    .option('--rpm <n>', "the account's own request limit per minute, instead of its plan's")
     .option('--json', 'print JSON')
-    .action(async (o: { email: string; plan: string; json?: boolean }) => {
+    .action(async (o: { email: string; plan: string; rpm?: string; json?: boolean }) => {
       const email = o.email.trim();
       if (!/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(email) || email.length > 254) throw new UsageError(`--email: "${o.email}" is not an e-mail address`);
       if (!/^[a-z0-9][a-z0-9_-]{0,63}$/.test(o.plan)) throw new UsageError('--plan: lower-case letters, digits, - and _ only');
+      const rpm = parseRpm(o.rpm);
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
-      const account = await withRepository(config, (repo) => repo.createAccount(email, o.plan));
-      const json = { id: account.id, email: account.email, plan: account.plan, created_at: account.createdAt.toISOString() };
-      print(!!o.json, json, `created account ${account.id} (${account.email}, plan ${account.plan})`);
+      const account = await withRepository(config, (repo) => repo.createAccount(email, o.plan, rpm));
+      print(!!o.json, accountJson(account), `created account ${account.id} (${account.email}, plan ${account.plan}${rpm ? `, ${rpm} requests/min` : ''})`);
+    });
+
+  accounts
+    .command('set-limit')
+    .description("set or clear an account's own request limit")
+    .requiredOption('--account <id>', 'account id')
+    .option('--rpm <n>', 'requests per minute')
+    .option('--clear', "go back to the plan's limit")
+    .option('--json', 'print JSON')
+    .action(async (o: { account: string; rpm?: string; clear?: boolean; json?: boolean }) => {
+      const accountId = requireAccountId(o.account);
+      if ((o.rpm === undefined) === !o.clear) throw new UsageError('give exactly one of --rpm N and --clear');
+      const rpm = o.clear ? null : parseRpm(o.rpm);
+      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const account = await withRepository(config, (repo) => repo.setAccountLimit(accountId, rpm));
+      if (!account) throw new NotFoundError(`no account ${accountId}`);
+      print(!!o.json, accountJson(account), rpm ? `${accountId}: ${rpm} requests/min` : `${accountId}: the limit of plan ${account.plan}`);
     });
 
   const keys = program.command('keys').description('manage API keys');
@@ -167,16 +196,18 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .requiredOption('--name <name>', 'a name for the key (1-128 characters)')
     .requiredOption('--scope <scope>', 'scope: buyer, read-only or write-only (as the policy declares)')
     .option('--expires-at <iso>', 'expiry, ISO 8601 date-time')
+    .option('--rpm <n>', "the key's own request limit per minute (meant to be lower than the account's)")
     .option('--json', 'print JSON')
-    .action(async (o: { account: string; name: string; scope: string; expiresAt?: string; json?: boolean }) => {
+    .action(async (o: { account: string; name: string; scope: string; expiresAt?: string; rpm?: string; json?: boolean }) => {
       const accountId = requireAccountId(o.account);
       const name = parseName(o.name);
       const expiresAt = parseExpiry(o.expiresAt);
+      const rateLimitRpm = parseRpm(o.rpm);
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
       const scopes = loadPolicyFile(policyPath(config)).scopes;
       if (!scopes.includes(o.scope)) throw new UsageError(`--scope: "${o.scope}" is not one of ${scopes.join(', ')}`);
       const created = await withRepository(config, (repo) =>
-        repo.createKeyAudited({ accountId, name, scope: o.scope, expiresAt }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
+        repo.createKeyAudited({ accountId, name, scope: o.scope, expiresAt, rateLimitRpm }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
       );
       if (created.kind === 'limit_reached') throw new ConflictError(`account ${accountId} already has ${created.limit} live keys (MAX_KEYS_PER_ACCOUNT)`);
       const { key, secret } = created;

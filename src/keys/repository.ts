@@ -28,8 +28,21 @@ export interface Account {
   id: string;
   email: string;
   plan: string;
+  /** Requests per minute that replace the plan's account limit; null: the plan's. */
+  rateLimitRpm: number | null;
   createdAt: Date;
 }
+
+interface AccountRow {
+  id: string;
+  email: string;
+  plan: string;
+  rate_limit_rpm: number | null;
+  created_at: Date;
+}
+
+const ACCOUNT_COLUMNS = 'id, email, plan, rate_limit_rpm, created_at';
+const toAccount = (r: AccountRow): Account => ({ id: r.id, email: r.email, plan: r.plan, rateLimitRpm: r.rate_limit_rpm, createdAt: r.created_at });
 
 /** A key as listings show it: never the secret, never the hash. */
 export interface KeyInfo {
@@ -129,14 +142,13 @@ export class KeyRepository implements KeyLookup {
     return rows[0] ? toKeyRecord(rows[0]) : null;
   }
 
-  async createAccount(email: string, plan: string): Promise<Account> {
+  async createAccount(email: string, plan: string, rateLimitRpm: number | null = null): Promise<Account> {
     try {
-      const rows = await this.run<{ id: string; email: string; plan: string; created_at: Date }>(
-        `INSERT INTO accounts (id, email, plan) VALUES ($1, $2, $3) RETURNING id, email, plan, created_at`,
-        [newAccountId(), email, plan],
+      const rows = await this.run<AccountRow>(
+        `INSERT INTO accounts (id, email, plan, rate_limit_rpm) VALUES ($1, $2, $3, $4) RETURNING ${ACCOUNT_COLUMNS}`,
+        [newAccountId(), email, plan, rateLimitRpm],
       );
-      const r = rows[0]!;
-      return { id: r.id, email: r.email, plan: r.plan, createdAt: r.created_at };
+      return toAccount(rows[0]!);
     } catch (err) {
       if ((err as { code?: string }).code === '23505') throw new ConflictError(`an account with email ${email} already exists`);
       throw err;
@@ -144,29 +156,24 @@ export class KeyRepository implements KeyLookup {
   }
 
   async getAccount(id: string): Promise<Account | null> {
-    const rows = await this.run<{ id: string; email: string; plan: string; created_at: Date }>(
-      `SELECT id, email, plan, created_at FROM accounts WHERE id = $1`,
-      [id],
-    );
-    const r = rows[0];
-    return r ? { id: r.id, email: r.email, plan: r.plan, createdAt: r.created_at } : null;
+    const rows = await this.run<AccountRow>(`SELECT ${ACCOUNT_COLUMNS} FROM accounts WHERE id = $1`, [id]);
+    return rows[0] ? toAccount(rows[0]) : null;
   }
 
-  /** Creates a key and returns its secret: the only time the secret exists outside the caller. */
-  async createKey(input: { accountId: string; name: string; scope: string; expiresAt: Date | null }): Promise<{ key: KeyInfo; secret: string }> {
-    const secret = generateKey(this.environment);
-    const { hash, pepperVersion } = this.hasher.hashForStorage(secret);
-    try {
-      const rows = await this.run<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ${KEY_INFO_COLUMNS}`,
-        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt],
-      );
-      return { key: toKeyInfo(rows[0]!), secret };
-    } catch (err) {
-      if ((err as { code?: string }).code === '23503') throw new NotFoundError(`no account ${input.accountId}`);
-      throw err;
-    }
+  /**
+   * Sets (or with null, clears) an account's own request limit. Replicas pick
+   * it up as their cached key entries expire (CACHE_REDIS_TTL_MS at most).
+   */
+  async setAccountLimit(id: string, rateLimitRpm: number | null): Promise<Account | null> {
+    const rows = await this.run<AccountRow>(`UPDATE accounts SET rate_limit_rpm = $2 WHERE id = $1 RETURNING ${ACCOUNT_COLUMNS}`, [id, rateLimitRpm]);
+    return rows[0] ? toAccount(rows[0]) : null;
+  }
+
+  /** Creates a key as the operator would (audited as via the CLI); the secret is returned this once. */
+  async createKey(input: { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null }): Promise<{ key: KeyInfo; secret: string }> {
+    const created = await this.createKeyAudited(input, { keyId: null, via: 'cli' });
+    if (created.kind !== 'created') throw new ConflictError('key limit reached');
+    return { key: created.key, secret: created.secret };
   }
 
   async listKeys(accountId: string): Promise<KeyInfo[]> {
@@ -248,7 +255,7 @@ export class KeyRepository implements KeyLookup {
    * account first, so concurrent calls cannot overshoot the cap.
    */
   async createKeyAudited(
-    input: { accountId: string; name: string; scope: string; expiresAt: Date | null },
+    input: { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null },
     actor: AuditActor,
     opts: { maxLiveKeys?: number } = {},
   ): Promise<{ kind: 'created'; key: KeyInfo; secret: string } | { kind: 'limit_reached'; limit: number }> {
@@ -266,9 +273,9 @@ export class KeyRepository implements KeyLookup {
         if (Number(live.rows[0]!.n) >= opts.maxLiveKeys) return { kind: 'limit_reached', limit: opts.maxLiveKeys };
       }
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ${KEY_INFO_COLUMNS}`,
-        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt],
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ${KEY_INFO_COLUMNS}`,
+        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt, input.rateLimitRpm ?? null],
       );
       const key = toKeyInfo(inserted.rows[0]!);
       await insertAudit(tx, key.accountId, actor, 'key.created', key.id, {

@@ -1,0 +1,297 @@
+// Rate limits across replicas against real Redis and Postgres, and what the OpenAI SDK makes of them.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import OpenAI, { RateLimitError } from 'openai';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { DEFAULT_POLICY_PATH } from '../../src/policy/policy.js';
+import type { RunningService } from '../../src/service.js';
+import type { CheckResponse } from '../../src/transport/grpc/proto.js';
+import { envoyCheckRequest } from '../fixtures/envoy.js';
+import { TestGateway } from '../helpers/gateway.js';
+import { ThrowawayRedis, freePort } from '../helpers/redis-server.js';
+import { CheckClient, headersOf, metricValue, startTestService } from '../helpers/service.js';
+import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
+
+const pepper = testPepper();
+const dir = mkdtempSync(path.join(os.tmpdir(), 'ryvion-rl-'));
+const policyFile = path.join(dir, 'policy.yaml');
+// The default policy with plans made for tests.
+writeFileSync(
+  policyFile,
+  readFileSync(DEFAULT_POLICY_PATH, 'utf8').replace(
+    /^plans:[\s\S]*$/m,
+    `plans:
+  free:
+    account: { requests: 60, window: 1m, burst: 10 }
+  exact:
+    account: { requests: 200, window: 1s, burst: 20 }
+  hourly:
+    account: { requests: 1000, window: 1h, burst: 1000 }
+  tiny:
+    account: { requests: 2, window: 2s, burst: 2 }
+  roomy:
+    account: { requests: 1000, window: 1s, burst: 1000 }
+default_plan: free
+`,
+  ),
+);
+
+let db: Awaited<ReturnType<typeof freshDatabase>>;
+const services: RunningService[] = [];
+const clients: CheckClient[] = [];
+
+async function replica(env: Record<string, string> = {}): Promise<{ service: RunningService; client: CheckClient }> {
+  const service = await startTestService({
+    DATABASE_URL: db.url,
+    KEY_PEPPER: pepper,
+    REDIS_URL: testRedisUrl(),
+    REDIS_KEY_PREFIX: prefix,
+    POLICY_FILE: policyFile,
+    RATE_LIMIT_ENABLED: 'true',
+    FAILED_AUTH_PER_SOURCE_PER_MINUTE: '1000000',
+    ...env,
+  });
+  const client = new CheckClient(service.grpcPort);
+  services.push(service);
+  clients.push(client);
+  await vi.waitFor(() => expect(service.keyStore.bus.leaseHeld()).toBe(true), { timeout: 5000 });
+  return { service, client };
+}
+
+let prefix: string;
+beforeAll(async () => {
+  db = await freshDatabase();
+  prefix = redisPrefix();
+});
+
+afterAll(async () => {
+  for (const c of clients) c.close();
+  for (const s of services) await s.stop();
+  await db?.drop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function keyOn(s: RunningService, plan: string, opts: { accountRpm?: number; keyRpm?: number } = {}): Promise<string> {
+  const account = await s.repository.createAccount(`${plan}-${Math.random().toString(36).slice(2)}@example.com`, plan, opts.accountRpm ?? null);
+  return (await s.repository.createKey({ accountId: account.id, name: 'k', scope: 'buyer', expiresAt: null, rateLimitRpm: opts.keyRpm ?? null })).secret;
+}
+
+const check = (c: CheckClient, key: string): Promise<CheckResponse> => c.check(envoyCheckRequest({ headers: { authorization: `Bearer ${key}` } }));
+const status = (r: CheckResponse): number => (r.ok_response ? 200 : r.denied_response!.status.code);
+
+describe('accuracy across replicas', () => {
+  it('two replicas with concurrent clients admit N per window within 1%, over several windows', async () => {
+    const a = await replica();
+    const b = await replica();
+    const key = await keyOn(a.service, 'exact'); // 200 per second, of which 20 at once
+    let allowed = 0;
+    let limited = 0;
+    let first = 0;
+    const durationMs = 4000;
+    const start = performance.now();
+    const worker = async (c: CheckClient): Promise<void> => {
+      while (performance.now() - start < durationMs) {
+        const r = await check(c, key);
+        if (r.ok_response) {
+          allowed++;
+          first ||= performance.now();
+        } else if (status(r) === 429) limited++;
+        else throw new Error(`unexpected ${status(r)}`);
+      }
+    };
+    await Promise.all([a.client, b.client, a.client, b.client, a.client, b.client].map(worker));
+    const elapsedMs = performance.now() - first;
+    // GCRA admits the rate over the elapsed time plus the burst it starts with.
+    const expected = (200 * elapsedMs) / 1000 + 20;
+    console.log(`rate-limit accuracy: ${allowed} allowed, ${limited} limited in ${elapsedMs.toFixed(0)} ms; expected ${expected.toFixed(1)}`);
+    expect(limited).toBeGreaterThan(allowed); // the clients really pushed past the limit
+    expect(Math.abs(allowed - expected) / expected).toBeLessThan(0.01);
+    expect(allowed).toBeLessThanOrEqual(Math.ceil(expected) + 2); // + replicas
+  });
+});
+
+describe('one Redis round trip per decision', () => {
+  let redis: ThrowawayRedis;
+  let direct: Redis;
+  let r: { service: RunningService; client: CheckClient };
+
+  beforeAll(async () => {
+    redis = new ThrowawayRedis(await freePort());
+    await redis.start();
+    direct = new Redis(redis.url);
+    r = await replica({ REDIS_URL: redis.url });
+  });
+
+  afterAll(async () => {
+    direct?.disconnect();
+    await redis?.dispose();
+  });
+
+  /** Counts the commands the service sends to Redis, by name (a spy on its client). */
+  function spyCommands(): { counts: Map<string, number>; restore: () => void } {
+    const client = r.service.keyStore.redis as Redis;
+    const original = client.sendCommand.bind(client);
+    const counts = new Map<string, number>();
+    client.sendCommand = ((command: { name: string }, ...rest: unknown[]) => {
+      // Pub/sub is the invalidation channel's background traffic, not a decision's.
+      if (command.name !== 'publish') counts.set(command.name, (counts.get(command.name) ?? 0) + 1);
+      return (original as (...a: unknown[]) => unknown)(command, ...rest);
+    }) as typeof client.sendCommand;
+    return { counts, restore: () => void (client.sendCommand = original) };
+  }
+
+  async function decisionCommands(): Promise<Record<string, number>> {
+    const info = await direct.info('commandstats');
+    const out: Record<string, number> = {};
+    for (const m of info.matchAll(/^cmdstat_([a-z|]+):calls=(\d+)/gm)) {
+      if (/^(evalsha|eval)$/.test(m[1]!)) out[m[1]!] = Number(m[2]);
+    }
+    return out;
+  }
+
+  it('a memory-cached key costs exactly one Redis command (the limit script) per decision', async () => {
+    const key = await keyOn(r.service, 'roomy');
+    for (let i = 0; i < 3; i++) expect(status(await check(r.client, key))).toBe(200); // warm: key cached, script loaded
+    const spy = spyCommands();
+    try {
+      for (let i = 0; i < 100; i++) expect(status(await check(r.client, key))).toBe(200);
+    } finally {
+      spy.restore();
+    }
+    expect(Object.fromEntries(spy.counts)).toEqual({ evalsha: 100 });
+  });
+
+  it('a key already over its limit is answered from memory until its reset: no Redis call', async () => {
+    const key = await keyOn(r.service, 'tiny');
+    expect(status(await check(r.client, key))).toBe(200);
+    expect(status(await check(r.client, key))).toBe(200);
+    expect(status(await check(r.client, key))).toBe(429);
+    const before = await decisionCommands();
+    for (let i = 0; i < 20; i++) expect(status(await check(r.client, key))).toBe(429);
+    expect(await decisionCommands()).toEqual(before);
+  });
+});
+
+describe('headers', () => {
+  it('an allowed request carries x-ratelimit-* and RateLimit headers for the client', async () => {
+    const r = await replica();
+    const key = await keyOn(r.service, 'free');
+    const res = await check(r.client, key);
+    const h = headersOf(res.ok_response!.response_headers_to_add);
+    expect(h).toMatchObject({
+      'x-ratelimit-limit-requests': '60',
+      'x-ratelimit-remaining-requests': '9',
+      'x-ratelimit-reset-requests': '1s',
+      'ratelimit-policy': '"account";q=60;w=60',
+      ratelimit: '"account";r=9;t=1',
+    });
+  });
+
+  it('a 429 carries rate_limit_exceeded, retry-after (whole seconds, rounded up) and retry-after-ms', async () => {
+    const r = await replica();
+    const key = await keyOn(r.service, 'tiny');
+    await check(r.client, key);
+    await check(r.client, key);
+    const res = await check(r.client, key);
+    expect(res.status.code).toBe(8);
+    const h = headersOf(res.denied_response!.headers);
+    expect(res.denied_response!.status.code).toBe(429);
+    expect(JSON.parse(res.denied_response!.body).error).toMatchObject({ code: 'rate_limit_exceeded', type: 'rate_limit_error' });
+    const ms = Number(h['retry-after-ms']);
+    expect(ms).toBeGreaterThan(0);
+    expect(ms).toBeLessThanOrEqual(1000);
+    expect(h['retry-after']).toBe(String(Math.ceil(ms / 1000)));
+    expect(h['x-ratelimit-remaining-requests']).toBe('0');
+  });
+
+  it('a key limit lower than the account limit applies, and a request denied by it consumes nothing from the account', async () => {
+    const r = await replica();
+    const account = await r.service.repository.createAccount(`kl-${Date.now()}@example.com`, 'hourly');
+    const slow = (await r.service.repository.createKey({ accountId: account.id, name: 'slow', scope: 'buyer', expiresAt: null, rateLimitRpm: 6 })).secret;
+    const fast = (await r.service.repository.createKey({ accountId: account.id, name: 'fast', scope: 'buyer', expiresAt: null })).secret;
+    expect(status(await check(r.client, slow))).toBe(200); // burst of a 6/min key: 1
+    for (let i = 0; i < 10; i++) expect(status(await check(r.client, slow))).toBe(429);
+    const res = await check(r.client, fast);
+    // The account saw 2 requests (the slow key's first, and this one), not 12.
+    expect(headersOf(res.ok_response!.response_headers_to_add)['x-ratelimit-remaining-requests']).toBe('998');
+  });
+});
+
+describe('with the official openai SDK (6.x) behind our decision', () => {
+  let gateway: TestGateway;
+  let baseURL: string;
+  let key: string;
+
+  beforeAll(async () => {
+    const r = await replica();
+    gateway = new TestGateway(r.client);
+    baseURL = `${await gateway.start()}/v1`;
+    key = await keyOn(r.service, 'tiny'); // 2 per 2 s, burst 2: one more every second
+  });
+  afterAll(() => gateway?.stop());
+
+  it('raises RateLimitError with our message and code; its retries wait what retry-after-ms says; a request after the reset succeeds', async () => {
+    const noRetry = new OpenAI({ apiKey: key, baseURL, maxRetries: 0 });
+    const ask = (c: OpenAI) => c.chat.completions.create({ model: 'ryvion-test', messages: [{ role: 'user', content: 'hi' }] });
+    await ask(noRetry);
+    await ask(noRetry);
+    const err = await ask(noRetry).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RateLimitError);
+    const rle = err as RateLimitError;
+    expect(rle.status).toBe(429);
+    expect(rle.code).toBe('rate_limit_exceeded');
+    expect(rle.message).toMatch(/Rate limit reached for requests/);
+    const waitMs = Number(rle.headers?.get('retry-after-ms'));
+    expect(waitMs).toBeGreaterThan(0);
+
+    // With retries on, the SDK sleeps retry-after-ms, retries once, and gets through.
+    const retrying = new OpenAI({ apiKey: key, baseURL, maxRetries: 2 });
+    const t0 = performance.now();
+    const completion = await ask(retrying);
+    const waited = performance.now() - t0;
+    console.log(`openai SDK waited ${waited.toFixed(0)} ms for a retry-after-ms of about ${waitMs} ms`);
+    expect(completion.choices[0]?.message.content).toBe('ok');
+    expect(waited).toBeGreaterThanOrEqual(waitMs - 100);
+    expect(waited).toBeLessThan(waitMs + 1500);
+  });
+});
+
+describe('when Redis goes away under load', () => {
+  it('decisions continue from a local limiter, and shared limiting resumes once Redis is back', async () => {
+    const redis = new ThrowawayRedis(await freePort());
+    await redis.start();
+    try {
+      const r = await replica({ REDIS_URL: redis.url, RATE_LIMIT_LOCAL_SHARE: '0.5' });
+      const key = await keyOn(r.service, 'roomy');
+      let errors = 0;
+      let running = true;
+      const statuses: number[] = [];
+      const load = (async () => {
+        while (running) {
+          const s = status(await check(r.client, key));
+          statuses.push(s);
+          if (s !== 200 && s !== 429) errors++;
+        }
+      })();
+      await new Promise((res) => setTimeout(res, 200));
+      await redis.stop();
+      await vi.waitFor(async () => expect(await metricValue(r.service, 'ryvion_authz_degraded', { component: 'ratelimit' })).toBe(1), { timeout: 5000 });
+      const localBefore = await metricValue(r.service, 'ryvion_authz_ratelimit_decisions_total', { mode: 'local' });
+      await new Promise((res) => setTimeout(res, 300));
+      expect(await metricValue(r.service, 'ryvion_authz_ratelimit_decisions_total', { mode: 'local' })).toBeGreaterThan(localBefore);
+      await redis.start();
+      await vi.waitFor(async () => expect(await metricValue(r.service, 'ryvion_authz_degraded', { component: 'ratelimit' })).toBe(0), { timeout: 10_000 });
+      const sharedBefore = await metricValue(r.service, 'ryvion_authz_ratelimit_decisions_total', { mode: 'shared' });
+      await new Promise((res) => setTimeout(res, 200));
+      running = false;
+      await load;
+      expect(await metricValue(r.service, 'ryvion_authz_ratelimit_decisions_total', { mode: 'shared' })).toBeGreaterThan(sharedBefore);
+      expect(errors).toBe(0);
+      expect(statuses.length).toBeGreaterThan(100);
+    } finally {
+      await redis.dispose();
+    }
+  });
+});
