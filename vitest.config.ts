@@ -4,7 +4,8 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/helpers/global-setup.ts'],
-    testTimeout: 20_000,
+    // Generous: CI shares 2 cores between many test processes, servers and load generators.
+    testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
   },

@@ -76,6 +76,10 @@ const schema = z.object({
   UNAVAILABLE_MODE: z.enum(['deny', 'rpc_error'], { error: 'must be deny or rpc_error' }).default('deny'),
   MCP_RESOURCE_METADATA_URL: z.url({ error: 'must be an absolute URL' }).optional(),
   SHUTDOWN_DRAIN_MS: positiveInt.default(10_000),
+  // Not ready but still serving, so Envoy's health checks and endpoint updates steer traffic away before listeners close.
+  SHUTDOWN_READINESS_DELAY_MS: z.coerce.number().int('must be a whole number').min(0, 'must be 0 or more').max(60_000, 'must be at most 60000').default(5000),
+  // Fraction (0..1) of allowed decisions logged at info; the rest go to debug. Denials are always logged.
+  LOG_ALLOWED_SAMPLE_RATE: z.coerce.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1').default(0),
   RATE_LIMIT_ENABLED: bool.default(true),
   RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').default(0.5),
   MAX_KEYS_PER_ACCOUNT: positiveInt.default(100),

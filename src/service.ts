@@ -16,6 +16,7 @@ import { HealthState } from './observability/health.js';
 import type { Logger } from './observability/logger.js';
 import { Metrics } from './observability/metrics.js';
 import { closeHttp, createOpsServer, listenHttp } from './observability/ops-server.js';
+import { startPostgresProbe } from './observability/store-probe.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile, PolicyError, type CompiledPolicy } from './policy/policy.js';
 import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
@@ -29,7 +30,7 @@ export class StartupError extends Error {
 
 export interface RunningService {
   grpcPort: number;
-  /** HTTP API: key management. */
+  /** HTTP API: key management and the HTTP authorization mode (/authz). */
   httpPort: number;
   opsPort: number;
   health: HealthState;
@@ -38,7 +39,7 @@ export interface RunningService {
   revoker: KeyRevoker;
   keyStore: KeyStore;
   pool: pg.Pool;
-  /** Graceful stop: not ready, drain up to the deadline, close servers, then stores. */
+  /** Graceful stop: not ready, keep serving SHUTDOWN_READINESS_DELAY_MS, drain up to SHUTDOWN_DRAIN_MS, close servers, then Redis, then Postgres. */
   stop(): Promise<void>;
 }
 
@@ -46,6 +47,8 @@ export interface ServiceOptions {
   clock?: Clock;
   /** Off in tests that start several replicas in one process. */
   defaultMetrics?: boolean;
+  /** Between Postgres health probes (default POSTGRES_PROBE_INTERVAL_MS); tests shorten it. */
+  postgresProbeIntervalMs?: number;
 }
 
 export function keyHasherFrom(config: Config): KeyHasher {
@@ -65,6 +68,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
   const hasher = keyHasherFrom(config);
   const health = new HealthState();
   const metrics = new Metrics({ defaultMetrics: opts.defaultMetrics });
+  health.onChange((ready) => metrics.ready.set(ready ? 1 : 0));
 
   let policy: CompiledPolicy;
   try {
@@ -96,6 +100,8 @@ export async function startService(config: Config, logger: Logger, opts: Service
   }
   health.setStore('redis', 'not_configured');
   metrics.storeUp.labels('postgres').set(1);
+  // Down until its first `ready`, so the series exists from the first scrape.
+  if (config.REDIS_URL || config.REDIS_SENTINELS || config.REDIS_CLUSTER_NODES) metrics.storeUp.labels('redis').set(0);
 
   const clock = opts.clock ?? systemClock;
   const repository = new KeyRepository(pool, hasher, config.KEY_ENVIRONMENT);
@@ -120,7 +126,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     policy: () => policy,
     clock,
   });
-  const recorder = new DecisionRecorder(logger, metrics);
+  const recorder = new DecisionRecorder(logger, metrics, { allowedSampleRate: config.LOG_ALLOWED_SAMPLE_RATE });
 
   const watcher = watchPolicy(policyPath(config), {
     onReload: (next) => {
@@ -150,7 +156,12 @@ export async function startService(config: Config, logger: Logger, opts: Service
     logger,
     policy: () => policy,
     clock,
-    options: { maxKeysPerAccount: config.MAX_KEYS_PER_ACCOUNT, mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL },
+    options: {
+      maxKeysPerAccount: config.MAX_KEYS_PER_ACCOUNT,
+      mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,
+      stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
+      unavailableMode: config.UNAVAILABLE_MODE,
+    },
   });
   const ops = createOpsServer(metrics, health);
 
@@ -171,15 +182,19 @@ export async function startService(config: Config, logger: Logger, opts: Service
     throw new StartupError(`cannot listen: ${(err as Error).message}`);
   }
   health.setListening();
+  const postgresProbe = startPostgresProbe({ pool, health, metrics, logger, intervalMs: opts.postgresProbeIntervalMs });
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       health.setShuttingDown();
       watcher.close();
+      // Not ready but still serving: Envoy's health checks and Kubernetes' endpoint updates move traffic away first.
+      if (config.SHUTDOWN_READINESS_DELAY_MS > 0) await new Promise((r) => setTimeout(r, config.SHUTDOWN_READINESS_DELAY_MS));
       // Both stop taking new calls at once and drain within the same deadline.
       await Promise.all([grpcServer.shutdown(config.SHUTDOWN_DRAIN_MS), closeHttpServer(api, config.SHUTDOWN_DRAIN_MS)]);
       await closeHttp(ops);
+      await postgresProbe.stop();
       await keyStore.stop();
       await pool.end().catch(() => undefined);
     })());

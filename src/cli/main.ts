@@ -15,6 +15,7 @@ import { systemClock } from '../check/pipeline.js';
 import { StoreUnavailableError } from '../store/errors.js';
 import { sendCheck } from './check-client.js';
 import { installSignalHandlers } from './signals.js';
+import { runDev } from '../dev/command.js';
 
 /** Bad or missing arguments: exit 2, nothing written. */
 class UsageError extends Error {}
@@ -140,8 +141,16 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const logger = createLogger(config.LOG_LEVEL);
       if (!config.REDIS_URL) logger.warn('REDIS_URL is not set: caches and limits are local to this replica; run one replica only');
       const service = await startService(config, logger);
-      logger.info({ grpc_port: service.grpcPort, http_port: service.httpPort, ops_port: service.opsPort }, 'ryvion-authz ready');
+      // Handlers first: whoever reads "ready" may send SIGTERM at once, and it must drain, not kill.
       installSignalHandlers(logger, () => service.stop());
+      logger.info({ grpc_port: service.grpcPort, http_port: service.httpPort, ops_port: service.opsPort }, 'ryvion-authz ready');
+    });
+
+  program
+    .command('dev')
+    .description('run the service on an embedded Postgres in DATA_DIR (default ./.ryvion-authz) for a first try: one replica, no Redis')
+    .action(async () => {
+      await runDev(env);
     });
 
   program

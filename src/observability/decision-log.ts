@@ -3,11 +3,25 @@ import type { Decision } from '../check/decision.js';
 import type { Logger } from './logger.js';
 import type { Metrics, Transport } from './metrics.js';
 
+export interface DecisionLogOptions {
+  /** LOG_ALLOWED_SAMPLE_RATE: the fraction (0..1) of allowed decisions logged at info; the others at debug. */
+  allowedSampleRate?: number;
+  /** Uniform in [0, 1); injected by tests. */
+  random?: () => number;
+}
+
 export class DecisionRecorder {
+  private readonly allowedSampleRate: number;
+  private readonly random: () => number;
+
   constructor(
     private readonly logger: Logger,
     private readonly metrics: Metrics,
-  ) {}
+    opts: DecisionLogOptions = {},
+  ) {
+    this.allowedSampleRate = opts.allowedSampleRate ?? 0;
+    this.random = opts.random ?? Math.random;
+  }
 
   record(transport: Transport, decision: Decision, requestId: string, method: string, startedNs: bigint): void {
     const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
@@ -16,6 +30,9 @@ export class DecisionRecorder {
     if (decision.allow) {
       const reason = decision.shadowDenied ? 'shadow_denied' : 'allowed';
       this.metrics.decisions.labels(transport, 'allow', reason).inc();
+      const sampled = this.allowedSampleRate > 0 && this.random() < this.allowedSampleRate;
+      // The hot path: build no log fields for a line nobody will see.
+      if (!decision.shadowDenied && !sampled && !this.logger.isLevelEnabled('debug')) return;
       const fields = {
         transport, request_id: requestId, decision: 'allow', reason, method,
         key_id: decision.identity.keyId, account_id: decision.identity.accountId,
@@ -23,6 +40,7 @@ export class DecisionRecorder {
       };
       // A shadow rule's "would deny" is what the operator rolling it out needs to see.
       if (decision.shadowDenied) this.logger.info(fields, 'would deny (shadow rule)');
+      else if (sampled) this.logger.info(fields, 'allowed');
       else this.logger.debug(fields, 'allowed');
       return;
     }

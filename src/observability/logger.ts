@@ -2,7 +2,8 @@
 import pino from 'pino';
 
 // pino's redact paths need brackets for hyphenated names; `*` covers one level
-// of nesting (req.headers, err.headers, config objects that carry headers).
+// of nesting: req.headers and err.headers, then err.config.headers,
+// err.request.headers, err.response.headers (HTTP client errors) and req.raw.headers.
 export const REDACT_PATHS = [
   'authorization',
   'cookie',
@@ -13,6 +14,18 @@ export const REDACT_PATHS = [
   '*.headers.authorization',
   '*.headers.cookie',
   '*.headers["x-api-key"]',
+  '*.headers["set-cookie"]',
+  '*.*.headers.authorization',
+  '*.*.headers.cookie',
+  '*.*.headers["x-api-key"]',
+  '*.*.headers["set-cookie"]',
+  // HTTP clients (axios, fetch wrappers) keep the casing the caller wrote.
+  '*.headers.Authorization',
+  '*.headers.Cookie',
+  '*.headers["X-API-Key"]',
+  '*.*.headers.Authorization',
+  '*.*.headers.Cookie',
+  '*.*.headers["X-API-Key"]',
   'key',
   'secret',
   'pepper',

@@ -6,6 +6,26 @@ export type Transport = 'grpc' | 'http';
 export const TRANSPORTS: readonly Transport[] = ['grpc', 'http'];
 export const OUTCOME_REASONS: readonly string[] = ['allowed', 'shadow_denied', ...Object.values(DenyReason)];
 
+export type ManagementOperation = 'create' | 'list' | 'revoke' | 'me' | 'other';
+export const MANAGEMENT_OPERATIONS: readonly ManagementOperation[] = ['create', 'list', 'revoke', 'me', 'other'];
+
+// Route templates of the key management API (SPEC 6), so the label never carries a raw path or key id.
+const MANAGEMENT_ROUTES: Readonly<Record<string, ManagementOperation>> = {
+  'POST /api/v1/auth/api-keys': 'create',
+  'GET /api/v1/auth/api-keys': 'list',
+  'DELETE /api/v1/auth/api-keys/:id': 'revoke',
+  'GET /api/v1/auth/me': 'me',
+};
+
+/** The operation label of a management call, from its method and matched route template (undefined: no route). */
+export function managementOperation(method: string, route: string | undefined): ManagementOperation {
+  return (route !== undefined && MANAGEMENT_ROUTES[`${method.toUpperCase()} ${route}`]) || 'other';
+}
+
+export function statusClass(status: number): '2xx' | '4xx' | '5xx' {
+  return status >= 500 ? '5xx' : status >= 400 ? '4xx' : '2xx';
+}
+
 export class Metrics {
   readonly registry = new client.Registry();
 
@@ -101,34 +121,57 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly managementRequests = new client.Counter({
+    name: 'ryvion_authz_management_requests_total',
+    help: 'Key management API calls by operation (create|list|revoke|me|other) and status class (2xx|4xx|5xx).',
+    labelNames: ['operation', 'status_class'] as const,
+    registers: [this.registry],
+  });
+
+  readonly ready = new client.Gauge({
+    name: 'ryvion_authz_ready',
+    help: '1 while /readyz and grpc.health.v1 report ready (policy loaded, servers listening, not shutting down), else 0.',
+    registers: [this.registry],
+  });
+
   readonly policyLastReload = new client.Gauge({
     name: 'ryvion_authz_policy_last_reload_success_timestamp_seconds',
     help: 'When the policy in force was loaded.',
     registers: [this.registry],
   });
 
+  /** Counts one answered management call; `route` is the matched route template (Fastify's routeOptions.url). */
+  recordManagementRequest(method: string, route: string | undefined, status: number): void {
+    this.managementRequests.labels(managementOperation(method, route), statusClass(status)).inc();
+  }
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics !== false) client.collectDefaultMetrics({ register: this.registry });
-    // Known label values start at zero so rates and alerts work before the first event.
-    for (const tier of ['memory', 'redis', 'postgres']) for (const r of ['hit', 'miss', 'error']) this.cacheRequests.labels(tier, r);
+    // Known label values start at zero so rates and alerts work before the first event. prom-client
+    // creates a series only on inc()/observe(): `labels()` alone exports nothing, hence inc(0) and zero().
+    for (const tier of ['memory', 'redis', 'postgres']) for (const r of ['hit', 'miss', 'error']) this.cacheRequests.labels(tier, r).inc(0);
+    for (const r of ['bypass', 'coalesced']) this.cacheRequests.labels('memory', r).inc(0);
+    this.cacheRequests.labels('postgres', 'overload').inc(0);
+    for (const operation of MANAGEMENT_OPERATIONS) for (const cls of ['2xx', '4xx', '5xx']) this.managementRequests.labels(operation, cls).inc(0);
     for (const store of ['postgres', 'redis']) {
-      for (const kind of ['timeout', 'connection', 'overload', 'query']) this.storeErrors.labels(store, kind);
+      for (const kind of ['timeout', 'connection', 'overload', 'query']) this.storeErrors.labels(store, kind).inc(0);
     }
     for (const channel of ['postgres', 'redis']) {
-      this.invalidationsReceived.labels(channel);
+      this.invalidationsReceived.labels(channel).inc(0);
       this.invalidationChannelUp.labels(channel).set(0);
     }
     for (const component of ['postgres', 'redis', 'memory', 'ratelimit']) this.degraded.labels(component).set(0);
-    for (const result of ['acknowledged', 'lease_expired']) this.revocationDuration.labels(result);
-    for (const outcome of ['allowed', 'limited']) for (const mode of ['shared', 'local', 'memory']) this.rateLimitDecisions.labels(outcome, mode);
-    this.policyReloads.labels('success');
-    this.policyReloads.labels('failure');
+    for (const result of ['acknowledged', 'lease_expired']) this.revocationDuration.zero({ result });
+    for (const outcome of ['allowed', 'limited']) for (const mode of ['shared', 'local', 'memory']) this.rateLimitDecisions.labels(outcome, mode).inc(0);
+    this.policyReloads.labels('success').inc(0);
+    this.policyReloads.labels('failure').inc(0);
+    this.ready.set(0);
     for (const transport of TRANSPORTS) {
-      this.decisionDuration.labels(transport);
-      this.internalErrors.labels(transport);
+      this.decisionDuration.zero({ transport });
+      this.internalErrors.labels(transport).inc(0);
       for (const reason of OUTCOME_REASONS) {
         const outcome = reason === 'allowed' || reason === 'shadow_denied' ? 'allow' : 'deny';
-        this.decisions.labels(transport, outcome, reason);
+        this.decisions.labels(transport, outcome, reason).inc(0);
       }
     }
   }

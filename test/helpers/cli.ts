@@ -13,10 +13,11 @@ export interface CliResult {
 
 function baseEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
   // Only what the test passes: the developer's own DATABASE_URL etc. must not leak in.
-  return { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'warn', ...env };
+  // No readiness delay on SIGTERM unless a test asks for one: nothing routes by the child's health.
+  return { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'warn', SHUTDOWN_READINESS_DELAY_MS: '0', ...env };
 }
 
-export function runCliProcess(args: string[], env: Record<string, string | undefined> = {}, timeoutMs = 20_000): Promise<CliResult> {
+export function runCliProcess(args: string[], env: Record<string, string | undefined> = {}, timeoutMs = 45_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', ENTRY, ...args], { cwd: ROOT, env: baseEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -39,7 +40,7 @@ export function startCliProcess(
   args: string[],
   env: Record<string, string | undefined>,
   ready: RegExp,
-  timeoutMs = 20_000,
+  timeoutMs = 45_000,
 ): Promise<{ child: ChildProcess; output: () => string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', ENTRY, ...args], { cwd: ROOT, env: baseEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });

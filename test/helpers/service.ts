@@ -9,12 +9,23 @@ import type { RunningService } from '../../src/service.js';
 
 export function testConfig(env: Record<string, string>): Config {
   // Rate limits are off unless a test turns them on: the default plan would throttle tests about other things.
-  const config = loadConfig({ LOG_LEVEL: 'silent', BIND_ADDRESS: '127.0.0.1', RATE_LIMIT_ENABLED: 'false', ...env }, ['DATABASE_URL', 'KEY_PEPPER']);
+  // No readiness delay on stop: nothing routes by these services' health.
+  const config = loadConfig(
+    { LOG_LEVEL: 'silent', BIND_ADDRESS: '127.0.0.1', RATE_LIMIT_ENABLED: 'false', SHUTDOWN_READINESS_DELAY_MS: '0', ...env },
+    ['DATABASE_URL', 'KEY_PEPPER'],
+  );
   return { ...config, GRPC_PORT: 0, HTTP_PORT: 0, OPS_PORT: 0 };
 }
 
-export async function startTestService(env: Record<string, string>, opts: { clock?: Clock; logger?: Logger } = {}): Promise<RunningService> {
-  return startService(testConfig(env), opts.logger ?? createLogger(env.LOG_LEVEL ?? 'silent'), { defaultMetrics: false, clock: opts.clock });
+export async function startTestService(
+  env: Record<string, string>,
+  opts: { clock?: Clock; logger?: Logger; defaultMetrics?: boolean; postgresProbeIntervalMs?: number } = {},
+): Promise<RunningService> {
+  return startService(testConfig(env), opts.logger ?? createLogger(env.LOG_LEVEL ?? 'silent'), {
+    defaultMetrics: opts.defaultMetrics ?? false,
+    clock: opts.clock,
+    postgresProbeIntervalMs: opts.postgresProbeIntervalMs,
+  });
 }
 
 const Client = grpc.makeGenericClientConstructor(authorizationService(), 'Authorization');

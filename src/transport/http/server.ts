@@ -1,5 +1,7 @@
-// HTTP API on HTTP_PORT: the key management calls, each authenticated by the same pipeline as Check.
+// HTTP API on HTTP_PORT: the key management calls, each authenticated by the same pipeline as Check,
+// and the HTTP authorization mode (/authz, see authz.ts) in front of them.
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Decision, Identity } from '../../check/decision.js';
@@ -12,6 +14,7 @@ import type { Metrics } from '../../observability/metrics.js';
 import type { CompiledPolicy } from '../../policy/policy.js';
 import { StoreUnavailableError } from '../../store/errors.js';
 import { toAttributes, requestIdOf } from './attributes.js';
+import { createAuthzHandler, isAuthzPath } from './authz.js';
 import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
 import { KeyManagement, type ManagedKeys } from './key-management.js';
 
@@ -27,6 +30,10 @@ export interface HttpServerOptions {
   /** Larger bodies get 413. */
   bodyLimitBytes?: number;
   mcpResourceMetadataUrl?: string | undefined;
+  /** HTTP authorization mode: remove the credential headers before the upstream (STRIP_CREDENTIAL_HEADERS). */
+  stripCredentialHeaders?: boolean;
+  /** HTTP authorization mode: a store outage is a 503 denial, or an unanswered (reset) call (UNAVAILABLE_MODE). */
+  unavailableMode?: 'deny' | 'rpc_error';
 }
 
 export interface HttpServerDeps {
@@ -59,8 +66,26 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     maxKeysPerAccount: deps.options.maxKeysPerAccount,
   });
   const callers = new WeakMap<FastifyRequest, Identity>();
+  const authz = createAuthzHandler({
+    pipeline: deps.pipeline,
+    recorder: deps.recorder,
+    options: {
+      stripCredentialHeaders: deps.options.stripCredentialHeaders ?? true,
+      mcpResourceMetadataUrl: deps.options.mcpResourceMetadataUrl,
+      unavailableMode: deps.options.unavailableMode ?? 'deny',
+    },
+  });
 
   const app = Fastify({
+    // The authorization mode (/authz, /authz/...) is answered before Fastify: no router, no body
+    // parsing, content-type or size limit, and no collision with the API's routes or 404s.
+    serverFactory: (handler, opts) => {
+      const server = http.createServer((req, res) => (isAuthzPath(req.url ?? '/') ? authz(req, res) : handler(req, res)));
+      // What Fastify sets on the server it would have made itself.
+      if (typeof opts.keepAliveTimeout === 'number') server.keepAliveTimeout = opts.keepAliveTimeout;
+      if (typeof opts.requestTimeout === 'number') server.requestTimeout = opts.requestTimeout;
+      return server;
+    },
     // Our own log lines only (decisions, changes, errors), through the redacting logger.
     logger: false,
     bodyLimit,
@@ -79,6 +104,8 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     reply.header('x-request-id', req.id);
     reply.header('cache-control', 'no-store');
   });
+  // Labelled by route template, never by the raw path (key ids would be unbounded).
+  app.addHook('onResponse', async (req, reply) => deps.metrics.recordManagementRequest(req.method, req.routeOptions.url, reply.statusCode));
 
   // Authenticates like Check: same extraction, same pipeline, same denials.
   const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {

@@ -1,0 +1,163 @@
+// HTTP authorization mode on HTTP_PORT: the Check decisions for Envoy `http_service`, nginx `auth_request` and Traefik `forwardAuth`.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { RequestAttributes } from '../../check/attributes.js';
+import type { Allow, Decision, Deny } from '../../check/decision.js';
+import { denialResponse } from '../../check/outcomes.js';
+import type { CheckPipeline } from '../../check/pipeline.js';
+import type { DecisionRecorder } from '../../observability/decision-log.js';
+import { rateLimitHeaders } from '../../ratelimit/headers.js';
+import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../grpc/check.js';
+import { requestIdOf, toAttributes } from './attributes.js';
+
+/** `/authz` alone (nginx, Traefik) or followed by the original path (Envoy `path_prefix`). */
+export const AUTHZ_PREFIX = '/authz';
+
+/**
+ * Sent by the shipped nginx configuration. nginx `auth_request` drops the auth response's body and
+ * turns every status but 2xx/401/403 into 500, so for such a caller every denial is answered 403
+ * with the real status in NGINX_STATUS_HEADER and the JSON body in NGINX_BODY_HEADER; the
+ * configuration rebuilds the denial from them.
+ */
+export const NGINX_MODE_HEADER = 'x-ryvion-proxy';
+export const NGINX_STATUS_HEADER = 'x-ryvion-status';
+export const NGINX_BODY_HEADER = 'x-ryvion-error-body';
+const NGINX_CARRIER_STATUS = 403;
+
+/** Judged when the proxy's original-request headers contradict each other: no rule matches it, a valid key gets 400 invalid_path. */
+export const AMBIGUOUS_ORIGINAL_PATH = '/%00';
+
+export interface AuthzOptions {
+  stripCredentialHeaders: boolean;
+  mcpResourceMetadataUrl?: string | undefined;
+  /** `rpc_error`: a store outage resets the connection unanswered, so the proxy's failure_mode_allow decides. */
+  unavailableMode: 'deny' | 'rpc_error';
+}
+
+export interface AuthzDeps {
+  pipeline: Pick<CheckPipeline, 'decide'>;
+  recorder: DecisionRecorder;
+  options: AuthzOptions;
+}
+
+/** True for `/authz`, `/authz?...` and `/authz/...`; every other path belongs to the key management API. */
+export function isAuthzPath(url: string): boolean {
+  if (!url.startsWith(AUTHZ_PREFIX)) return false;
+  const next = url.charCodeAt(AUTHZ_PREFIX.length);
+  return Number.isNaN(next) || next === 0x2f /* / */ || next === 0x3f /* ? */;
+}
+
+/**
+ * The original request an auth call is about. Envoy style (`/authz/<path>`): the call's own method
+ * and the rest of its path; headers cannot override it. On `/authz` itself: `x-original-method` /
+ * `x-original-uri` (nginx) or `x-forwarded-method` / `x-forwarded-uri` (Traefik), each pair taken
+ * whole. Two pairs, or repeats, that disagree leave the original request unknown: judged as an
+ * unsafe path, never guessed. The client address is the proxy's view: the last `x-forwarded-for`
+ * entry (the one the proxy appended), else `x-real-ip`.
+ */
+export function toAuthzAttributes(req: IncomingMessage): RequestAttributes {
+  const base = toAttributes(req);
+  const url = req.url ?? AUTHZ_PREFIX;
+  const forwarded = valuesOf(req, ['x-forwarded-for', 'x-real-ip']);
+  const lastHop = forwarded.get('x-forwarded-for')?.at(-1)?.split(',').at(-1)?.trim();
+  const sourceAddress = lastHop || forwarded.get('x-real-ip')?.[0]?.trim() || base.sourceAddress;
+  if (url.charCodeAt(AUTHZ_PREFIX.length) === 0x2f) {
+    return { ...base, path: url.slice(AUTHZ_PREFIX.length), sourceAddress };
+  }
+  const h = valuesOf(req, ['x-original-method', 'x-original-uri', 'x-forwarded-method', 'x-forwarded-uri']);
+  // "METHOD\nURI": a header value never holds a line feed.
+  const candidates = new Set<string>();
+  const pair = (methods: string[] | undefined, uris: string[] | undefined): void => {
+    if (!methods && !uris) return;
+    for (const m of methods ?? [base.method]) for (const u of uris ?? ['/']) candidates.add(`${m.trim().toUpperCase()}\n${u.trim() || '/'}`);
+  };
+  pair(h.get('x-original-method'), h.get('x-original-uri'));
+  pair(h.get('x-forwarded-method'), h.get('x-forwarded-uri'));
+  if (candidates.size === 0) return { ...base, path: '/', sourceAddress };
+  if (candidates.size > 1) return { ...base, path: AMBIGUOUS_ORIGINAL_PATH, sourceAddress };
+  const [method, path] = [...candidates][0]!.split('\n') as [string, string];
+  return { ...base, method, path, sourceAddress };
+}
+
+/** Every value of the named headers (lower-case names), from `rawHeaders` so repeats stay visible. */
+function valuesOf(req: IncomingMessage, names: readonly string[]): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  const raw = req.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (!names.includes(name)) continue;
+    const list = out.get(name);
+    if (list) list.push(raw[i + 1]!);
+    else out.set(name, [raw[i + 1]!]);
+  }
+  return out;
+}
+
+/**
+ * Answers one auth call. The body, if the proxy forwards one, is never read: it cannot change the
+ * decision, and Node drains or drops it after the answer. Never rejects: every call gets one answer,
+ * a 503 denial when the pipeline throws (fail closed).
+ */
+export function createAuthzHandler(deps: AuthzDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const { options } = deps;
+  return (req, res) => {
+    const started = process.hrtime.bigint();
+    const requestId = requestIdOf(req);
+    const nginx = req.headers[NGINX_MODE_HEADER] === 'nginx';
+    let attrs: RequestAttributes | undefined;
+    void (async (): Promise<Decision> => {
+      attrs = toAuthzAttributes(req);
+      const decision = await deps.pipeline.decide(attrs);
+      deps.recorder.record('http', decision, requestId, attrs.method, started);
+      return decision;
+    })()
+      .catch((err: unknown): Decision => {
+        try {
+          deps.recorder.internalError('http', requestId, err);
+        } catch {
+          // Logging must not stand between the caller and its answer.
+        }
+        return { allow: false, reason: 'auth_unavailable', detail: 'internal' };
+      })
+      .then((decision) => {
+        if (res.destroyed) return;
+        res.setHeader('x-request-id', requestId);
+        res.setHeader('cache-control', 'no-store');
+        if (decision.allow) return allow(res, decision, options);
+        if (decision.reason === 'auth_unavailable' && options.unavailableMode === 'rpc_error') {
+          // No answer at all: Envoy counts a reset as a failed call, which its failure_mode_allow decides.
+          res.destroy();
+          return;
+        }
+        deny(res, decision, attrs?.path ?? '/', nginx, options);
+      });
+  };
+}
+
+function allow(res: ServerResponse, d: Allow, options: AuthzOptions): void {
+  res.setHeader(IDENTITY_HEADERS.accountId, d.identity.accountId);
+  res.setHeader(IDENTITY_HEADERS.keyId, d.identity.keyId);
+  res.setHeader(IDENTITY_HEADERS.scope, d.identity.scope);
+  // Envoy http_service removes the headers named here from the upstream request.
+  if (options.stripCredentialHeaders) res.setHeader('x-envoy-auth-headers-to-remove', CREDENTIAL_HEADERS.join(', '));
+  for (const [name, value] of rateLimitHeaders(d.rateLimit ?? [])) res.setHeader(name, value);
+  // Exactly 200: Envoy treats any other status, 204 included, as a denial.
+  res.writeHead(200, { 'content-length': '0' }).end();
+}
+
+function deny(res: ServerResponse, d: Deny, path: string, nginx: boolean, options: AuthzOptions): void {
+  const r = denialResponse(d, { mcpResourceMetadataUrl: options.mcpResourceMetadataUrl, path });
+  for (const [name, value] of r.headers) res.setHeader(name, value);
+  let status = r.httpStatus;
+  if (nginx) {
+    res.setHeader(NGINX_STATUS_HEADER, String(r.httpStatus));
+    res.setHeader(NGINX_BODY_HEADER, asciiJson(r.body));
+    status = NGINX_CARRIER_STATUS;
+  }
+  const body = Buffer.from(r.body);
+  res.writeHead(status, { 'content-length': String(body.length) }).end(body);
+}
+
+/** The same JSON with every non-ASCII character as a \u escape, so it is a valid header value. */
+function asciiJson(json: string): string {
+  return json.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

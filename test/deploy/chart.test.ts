@@ -1,0 +1,464 @@
+// The Helm chart, rendered by a real helm (lint, template, schema) and checked object by object
+// (kubernetes-models), then against the service itself: the environment the Deployment sets is
+// accepted by the service's own configuration parser, ports and probes match it, the policy
+// ConfigMap compiles with the service's policy compiler, and copied files stay in sync.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { buildProgram } from '../../src/cli/main.js';
+import { CONFIG_VARIABLES, loadConfig } from '../../src/config.js';
+import { compilePolicy } from '../../src/policy/policy.js';
+import { CHART_DIR, ROOT, findObject, helmLint, helmNotes, helmTemplate, renderChart, type K8sObject } from './helm.js';
+import { validateAll } from './manifests.js';
+
+// Minimal typings of what the tests read from rendered objects.
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: { secretKeyRef?: { name: string; key: string } };
+}
+interface ContainerPort {
+  name?: string;
+  containerPort: number;
+}
+interface Probe {
+  httpGet?: { path: string; port: string | number };
+  grpc?: { port: number };
+}
+interface Container {
+  name: string;
+  image?: string;
+  args?: string[];
+  env?: EnvVar[];
+  ports?: ContainerPort[];
+  livenessProbe?: Probe;
+  readinessProbe?: Probe;
+  startupProbe?: Probe;
+  securityContext?: Record<string, unknown>;
+  volumeMounts?: Array<{ name: string; mountPath: string; subPath?: string; readOnly?: boolean }>;
+}
+interface PodSpec {
+  containers: Container[];
+  volumes?: Array<{ name: string; configMap?: { name: string }; emptyDir?: object }>;
+  securityContext?: Record<string, unknown>;
+  terminationGracePeriodSeconds?: number;
+  topologySpreadConstraints?: Array<{ labelSelector?: { matchLabels?: Record<string, string> } }>;
+}
+interface PodTemplate {
+  metadata: { labels: Record<string, string>; annotations?: Record<string, string> };
+  spec: PodSpec;
+}
+interface DeploymentSpec {
+  replicas?: number;
+  selector: { matchLabels: Record<string, string> };
+  template: PodTemplate;
+}
+interface ServicePort {
+  name: string;
+  port: number;
+  targetPort: string | number;
+  appProtocol?: string;
+}
+
+const deploymentSpec = (objects: K8sObject[]) => findObject(objects, 'Deployment').spec as DeploymentSpec;
+const container = (objects: K8sObject[]) => deploymentSpec(objects).template.spec.containers[0]!;
+
+const SECRET_SAMPLES: Record<string, string> = {
+  DATABASE_URL: 'postgres://ryvion:secret@postgres.ryvion.svc:5432/ryvion',
+  REDIS_URL: 'redis://redis.ryvion.svc:6379',
+  KEY_PEPPER: 'p'.repeat(48),
+  KEY_PEPPER_PREVIOUS: 'q'.repeat(48),
+};
+
+/** The container's environment as the service would see it, Secrets replaced by sample values. */
+function environmentOf(c: Container): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const e of c.env ?? []) {
+    if (e.value !== undefined) env[e.name] = e.value;
+    else if (e.valueFrom?.secretKeyRef) env[e.name] = SECRET_SAMPLES[e.name] ?? 'from-a-secret';
+  }
+  return env;
+}
+
+function portNumber(c: Container, port: string | number): number | undefined {
+  return typeof port === 'number' ? port : c.ports?.find((p) => p.name === port)?.containerPort;
+}
+
+const REDIS = { redis: { existingSecret: 'ryvion-authz-redis' } };
+
+/** The value sets rendered and validated; each is a realistic install. */
+const VALUE_SETS: Record<string, object> = {
+  defaults: {},
+  'redis secret, three replicas': { ...REDIS, replicaCount: 3 },
+  'autoscaling with a PDB': {
+    ...REDIS,
+    autoscaling: { enabled: true, minReplicas: 3, maxReplicas: 12, targetCPUUtilizationPercentage: 60, targetMemoryUtilizationPercentage: 80 },
+    podDisruptionBudget: { enabled: true, minAvailable: 2 },
+  },
+  'all optional resources on': {
+    ...REDIS,
+    image: { repository: 'registry.example.com/ryvion/ryvion-authz', digest: `sha256:${'a'.repeat(64)}` },
+    imagePullSecrets: [{ name: 'registry' }],
+    keyPepper: { existingSecret: 'ryvion-authz-pepper', version: 2, previousSecretKey: 'KEY_PEPPER_PREVIOUS' },
+    config: { KEY_ENVIRONMENT: 'test', LOG_LEVEL: 'debug', STORE_TIMEOUT_MS: 80, UNAVAILABLE_MODE: 'rpc_error', RATE_LIMIT_LOCAL_SHARE: 0.25 },
+    extraEnv: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=256' }],
+    podAnnotations: { 'example.com/team': 'platform' },
+    priorityClassName: 'system-cluster-critical',
+    autoscaling: { enabled: true, minReplicas: 2, maxReplicas: 6 },
+    podDisruptionBudget: { enabled: true },
+    metrics: {
+      serviceMonitor: { enabled: true, labels: { release: 'kube-prometheus-stack' } },
+      prometheusRule: { enabled: true, labels: { release: 'kube-prometheus-stack' } },
+      grafanaDashboard: { enabled: true, annotations: { grafana_folder: 'Ryvion' } },
+    },
+    networkPolicy: {
+      enabled: true,
+      ingress: { from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'istio-system' } } }] },
+      egress: { postgres: { to: [{ ipBlock: { cidr: '10.20.0.0/16' } }] } },
+    },
+    policy: { content: `# site policy\n${readFileSync(join(ROOT, 'policy', 'default.yaml'), 'utf8')}` },
+  },
+  'existing policy ConfigMap, no migration Job': {
+    policy: { existingConfigMap: 'my-policy' },
+    migration: { enabled: false },
+    serviceAccount: { create: false, name: 'shared' },
+  },
+};
+
+const rendered: Record<string, K8sObject[]> = {};
+
+beforeAll(async () => {
+  // All renders at once: each helm call is a separate process.
+  const entries = await Promise.all(Object.entries(VALUE_SETS).map(async ([name, values]) => [name, await renderChart({ values })] as const));
+  for (const [name, objects] of entries) rendered[name] = objects;
+});
+
+describe('helm chart: lint and render', () => {
+  it('passes helm lint --strict with the defaults and with every optional resource on', async () => {
+    const results = await Promise.all([helmLint(), helmLint({ values: VALUE_SETS['all optional resources on']! })]);
+    for (const r of results) expect(r.code, r.stdout + r.stderr).toBe(0);
+  });
+
+  it.each(Object.keys(VALUE_SETS))('renders valid Kubernetes objects: %s', async (name) => {
+    const objects = rendered[name]!;
+    expect(objects.length).toBeGreaterThan(0);
+    expect(await validateAll(objects)).toEqual([]);
+    for (const o of objects) {
+      expect(o.metadata.namespace ?? 'ryvion').toBe('ryvion');
+      expect(o.metadata.labels?.['app.kubernetes.io/name']).toBe('ryvion-authz');
+      expect(o.metadata.labels?.['app.kubernetes.io/instance']).toBe('ryvion-authz');
+      expect(o.metadata.labels?.['app.kubernetes.io/managed-by']).toBe('Helm');
+    }
+    const names = objects.map((o) => `${o.kind}/${o.metadata.name}`);
+    expect(new Set(names).size).toBe(names.length);
+  });
+
+  it('renders the optional resources only when asked', () => {
+    const kinds = (name: string) => rendered[name]!.map((o) => o.kind).sort();
+    expect(kinds('defaults')).toEqual(['ConfigMap', 'Deployment', 'Job', 'Service', 'ServiceAccount']);
+    expect(kinds('all optional resources on')).toEqual(
+      ['ConfigMap', 'ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Job', 'NetworkPolicy', 'PodDisruptionBudget', 'PrometheusRule', 'Service', 'ServiceAccount', 'ServiceMonitor'].sort(),
+    );
+    expect(kinds('existing policy ConfigMap, no migration Job')).toEqual(['Deployment', 'Service']);
+  });
+});
+
+describe('helm chart: refused values', () => {
+  it('refuses a wrong type with the schema message naming the key', async () => {
+    const r = await helmTemplate({ values: { replicaCount: 'three' } });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/replicaCount/);
+    expect(r.stderr).toMatch(/integer/);
+  });
+
+  it('refuses a missing database or pepper Secret (the schema requires both names)', async () => {
+    const [noDb, noPepper, none] = await Promise.all([
+      helmTemplate({ withRequired: false, values: { keyPepper: { existingSecret: 'p' } } }),
+      helmTemplate({ withRequired: false, values: { database: { existingSecret: 'd' } } }),
+      helmTemplate({ withRequired: false }),
+    ]);
+    for (const r of [noDb, noPepper, none]) {
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/values don't meet the specifications of the schema/);
+    }
+    expect(noDb.stderr).toMatch(/database[./]existingSecret/);
+    expect(noDb.stderr).not.toMatch(/keyPepper/);
+    expect(noPepper.stderr).toMatch(/keyPepper[./]existingSecret/);
+    expect(none.stderr).toMatch(/database[./]existingSecret/);
+    expect(none.stderr).toMatch(/keyPepper[./]existingSecret/);
+  });
+
+  it('refuses settings the service does not read, and values that contradict each other', async () => {
+    const [typo, plainSecret, grace, hpaWithoutRedis, pepperVersion] = await Promise.all([
+      helmTemplate({ values: { config: { LOG_LEVLE: 'debug' } } }),
+      helmTemplate({ values: { config: { KEY_PEPPER: 'a-secret-in-plain-text-is-refused' } } }),
+      helmTemplate({ values: { terminationGracePeriodSeconds: 12, shutdown: { readinessDelayMs: 5000, drainMs: 10000 } } }),
+      helmTemplate({ values: { autoscaling: { enabled: true } } }),
+      helmTemplate({ values: { keyPepper: { existingSecret: 'p', previousSecretKey: 'OLD' } } }),
+    ]);
+    expect(typo.code).not.toBe(0);
+    expect(typo.stderr).toMatch(/LOG_LEVLE/);
+    expect(plainSecret.code).not.toBe(0);
+    expect(plainSecret.stderr).toMatch(/KEY_PEPPER/);
+    expect(grace.code).not.toBe(0);
+    expect(grace.stderr).toMatch(/terminationGracePeriodSeconds \(12\) must exceed/);
+    expect(hpaWithoutRedis.code).not.toBe(0);
+    expect(hpaWithoutRedis.stderr).toMatch(/autoscaling.enabled needs Redis/);
+    expect(pepperVersion.code).not.toBe(0);
+    expect(pepperVersion.stderr).toMatch(/keyPepper.version 2 or more/);
+  });
+});
+
+describe('helm chart: wiring to the service', () => {
+  it.each(Object.keys(VALUE_SETS))('sets only variables the service reads, and the service accepts them: %s', (name) => {
+    const c = container(rendered[name]!);
+    const names = (c.env ?? []).map((e) => e.name);
+    expect(new Set(names).size, 'no variable twice').toBe(names.length);
+    const extra = new Set(['NODE_OPTIONS']); // extraEnv in one value set: Node's own
+    for (const n of names) if (!extra.has(n)) expect(CONFIG_VARIABLES, `${n} is a setting of src/config.ts`).toContain(n);
+    // The service's own parser, with what `serve` requires.
+    const config = loadConfig(environmentOf(c), ['DATABASE_URL', 'KEY_PEPPER']);
+    expect(config.MIGRATE_ON_START).toBe(false);
+  });
+
+  it('passes secrets only by reference to existing Secrets, never as values', () => {
+    for (const objects of Object.values(rendered)) {
+      const env = container(objects).env ?? [];
+      for (const secret of ['DATABASE_URL', 'REDIS_URL', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS']) {
+        const e = env.find((v) => v.name === secret);
+        if (!e) continue;
+        expect(e.value, `${secret} has no plain value`).toBeUndefined();
+        expect(e.valueFrom?.secretKeyRef?.name).toBeTruthy();
+      }
+      expect(objects.some((o) => o.kind === 'Secret')).toBe(false);
+    }
+    const all = container(rendered['all optional resources on']!).env!;
+    expect(all.find((e) => e.name === 'DATABASE_URL')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-db', key: 'DATABASE_URL' });
+    expect(all.find((e) => e.name === 'REDIS_URL')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-redis', key: 'REDIS_URL' });
+    expect(all.find((e) => e.name === 'KEY_PEPPER_PREVIOUS')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-pepper', key: 'KEY_PEPPER_PREVIOUS' });
+    expect(container(rendered.defaults!).env!.some((e) => e.name === 'REDIS_URL')).toBe(false);
+  });
+
+  it('exposes every setting: each variable is either accepted under `config` or set by the chart', () => {
+    const schema = JSON.parse(readFileSync(join(CHART_DIR, 'values.schema.json'), 'utf8')) as {
+      properties: { config: { propertyNames: { enum: string[] } } };
+    };
+    const settable = schema.properties.config.propertyNames.enum;
+    for (const n of settable) expect(CONFIG_VARIABLES, `values.schema.json config.${n}`).toContain(n);
+    const setByChart = new Set((container(rendered['all optional resources on']!).env ?? []).map((e) => e.name));
+    const configKeys = Object.keys((VALUE_SETS['all optional resources on'] as { config: object }).config);
+    for (const k of configKeys) setByChart.delete(k);
+    // A variable added to src/config.ts needs a place here: add it to values.schema.json
+    // (config.propertyNames.enum) or have the chart set it from its own values.
+    const unreachable = CONFIG_VARIABLES.filter((v) => !settable.includes(v) && !setByChart.has(v));
+    expect(unreachable).toEqual([]);
+    for (const n of setByChart) expect(settable, `${n} is set by the chart, so not under config`).not.toContain(n);
+  });
+
+  it.each(Object.keys(VALUE_SETS))('names container and Service ports as the service listens, probes on the ops port: %s', (name) => {
+    const objects = rendered[name]!;
+    const c = container(objects);
+    const config = loadConfig(environmentOf(c), ['DATABASE_URL', 'KEY_PEPPER']);
+    expect(portNumber(c, 'grpc')).toBe(config.GRPC_PORT);
+    expect(portNumber(c, 'http')).toBe(config.HTTP_PORT);
+    expect(portNumber(c, 'metrics')).toBe(config.OPS_PORT);
+    expect(c.livenessProbe?.httpGet?.path).toBe('/healthz');
+    expect(portNumber(c, c.livenessProbe!.httpGet!.port)).toBe(config.OPS_PORT);
+    expect(c.readinessProbe?.httpGet?.path).toBe('/readyz');
+    expect(portNumber(c, c.readinessProbe!.httpGet!.port)).toBe(config.OPS_PORT);
+    if (c.startupProbe?.httpGet) expect(portNumber(c, c.startupProbe.httpGet.port)).toBe(config.OPS_PORT);
+
+    const service = findObject(objects, 'Service').spec as { selector: Record<string, string>; ports: ServicePort[] };
+    const byName = Object.fromEntries(service.ports.map((p) => [p.name, p]));
+    expect(Object.keys(byName).sort()).toEqual(['grpc', 'http', 'metrics']);
+    expect(byName.grpc!.appProtocol).toBe('grpc');
+    for (const p of service.ports) {
+      expect(portNumber(c, p.targetPort), `Service port ${p.name} reaches a container port`).toBe(portNumber(c, p.name));
+      expect(p.port).toBe(portNumber(c, p.name));
+    }
+    expect(byName.grpc!.port).toBe(9191);
+    expect(byName.http!.port).toBe(8080);
+    expect(byName.metrics!.port).toBe(9090);
+    // The Service selects the server pods and not the migration Job's.
+    const spec = deploymentSpec(objects);
+    expect(spec.template.metadata.labels).toMatchObject(service.selector);
+    expect(spec.template.metadata.labels).toMatchObject(spec.selector.matchLabels);
+    const job = objects.find((o) => o.kind === 'Job');
+    if (job) {
+      const jobLabels = (job.spec as { template: PodTemplate }).template.metadata.labels;
+      expect(Object.entries(service.selector).every(([k, v]) => jobLabels[k] === v)).toBe(false);
+    }
+  });
+
+  it.each(Object.keys(VALUE_SETS))('gives terminating pods more time than the service drains: %s', (name) => {
+    const spec = deploymentSpec(rendered[name]!);
+    const config = loadConfig(environmentOf(spec.template.spec.containers[0]!), ['DATABASE_URL', 'KEY_PEPPER']);
+    const delayMs = (config as { SHUTDOWN_READINESS_DELAY_MS?: number }).SHUTDOWN_READINESS_DELAY_MS ?? 0;
+    expect(spec.template.spec.terminationGracePeriodSeconds).toBeGreaterThan(config.SHUTDOWN_DRAIN_MS / 1000);
+    expect(spec.template.spec.terminationGracePeriodSeconds).toBeGreaterThan((delayMs + config.SHUTDOWN_DRAIN_MS) / 1000);
+  });
+
+  it('hardens the pods: non-root, read-only root filesystem, no privileges, RuntimeDefault seccomp, writable /tmp', () => {
+    for (const objects of Object.values(rendered)) {
+      const pods = objects.filter((o) => o.kind === 'Deployment' || o.kind === 'Job').map((o) => (o.spec as { template: PodTemplate }).template.spec);
+      for (const pod of pods) {
+        expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+        for (const c of pod.containers) {
+          expect(c.securityContext).toMatchObject({
+            runAsNonRoot: true,
+            readOnlyRootFilesystem: true,
+            allowPrivilegeEscalation: false,
+            capabilities: { drop: ['ALL'] },
+            seccompProfile: { type: 'RuntimeDefault' },
+          });
+          const tmp = c.volumeMounts?.find((m) => m.mountPath === '/tmp');
+          expect(tmp, 'writable /tmp').toBeDefined();
+          expect(pod.volumes?.find((v) => v.name === tmp!.name)?.emptyDir).toBeDefined();
+        }
+      }
+    }
+  });
+
+  it('spreads the server pods over zones and nodes by their own labels', () => {
+    const spec = deploymentSpec(rendered.defaults!);
+    const constraints = spec.template.spec.topologySpreadConstraints ?? [];
+    expect(constraints.length).toBeGreaterThan(0);
+    for (const t of constraints) expect(t.labelSelector?.matchLabels).toEqual(spec.selector.matchLabels);
+  });
+
+  it('runs the CLI commands the image has: serve in the pods, migrate in a pre-install/pre-upgrade hook', () => {
+    const commands = buildProgram({}).commands.map((c) => c.name());
+    const objects = rendered.defaults!;
+    expect(container(objects).args).toEqual(['serve']);
+    expect(commands).toContain('serve');
+    const job = findObject(objects, 'Job');
+    expect(job.metadata.annotations?.['helm.sh/hook']).toBe('pre-install,pre-upgrade');
+    expect(job.metadata.annotations?.['helm.sh/hook-delete-policy']).toContain('before-hook-creation');
+    const jobContainer = (job.spec as { template: PodTemplate }).template.spec.containers[0]!;
+    expect(jobContainer.args).toEqual(['migrate']);
+    expect(commands).toContain('migrate');
+    expect(jobContainer.image).toBe(container(objects).image);
+    // `migrate` needs only the database; it never sees the pepper.
+    const jobEnv = environmentOf(jobContainer);
+    expect(Object.keys(jobEnv)).toContain('DATABASE_URL');
+    expect(Object.keys(jobEnv)).not.toContain('KEY_PEPPER');
+    expect(() => loadConfig(jobEnv, ['DATABASE_URL'])).not.toThrow();
+    // The pods never migrate (old pods keep running against the newer schema during a rollout).
+    expect(environmentOf(container(objects)).MIGRATE_ON_START).toBe('false');
+  });
+
+  it('runs one replica without Redis (and says so in NOTES), the asked number with it', async () => {
+    expect(deploymentSpec(rendered.defaults!).replicas).toBe(1);
+    expect(deploymentSpec(rendered['redis secret, three replicas']!).replicas).toBe(3);
+    // With an HPA the Deployment leaves replicas to it.
+    expect(deploymentSpec(rendered['autoscaling with a PDB']!).replicas).toBeUndefined();
+    const [without, withRedis] = await Promise.all([helmNotes({ values: { replicaCount: 3 } }), helmNotes({ values: REDIS })]);
+    expect(without).toMatch(/WARNING: no Redis/);
+    expect(without).toMatch(/replicaCount=3 is ignored/);
+    expect(withRedis).not.toMatch(/WARNING/);
+  });
+
+  it('tells in NOTES how to wire Envoy, Istio and Envoy Gateway to the Service', async () => {
+    const notes = await helmNotes();
+    expect(notes).toContain('ryvion-authz.ryvion.svc.cluster.local');
+    expect(notes).toMatch(/envoyExtAuthzGrpc:[\s\S]*service: ryvion-authz\.ryvion\.svc\.cluster\.local[\s\S]*port: 9191/);
+    expect(notes).toMatch(/failure_mode_allow: false/);
+    expect(notes).toMatch(/statusOnError: "503"/);
+    expect(notes).toMatch(/backendRefs:[\s\S]*name: ryvion-authz[\s\S]*port: 9191/);
+  });
+
+  it('points HPA, PDB, NetworkPolicy and ServiceMonitor at the server pods and their ports', () => {
+    const objects = rendered['all optional resources on']!;
+    const deployment = findObject(objects, 'Deployment');
+    const spec = deployment.spec as DeploymentSpec;
+    const hpa = findObject(objects, 'HorizontalPodAutoscaler').spec as { scaleTargetRef: { kind: string; name: string } };
+    expect(hpa.scaleTargetRef).toMatchObject({ kind: 'Deployment', name: deployment.metadata.name });
+    const pdb = findObject(objects, 'PodDisruptionBudget').spec as { selector: { matchLabels: Record<string, string> }; maxUnavailable?: number };
+    expect(pdb.selector.matchLabels).toEqual(spec.selector.matchLabels);
+    expect(pdb.maxUnavailable).toBe(1);
+    const pdbMin = findObject(rendered['autoscaling with a PDB']!, 'PodDisruptionBudget').spec as { minAvailable?: number; maxUnavailable?: number };
+    expect(pdbMin).toMatchObject({ minAvailable: 2 });
+    expect(pdbMin.maxUnavailable).toBeUndefined();
+
+    const c = spec.template.spec.containers[0]!;
+    const np = findObject(objects, 'NetworkPolicy').spec as {
+      podSelector: { matchLabels: Record<string, string> };
+      policyTypes: string[];
+      ingress: Array<{ ports: Array<{ port: string | number }>; from?: unknown[] }>;
+      egress: Array<{ ports: Array<{ port: number; protocol: string }> }>;
+    };
+    expect(spec.template.metadata.labels).toMatchObject(np.podSelector.matchLabels);
+    expect(np.policyTypes).toEqual(['Ingress', 'Egress']);
+    const ingressPorts = np.ingress.flatMap((r) => r.ports.map((p) => portNumber(c, p.port)));
+    const config = loadConfig(environmentOf(c), ['DATABASE_URL', 'KEY_PEPPER']);
+    expect(ingressPorts.sort()).toEqual([config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT].sort());
+    expect(np.ingress[0]!.from).toEqual([{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'istio-system' } } }]);
+    const egressPorts = np.egress.flatMap((r) => r.ports.map((p) => `${p.protocol}/${p.port}`));
+    expect(egressPorts).toEqual(expect.arrayContaining(['UDP/53', 'TCP/53', 'TCP/5432', 'TCP/6379']));
+
+    const service = findObject(objects, 'Service');
+    const sm = findObject(objects, 'ServiceMonitor');
+    const smSpec = sm.spec as { selector: { matchLabels: Record<string, string> }; endpoints: Array<{ port: string; path: string }>; namespaceSelector: { matchNames: string[] } };
+    expect(service.metadata.labels).toMatchObject(smSpec.selector.matchLabels);
+    expect((service.spec as { ports: ServicePort[] }).ports.map((p) => p.name)).toContain(smSpec.endpoints[0]!.port);
+    expect(smSpec.endpoints[0]!.path).toBe('/metrics');
+    expect(smSpec.namespaceSelector.matchNames).toEqual(['ryvion']);
+    expect(sm.metadata.labels?.release).toBe('kube-prometheus-stack');
+  });
+});
+
+describe('helm chart: policy ConfigMap', () => {
+  it('ships a copy of policy/default.yaml that stays equal to it', () => {
+    expect(readFileSync(join(CHART_DIR, 'files', 'policy.yaml'), 'utf8')).toBe(readFileSync(join(ROOT, 'policy', 'default.yaml'), 'utf8'));
+  });
+
+  it.each(['defaults', 'all optional resources on'])('renders a policy the service compiles, mounted as a directory at POLICY_FILE: %s', (name) => {
+    const objects = rendered[name]!;
+    const spec = deploymentSpec(objects);
+    const c = spec.template.spec.containers[0]!;
+    const policyFile = environmentOf(c).POLICY_FILE!;
+    const volume = spec.template.spec.volumes!.find((v) => v.configMap)!;
+    const mount = c.volumeMounts!.find((m) => m.name === volume.name)!;
+    // A directory mount: subPath mounts never see ConfigMap updates, so hot reload would not work.
+    expect(mount.subPath).toBeUndefined();
+    expect(mount.readOnly).toBe(true);
+    expect(policyFile).toBe(`${mount.mountPath}/policy.yaml`);
+    const cm = findObject(objects, 'ConfigMap', volume.configMap!.name);
+    const text = (cm.data as Record<string, string>)['policy.yaml']!;
+    const policy = compilePolicy(text, 'ConfigMap policy.yaml');
+    expect(policy.scopes).toEqual(expect.arrayContaining(['buyer', 'read-only', 'write-only']));
+    expect(policy.authorize('POST', '/v1/chat/completions', 'buyer').kind).toBe('allow');
+    expect(policy.authorize('POST', '/v1/chat/completions', 'read-only').kind).toBe('insufficient_scope');
+    if (name === 'defaults') expect(text.trim()).toBe(readFileSync(join(ROOT, 'policy', 'default.yaml'), 'utf8').trim());
+    // The policy is reloaded in place: a change must not restart the pods through a checksum.
+    expect(Object.keys(spec.template.metadata.annotations ?? {}).some((k) => k.startsWith('checksum/'))).toBe(false);
+  });
+
+  it('mounts an existing ConfigMap instead when asked', () => {
+    const spec = deploymentSpec(rendered['existing policy ConfigMap, no migration Job']!);
+    expect(spec.template.spec.volumes!.find((v) => v.configMap)!.configMap!.name).toBe('my-policy');
+  });
+});
+
+describe('helm chart: monitoring files (copies of deploy/prometheus and deploy/grafana)', () => {
+  const objects = () => rendered['all optional resources on']!;
+
+  it('keeps files/ryvion-authz-rules.yaml equal to deploy/prometheus/ryvion-authz-rules.yaml and renders its groups', () => {
+    const source = readFileSync(join(ROOT, 'deploy', 'prometheus', 'ryvion-authz-rules.yaml'), 'utf8');
+    expect(readFileSync(join(CHART_DIR, 'files', 'ryvion-authz-rules.yaml'), 'utf8')).toBe(source);
+    const rule = findObject(objects(), 'PrometheusRule');
+    expect((rule.spec as { groups: unknown }).groups).toEqual((parse(source) as { groups: unknown }).groups);
+    expect(rule.metadata.labels?.release).toBe('kube-prometheus-stack');
+  });
+
+  it('keeps files/ryvion-authz.json equal to deploy/grafana/ryvion-authz.json and ships it for the Grafana sidecar', () => {
+    const source = readFileSync(join(ROOT, 'deploy', 'grafana', 'ryvion-authz.json'), 'utf8');
+    expect(readFileSync(join(CHART_DIR, 'files', 'ryvion-authz.json'), 'utf8')).toBe(source);
+    const cm = objects().find((o) => o.kind === 'ConfigMap' && o.metadata.labels?.grafana_dashboard === '1');
+    expect(cm, 'ConfigMap with grafana_dashboard: "1"').toBeDefined();
+    expect(cm!.metadata.annotations?.grafana_folder).toBe('Ryvion');
+    const json = (cm!.data as Record<string, string>)['ryvion-authz.json']!;
+    expect(JSON.parse(json)).toEqual(JSON.parse(source));
+  });
+});

@@ -1,0 +1,215 @@
+// The shipped proxy configurations (deploy/envoy, deploy/istio, deploy/envoy-gateway) against the
+// chart they call: the Service name and ports come from rendering the chart as release
+// "ryvion-authz" in namespace "ryvion", not from constants. Each file must set the timeout
+// (at most 1 s), fail closed, send /api/v1/auth/ to the HTTP port without ext_authz, and strip the
+// identity headers there. The Envoy bootstrap is also checked field by field against Envoy's protos.
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parse, parseAllDocuments } from 'yaml';
+import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/transport/grpc/check.js';
+import { checkEnvoyConfig } from './envoy-proto.js';
+import { ROOT, findObject, renderChart } from './helm.js';
+
+const IDENTITY = Object.values(IDENTITY_HEADERS).sort();
+
+interface ChartService {
+  name: string;
+  namespace: string;
+  fqdn: string;
+  grpcPort: number;
+  httpPort: number;
+}
+
+let svc: ChartService;
+
+beforeAll(async () => {
+  const objects = await renderChart({ release: 'ryvion-authz', namespace: 'ryvion' });
+  const service = findObject(objects, 'Service');
+  const ports = (service.spec as { ports: Array<{ name: string; port: number }> }).ports;
+  const namespace = service.metadata.namespace!;
+  svc = {
+    name: service.metadata.name,
+    namespace,
+    fqdn: `${service.metadata.name}.${namespace}.svc.cluster.local`,
+    grpcPort: ports.find((p) => p.name === 'grpc')!.port,
+    httpPort: ports.find((p) => p.name === 'http')!.port,
+  };
+});
+
+/** "0.25s", "250ms", "1m" -> seconds. */
+function seconds(duration: unknown): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)$/.exec(String(duration));
+  if (!m) throw new Error(`not a duration: ${JSON.stringify(duration)}`);
+  return Number(m[1]) * { ms: 0.001, s: 1, m: 60 }[m[2] as 'ms' | 's' | 'm'];
+}
+
+function readDocuments(relative: string): Array<Record<string, unknown>> {
+  const docs = parseAllDocuments(readFileSync(join(ROOT, relative), 'utf8'));
+  for (const d of docs) if (d.errors.length > 0) throw new Error(`${relative}: ${d.errors[0]!.message}`);
+  return docs.map((d) => d.toJS() as Record<string, unknown>).filter(Boolean);
+}
+
+function readDirDocuments(dir: string): Array<Record<string, unknown>> {
+  return readdirSync(join(ROOT, dir))
+    .filter((f) => /\.ya?ml$/.test(f))
+    .flatMap((f) => readDocuments(join(dir, f)));
+}
+
+// Loose typings of the parts of the configurations the tests read.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type Loose = any;
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+describe('deploy/envoy/envoy.yaml', () => {
+  const bootstrap = parse(readFileSync(join(ROOT, 'deploy', 'envoy', 'envoy.yaml'), 'utf8')) as Loose;
+  const hcmFilter = bootstrap.static_resources.listeners[0].filter_chains[0].filters.find(
+    (f: Loose) => f.name === 'envoy.filters.network.http_connection_manager',
+  );
+  const hcm = hcmFilter.typed_config;
+  const extAuthz = hcm.http_filters.find((f: Loose) => f.name === 'envoy.filters.http.ext_authz');
+  const clusters: Loose[] = bootstrap.static_resources.clusters;
+  const cluster = (name: string) => clusters.find((c) => c.name === name);
+  const addressOf = (c: Loose) => c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address;
+  const routes: Loose[] = hcm.route_config.virtual_hosts[0].routes;
+
+  it("is a valid bootstrap by Envoy's own protos (field names, enums, types, no deprecated fields)", () => {
+    expect(checkEnvoyConfig(bootstrap)).toEqual([]);
+  });
+
+  it('calls the chart Service over HTTP/2 on the gRPC port, fail-closed, with a short timeout and 503 on error', () => {
+    const cfg = extAuthz.typed_config;
+    expect(cfg['@type']).toBe('type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz');
+    expect(cfg.transport_api_version).toBe('V3');
+    expect(seconds(cfg.grpc_service.timeout)).toBeLessThanOrEqual(1);
+    expect(cfg.failure_mode_allow).toBe(false);
+    expect(cfg.status_on_error).toEqual({ code: 'ServiceUnavailable' });
+    expect(cfg.include_peer_certificate ?? false).toBe(false);
+    expect(cfg.with_request_body).toBeUndefined();
+    // Only what the gate reads; the credential headers must be among them.
+    const allowed = cfg.allowed_headers.patterns.map((p: Loose) => p.exact);
+    for (const h of CREDENTIAL_HEADERS) expect(allowed).toContain(h);
+    expect(allowed).toContain('x-request-id');
+    // The ext_authz filter runs before the router.
+    expect(hcm.http_filters.at(-1).name).toBe('envoy.filters.http.router');
+
+    const authz = cluster(cfg.grpc_service.envoy_grpc.cluster_name);
+    expect(addressOf(authz)).toEqual({ address: svc.fqdn, port_value: svc.grpcPort });
+    const http = authz.typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'];
+    expect(http.explicit_http_config.http2_protocol_options).toBeDefined();
+  });
+
+  it('normalises paths before routing and ext_authz', () => {
+    expect(hcm.normalize_path).toBe(true);
+    expect(hcm.merge_slashes).toBe(true);
+    expect(hcm.path_with_escaped_slashes_action).toBe('REJECT_REQUEST');
+    expect(hcm.common_http_protocol_options.headers_with_underscores_action).toBe('REJECT_REQUEST');
+  });
+
+  it('sends /api/v1/auth/ to the HTTP port without ext_authz and strips x-ryvion-* there', () => {
+    const auth = routes.find((r) => r.match.prefix === '/api/v1/auth/');
+    expect(auth, 'a /api/v1/auth/ route').toBeDefined();
+    expect(routes.indexOf(auth)).toBeLessThan(routes.findIndex((r) => r.match.prefix === '/'));
+    const perRoute = auth.typed_per_filter_config[extAuthz.name];
+    expect(perRoute['@type']).toBe('type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute');
+    expect(perRoute.disabled).toBe(true);
+    expect([...auth.request_headers_to_remove].sort()).toEqual(IDENTITY);
+    expect(addressOf(cluster(auth.route.cluster))).toEqual({ address: svc.fqdn, port_value: svc.httpPort });
+  });
+
+  it('keeps ext_authz on every other route (and never strips the identity the gate sets)', () => {
+    for (const r of routes.filter((r) => r.match.prefix !== '/api/v1/auth/')) {
+      expect(r.typed_per_filter_config?.[extAuthz.name]).toBeUndefined();
+      expect(r.request_headers_to_remove ?? []).not.toEqual(expect.arrayContaining(IDENTITY.slice(0, 1)));
+      expect(cluster(r.route.cluster)).toBeDefined();
+    }
+    expect(hcm.route_config.request_headers_to_remove).toBeUndefined();
+  });
+});
+
+describe('deploy/istio', () => {
+  const docs = readDirDocuments(join('deploy', 'istio')) as Loose[];
+  const byKind = (kind: string) => docs.filter((d) => d.kind === kind);
+
+  it('registers the chart Service as an envoyExtAuthzGrpc provider: short timeout, fail closed, 503', () => {
+    const operator = byKind('IstioOperator')[0];
+    expect(operator).toBeDefined();
+    const providers: Loose[] = operator.spec.meshConfig.extensionProviders;
+    const provider = providers.find((p) => p.envoyExtAuthzGrpc);
+    expect(provider.envoyExtAuthzGrpc.service).toBe(svc.fqdn);
+    expect(provider.envoyExtAuthzGrpc.port).toBe(svc.grpcPort);
+    expect(seconds(provider.envoyExtAuthzGrpc.timeout)).toBeLessThanOrEqual(1);
+    expect(provider.envoyExtAuthzGrpc.failOpen).toBe(false);
+    expect(provider.envoyExtAuthzGrpc.statusOnError).toBe('503');
+    expect(['MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES']).toContain(operator.spec.meshConfig.pathNormalization.normalization);
+
+    const policy = byKind('AuthorizationPolicy').find((p) => p.spec.action === 'CUSTOM');
+    expect(policy.spec.provider.name).toBe(provider.name);
+    expect(policy.spec.selector.matchLabels).toBeDefined();
+    const notPaths = policy.spec.rules.flatMap((r: Loose) => r.to.flatMap((t: Loose) => t.operation.notPaths ?? []));
+    expect(notPaths).toContain('/api/v1/auth/*');
+  });
+
+  it('routes /api/v1/auth/ to the HTTP port and strips x-ryvion-* there', () => {
+    const vs = byKind('VirtualService')[0];
+    const http: Loose[] = vs.spec.http;
+    const auth = http.find((r) => r.match?.some((m: Loose) => m.uri?.prefix === '/api/v1/auth/'));
+    expect(auth).toBeDefined();
+    expect(http.indexOf(auth)).toBe(0);
+    expect([...auth.headers.request.remove].sort()).toEqual(IDENTITY);
+    expect(auth.route[0].destination).toEqual({ host: svc.fqdn, port: { number: svc.httpPort } });
+    for (const r of http.filter((r) => r !== auth)) expect(r.route[0].destination.host).not.toBe(svc.fqdn);
+  });
+});
+
+describe('deploy/envoy-gateway', () => {
+  const docs = readDirDocuments(join('deploy', 'envoy-gateway')) as Loose[];
+  const routes = docs.filter((d) => d.kind === 'HTTPRoute');
+  const policies = docs.filter((d) => d.kind === 'SecurityPolicy');
+
+  it('has well-formed Gateway API and Envoy Gateway objects', () => {
+    for (const d of docs) {
+      expect(d.apiVersion).toMatch(/^(gateway\.networking\.k8s\.io\/v1|gateway\.envoyproxy\.io\/v1alpha1)$/);
+      expect(d.metadata.name).toMatch(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/);
+      expect(d.metadata.namespace).toBe(svc.namespace);
+      expect(d.spec).toBeDefined();
+    }
+    for (const p of policies) {
+      expect(p.spec.targetRefs.length).toBeGreaterThan(0);
+      for (const t of p.spec.targetRefs) expect(t).toMatchObject({ group: 'gateway.networking.k8s.io', kind: expect.stringMatching(/^(HTTPRoute|Gateway)$/) });
+    }
+  });
+
+  it('attaches a SecurityPolicy to the API route: the chart Service on 9191, fail closed, short timeout', () => {
+    expect(policies).toHaveLength(1);
+    const ext = policies[0].spec.extAuth;
+    expect(ext.grpc.backendRefs).toEqual([{ name: svc.name, namespace: svc.namespace, port: svc.grpcPort }]);
+    expect(ext.failOpen).toBe(false);
+    expect(seconds(ext.timeout)).toBeLessThanOrEqual(1);
+    for (const h of CREDENTIAL_HEADERS) expect(ext.headersToExtAuth).toContain(h);
+    const target = policies[0].spec.targetRefs[0];
+    expect(target.kind).toBe('HTTPRoute');
+    const apiRoute = routes.find((r) => r.metadata.name === target.name);
+    expect(apiRoute.spec.rules[0].matches[0].path).toEqual({ type: 'PathPrefix', value: '/' });
+  });
+
+  it('serves /api/v1/auth/ from a route without the policy that strips x-ryvion-*', () => {
+    const targeted = new Set(policies.flatMap((p) => p.spec.targetRefs.map((t: Loose) => t.name)));
+    const auth = routes.find((r) => r.spec.rules.some((rule: Loose) => rule.matches.some((m: Loose) => m.path.value.startsWith('/api/v1/auth'))));
+    expect(auth).toBeDefined();
+    expect(targeted.has(auth.metadata.name)).toBe(false);
+    // No policy on the Gateway either, which would cover this route too.
+    for (const p of policies) for (const t of p.spec.targetRefs) expect(t.kind).not.toBe('Gateway');
+    const rule = auth.spec.rules[0];
+    const modifier = rule.filters.find((f: Loose) => f.type === 'RequestHeaderModifier');
+    expect([...modifier.requestHeaderModifier.remove].sort()).toEqual(IDENTITY);
+    expect(rule.backendRefs).toEqual([{ name: svc.name, port: svc.httpPort }]);
+  });
+
+  it('rejects encoded slashes and underscore header names at the Gateway', () => {
+    const ctp = docs.find((d) => d.kind === 'ClientTrafficPolicy');
+    expect(ctp.spec.path.escapedSlashesAction).toBe('RejectRequest');
+    expect(ctp.spec.path.disableMergeSlashes).toBe(false);
+    expect(ctp.spec.headers.withUnderscoresAction).toBe('RejectRequest');
+  });
+});
