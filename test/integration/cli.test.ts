@@ -3,6 +3,12 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCliProcess, startCliProcess, waitForExit } from '../helpers/cli.js';
 import { freshDatabase, testPepper } from '../helpers/stores.js';
+import { freePort } from '../helpers/redis-server.js';
+
+/** Three ports the kernel just handed out as free (random ranges collide with other test files). */
+async function ports(): Promise<{ GRPC_PORT: string; OPS_PORT: string; HTTP_PORT: string }> {
+  return { GRPC_PORT: String(await freePort()), OPS_PORT: String(await freePort()), HTTP_PORT: String(await freePort()) };
+}
 
 let db: Awaited<ReturnType<typeof freshDatabase>>;
 let env: Record<string, string>;
@@ -87,10 +93,11 @@ describe('accounts, keys and check, end to end', () => {
   });
 
   it('serve + check --key answers OK with the identity headers; after revoke, the next check is a 401', async () => {
-    const grpcPort = 20000 + Math.floor(Math.random() * 20000);
+    const p = await ports();
+    const grpcPort = Number(p.GRPC_PORT);
     const { child } = await startCliProcess(
       ['serve'],
-      { ...env, GRPC_PORT: String(grpcPort), OPS_PORT: String(grpcPort + 1), HTTP_PORT: String(grpcPort + 2), LOG_LEVEL: 'info' },
+      { ...env, ...p, LOG_LEVEL: 'info' },
       /ryvion-authz ready/,
     );
     try {
@@ -209,8 +216,7 @@ describe('serve refuses to start wrongly configured', () => {
   it('on a schema older than the code: exit 1 telling how to migrate; MIGRATE_ON_START=true fixes it', async () => {
     const empty = await freshDatabase({ empty: true });
     try {
-      const base = 20000 + Math.floor(Math.random() * 20000);
-      const e = { ...env, DATABASE_URL: empty.url, GRPC_PORT: String(base), OPS_PORT: String(base + 1), HTTP_PORT: String(base + 2) };
+      const e = { ...env, DATABASE_URL: empty.url, ...(await ports()) };
       const r = await runCliProcess(['serve'], e);
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/schema is older .*ryvion-authz migrate.*MIGRATE_ON_START=true/);
@@ -234,10 +240,9 @@ describe('serve refuses to start wrongly configured', () => {
     await c.query(`INSERT INTO pgmigrations (name, run_on) VALUES ('9999999999999_from-the-future', now())`);
     await c.end();
     try {
-      const base = 20000 + Math.floor(Math.random() * 20000);
       const { child, output } = await startCliProcess(
         ['serve'],
-        { ...env, DATABASE_URL: newer.url, GRPC_PORT: String(base), OPS_PORT: String(base + 1), HTTP_PORT: String(base + 2), LOG_LEVEL: 'info' },
+        { ...env, DATABASE_URL: newer.url, ...(await ports()), LOG_LEVEL: 'info' },
         /ryvion-authz ready/,
       );
       expect(output()).toMatch(/schema is newer/);
