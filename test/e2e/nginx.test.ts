@@ -2,7 +2,7 @@
 // (real Postgres and Redis) as its auth_request endpoint and a small upstream, driven by clients
 // nobody here wrote: the official openai SDK, the official MCP SDK, and the documentation's curl.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -16,12 +16,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { denialResponse } from '../../src/check/outcomes.js';
 import { generateKey } from '../../src/keys/format.js';
-import { DEFAULT_POLICY_PATH } from '../../src/policy/policy.js';
 import type { RunningService } from '../../src/service.js';
 import { TestNginx, requireNginx } from '../helpers/nginx.js';
 import { freePort } from '../helpers/redis-server.js';
 import { metricValue, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
+import { policyWithPlans } from '../helpers/policy.js';
 import { TcpProxy } from '../helpers/tcp-proxy.js';
 
 // From the public documentation (seed-authentication.txt), verbatim; only the base URL and the key are replaced.
@@ -29,21 +29,16 @@ const DOCS_MODELS_CURL = `curl https://api.ryvion.ai/v1/models \\
 -H "X-API-Key: YOUR_API_KEY"`;
 
 const pepper = testPepper();
-const dir = mkdtempSync(path.join(os.tmpdir(), 'ryvion-e2e-nginx-'));
-const policyFile = path.join(dir, 'policy.yaml');
-writeFileSync(
-  policyFile,
-  readFileSync(DEFAULT_POLICY_PATH, 'utf8').replace(
-    /^plans:[\s\S]*$/m,
-    `plans:
+const testPolicy = policyWithPlans(
+  `plans:
   roomy:
     account: { requests: 1000, window: 1s, burst: 1000 }
   slow:
     account: { requests: 1, window: 2s, burst: 1 }
 default_plan: roomy
 `,
-  ),
 );
+const policyFile = testPolicy.file;
 
 interface Seen {
   method: string;
@@ -147,7 +142,7 @@ afterAll(async () => {
   await upstream?.stop();
   await service?.stop();
   await db?.drop();
-  rmSync(dir, { recursive: true, force: true });
+  testPolicy.dispose();
 });
 
 describe('the openai SDK through nginx', () => {

@@ -1,35 +1,27 @@
 // The HTTP authorization mode (/authz on HTTP_PORT) over plain HTTP against the real service,
 // Postgres and Redis: Envoy `http_service` style, nginx and Traefik headers, allow and denial
 // answers, and its separation from the key management API.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import os from 'node:os';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { denialResponse } from '../../src/check/outcomes.js';
 import { generateKey } from '../../src/keys/format.js';
-import { DEFAULT_POLICY_PATH } from '../../src/policy/policy.js';
 import type { RunningService } from '../../src/service.js';
 import { TcpProxy } from '../helpers/tcp-proxy.js';
 import { metricValue, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
+import { policyWithPlans } from '../helpers/policy.js';
 
 const pepper = testPepper();
-const dir = mkdtempSync(path.join(os.tmpdir(), 'ryvion-authz-http-'));
-const policyFile = path.join(dir, 'policy.yaml');
-writeFileSync(
-  policyFile,
-  readFileSync(DEFAULT_POLICY_PATH, 'utf8').replace(
-    /^plans:[\s\S]*$/m,
-    `plans:
+const testPolicy = policyWithPlans(
+  `plans:
   roomy:
     account: { requests: 1000, window: 1s, burst: 1000 }
   tiny:
     account: { requests: 1, window: 10s, burst: 1 }
 default_plan: roomy
 `,
-  ),
 );
+const policyFile = testPolicy.file;
 
 let db: Awaited<ReturnType<typeof freshDatabase>>;
 let service: RunningService;
@@ -96,7 +88,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await service?.stop();
   await db?.drop();
-  rmSync(dir, { recursive: true, force: true });
+  testPolicy.dispose();
 });
 
 describe('Envoy http_service style: /authz + the original path, the call\'s own method', () => {

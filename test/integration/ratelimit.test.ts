@@ -1,11 +1,7 @@
 // Rate limits across replicas against real Redis and Postgres, and what the OpenAI SDK makes of them.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { Redis } from 'ioredis';
 import OpenAI, { RateLimitError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { DEFAULT_POLICY_PATH } from '../../src/policy/policy.js';
 import type { RunningService } from '../../src/service.js';
 import type { CheckResponse } from '../../src/transport/grpc/proto.js';
 import { envoyCheckRequest } from '../fixtures/envoy.js';
@@ -13,16 +9,11 @@ import { TestGateway } from '../helpers/gateway.js';
 import { ThrowawayRedis, freePort } from '../helpers/redis-server.js';
 import { CheckClient, headersOf, metricValue, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
+import { policyWithPlans } from '../helpers/policy.js';
 
 const pepper = testPepper();
-const dir = mkdtempSync(path.join(os.tmpdir(), 'ryvion-rl-'));
-const policyFile = path.join(dir, 'policy.yaml');
-// The default policy with plans made for tests.
-writeFileSync(
-  policyFile,
-  readFileSync(DEFAULT_POLICY_PATH, 'utf8').replace(
-    /^plans:[\s\S]*$/m,
-    `plans:
+const testPolicy = policyWithPlans(
+  `plans:
   free:
     account: { requests: 60, window: 1m, burst: 10 }
   exact:
@@ -35,8 +26,8 @@ writeFileSync(
     account: { requests: 1000, window: 1s, burst: 1000 }
 default_plan: free
 `,
-  ),
 );
+const policyFile = testPolicy.file;
 
 let db: Awaited<ReturnType<typeof freshDatabase>>;
 const services: RunningService[] = [];
@@ -70,7 +61,7 @@ afterAll(async () => {
   for (const c of clients) c.close();
   for (const s of services) await s.stop();
   await db?.drop();
-  rmSync(dir, { recursive: true, force: true });
+  testPolicy.dispose();
 });
 
 async function keyOn(s: RunningService, plan: string, opts: { accountRpm?: number; keyRpm?: number } = {}): Promise<string> {
