@@ -99,7 +99,9 @@ describe('accuracy across replicas', () => {
     console.log(`rate-limit accuracy: ${allowed} allowed, ${limited} limited in ${elapsedMs.toFixed(0)} ms; expected ${expected.toFixed(1)}`);
     expect(limited).toBeGreaterThan(allowed); // the clients really pushed past the limit
     expect(Math.abs(allowed - expected) / expected).toBeLessThan(0.01);
-    expect(allowed).toBeLessThanOrEqual(Math.ceil(expected) + 2); // + replicas
+    // Every admission happened between the first request and the last answer: the hard ceiling.
+    const ceiling = (100 * (performance.now() - start)) / 1000 + 20;
+    expect(allowed).toBeLessThanOrEqual(Math.ceil(ceiling) + 2); // + replicas
   });
 });
 
