@@ -6,6 +6,7 @@ import type { MemoryTier } from './cache/memory.js';
 import type { RedisTier } from './cache/redis-tier.js';
 import { StoreUnavailableError } from '../store/errors.js';
 import type { Metrics } from '../observability/metrics.js';
+import { hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';
 
 export interface ResolverDeps {
   memory: MemoryTier;
@@ -23,8 +24,12 @@ export interface ResolverDeps {
 export class KeyResolver implements KeyLookup {
   private readonly inflight = new Map<string, Promise<KeyRecord | null>>();
   private postgresActive = 0;
+  // Counted on every check answered from memory: a plain-number cell (hot-metrics.ts).
+  private readonly memoryHits: HotCounterCell;
 
-  constructor(private readonly deps: ResolverDeps) {}
+  constructor(private readonly deps: ResolverDeps) {
+    this.memoryHits = hotCounter(deps.metrics.cacheRequests, { tier: 'memory', result: 'hit' });
+  }
 
   /**
    * The memory tier alone: a record, null for a cached "no such key", or
@@ -32,7 +37,7 @@ export class KeyResolver implements KeyLookup {
    */
   peek(candidates: readonly KeyHash[]): KeyRecord | null | undefined {
     const cached = this.fromMemory(candidates);
-    if (cached !== undefined) this.deps.metrics.cacheRequests.labels('memory', 'hit').inc();
+    if (cached !== undefined) this.memoryHits.inc();
     return cached;
   }
 
@@ -40,7 +45,7 @@ export class KeyResolver implements KeyLookup {
     const m = this.deps.metrics.cacheRequests;
     const cached = this.fromMemory(candidates);
     if (cached !== undefined) {
-      m.labels('memory', 'hit').inc();
+      this.memoryHits.inc();
       return cached;
     }
     m.labels('memory', this.deps.leaseHeld() ? 'miss' : 'bypass').inc();

@@ -2,6 +2,7 @@
 import type { Decision } from '../check/decision.js';
 import type { Logger } from './logger.js';
 import type { Metrics, Transport } from './metrics.js';
+import { histogramObserver, hotCounter, type HotCounterCell } from './hot-metrics.js';
 
 export interface DecisionLogOptions {
   /** LOG_ALLOWED_SAMPLE_RATE: the fraction (0..1) of allowed decisions logged at info; the others at debug. */
@@ -13,6 +14,9 @@ export interface DecisionLogOptions {
 export class DecisionRecorder {
   private readonly allowedSampleRate: number;
   private readonly random: () => number;
+  // Metric handles per label set, made once (hot-metrics.ts: prom-client's labels() per call costs more than the rest of this).
+  private readonly decisionCells = new Map<string, HotCounterCell>();
+  private readonly durationObservers = new Map<Transport, (seconds: number) => void>();
 
   constructor(
     private readonly logger: Logger,
@@ -25,11 +29,13 @@ export class DecisionRecorder {
 
   record(transport: Transport, decision: Decision, requestId: string, method: string, startedNs: bigint): void {
     const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
-    this.metrics.decisionDuration.labels(transport).observe(seconds);
+    let observe = this.durationObservers.get(transport);
+    if (!observe) this.durationObservers.set(transport, (observe = histogramObserver(this.metrics.decisionDuration, { transport })));
+    observe(seconds);
     const latency_ms = Math.round(seconds * 1e6) / 1e3;
     if (decision.allow) {
       const reason = decision.shadowDenied ? 'shadow_denied' : 'allowed';
-      this.metrics.decisions.labels(transport, 'allow', reason).inc();
+      this.decisionCell(transport, 'allow', reason).inc();
       const sampled = this.allowedSampleRate > 0 && this.random() < this.allowedSampleRate;
       // The hot path: build no log fields for a line nobody will see.
       if (!decision.shadowDenied && !sampled && !this.logger.isLevelEnabled('debug')) return;
@@ -44,7 +50,7 @@ export class DecisionRecorder {
       else this.logger.debug(fields, 'allowed');
       return;
     }
-    this.metrics.decisions.labels(transport, 'deny', decision.reason).inc();
+    this.decisionCell(transport, 'deny', decision.reason).inc();
     const identity = 'identity' in decision ? decision.identity : undefined;
     this.logger.info(
       {
@@ -54,6 +60,13 @@ export class DecisionRecorder {
       },
       'denied',
     );
+  }
+
+  private decisionCell(transport: Transport, outcome: 'allow' | 'deny', reason: string): HotCounterCell {
+    const id = `${transport} ${outcome} ${reason}`;
+    let cell = this.decisionCells.get(id);
+    if (!cell) this.decisionCells.set(id, (cell = hotCounter(this.metrics.decisions, { transport, outcome, reason })));
+    return cell;
   }
 
   internalError(transport: Transport, requestId: string, err: unknown): void {
