@@ -15,7 +15,6 @@ import { systemClock } from '../check/pipeline.js';
 import { StoreUnavailableError } from '../store/errors.js';
 import { sendCheck } from './check-client.js';
 import { installSignalHandlers } from './signals.js';
-import { runDev } from '../dev/command.js';
 
 /** Bad or missing arguments: exit 2, nothing written. */
 class UsageError extends Error {}
@@ -150,6 +149,8 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .command('dev')
     .description('run the service on an embedded Postgres in DATA_DIR (default ./.ryvion-authz) for a first try: one replica, no Redis')
     .action(async () => {
+      // Loaded only for `dev`: `serve` starts without the embedded-store code.
+      const { runDev } = await import('../dev/command.js');
       await runDev(env);
     });
 
