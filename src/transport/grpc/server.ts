@@ -5,6 +5,7 @@ import type { CheckPipeline } from '../../check/pipeline.js';
 import type { DecisionRecorder } from '../../observability/decision-log.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from './proto.js';
 import { deniedResponse, newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
+import { withFastCheckResponse } from './wire.js';
 
 export const CHECK_SERVICE_NAME = 'envoy.service.auth.v3.Authorization';
 
@@ -23,7 +24,8 @@ export class GrpcCheckServer {
     private readonly recorder: DecisionRecorder,
     private readonly opts: GrpcServerOptions,
   ) {
-    this.server.addService(authorizationService(), { Check: this.check });
+    // CheckResponse through the hand-written encoder (wire.ts): the same bytes, a fraction of the CPU.
+    this.server.addService(withFastCheckResponse(authorizationService()), { Check: this.check });
     this.health.addToServer(this.server);
   }
 

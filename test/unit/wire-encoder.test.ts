@@ -1,0 +1,128 @@
+// The hand-written CheckResponse encoder writes exactly the bytes proto-loader's serializer writes,
+// for every answer the service gives and for odd shapes, and steps aside for shapes it does not take.
+import { describe, expect, it } from 'vitest';
+import type { Decision } from '../../src/check/decision.js';
+import { DenyReason } from '../../src/check/decision.js';
+import type { LimitState } from '../../src/ratelimit/gcra.js';
+import { toCheckResponse } from '../../src/transport/grpc/check.js';
+import { authorizationService, HeaderAppendAction, type CheckResponse } from '../../src/transport/grpc/proto.js';
+import { encodeCheckResponse, withFastCheckResponse } from '../../src/transport/grpc/wire.js';
+
+const check = authorizationService().Check!;
+const generic = (r: unknown): Buffer => check.responseSerialize(r) as Buffer;
+const decode = (b: Buffer): unknown => check.responseDeserialize(b);
+
+function same(r: CheckResponse): void {
+  const ours = encodeCheckResponse(r);
+  expect(ours, 'encoder declined a supported shape').toBeDefined();
+  expect(Buffer.compare(ours!, generic(r)), JSON.stringify(r)).toBe(0);
+  expect(decode(ours!)).toEqual(decode(generic(r)));
+}
+
+const identity = { accountId: 'acct_0123456789ABCDEFGHIJ', keyId: 'key_0123456789ABCDEFGHIJ', scope: 'buyer', plan: 'free' };
+const limit = { name: 'account' as const, requests: 600, windowMs: 60_000, burst: 60 };
+const states: LimitState[] = [{ limit, remaining: 59, resetMs: 100 }];
+
+const decisions: Decision[] = [
+  { allow: true, identity, permission: 'inference' },
+  { allow: true, identity, permission: null },
+  { allow: true, identity, permission: 'inference', rateLimit: states },
+  { allow: true, identity, permission: 'models.read', shadowDenied: 'models.read' },
+  { allow: false, reason: DenyReason.missing_api_key },
+  { allow: false, reason: DenyReason.invalid_api_key, detail: 'unknown' },
+  { allow: false, reason: DenyReason.insufficient_scope, identity, permission: 'keys.manage' },
+  { allow: false, reason: DenyReason.route_not_allowed, identity },
+  { allow: false, reason: DenyReason.invalid_path, identity, detail: 'encoded_separator' },
+  { allow: false, reason: DenyReason.rate_limit_exceeded, identity, retryAfterMs: 1500, detail: 'account', states },
+  { allow: false, reason: DenyReason.auth_unavailable, detail: 'postgres_timeout' },
+] as Decision[];
+
+describe('encodeCheckResponse', () => {
+  it.each(decisions.map((d) => [d.allow ? `allow ${'permission' in d ? d.permission : ''}` : d.reason, d] as const))('matches proto-loader for %s', (_name, d) => {
+    for (const strip of [true, false]) {
+      same(toCheckResponse(d, '5f1b6c1e-8f0a-4d7e-9a5e-2c3d4b5a6f70', '/v1/chat/completions', { stripCredentialHeaders: strip }));
+    }
+    same(toCheckResponse(d, 'rid', '/mcp/tools', { stripCredentialHeaders: true, mcpResourceMetadataUrl: 'https://api.ryvion.test/.well-known/oauth-protected-resource' }));
+  });
+
+  it('matches proto-loader for non-ASCII text, empty strings, defaults and every Struct value kind', () => {
+    same({ status: { code: 0 } });
+    same({ status: { code: 0, message: '' } });
+    same({ status: { code: 16, message: 'clé invalide — 鍵 🔑 \u0000' } });
+    same({ status: { code: 7 }, denied_response: { status: { code: 403 }, headers: [], body: '' } });
+    same({
+      status: { code: 0 },
+      ok_response: {
+        headers: [
+          { header: { key: 'x-a', value: 'é' }, append: { value: false }, append_action: HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD },
+          { header: { key: 'x-b', value: '' }, append: { value: true }, append_action: 0 },
+          { header: { key: 'x-c' } },
+        ],
+        headers_to_remove: ['authorization', '', 'ünï'],
+        response_headers_to_add: [{ header: { key: 'x-long', value: 'v'.repeat(300) } }],
+      },
+      dynamic_metadata: {
+        fields: {
+          s: { stringValue: '🔑' },
+          n: { numberValue: 1.5 },
+          z: { numberValue: 0 },
+          neg: { numberValue: -3 },
+          b: { boolValue: false },
+          nul: { nullValue: 0 },
+          nested: { structValue: { fields: { inner: { stringValue: 'x' } } } },
+          l: { listValue: { values: [{ stringValue: 'a' }, { numberValue: 2 }, { listValue: { values: [] } }] } },
+          empty: {},
+        },
+      },
+    });
+    same({ status: { code: 3, message: 'x'.repeat(20_000) } });
+  });
+
+  it('writes a lone surrogate as U+FFFD (valid UTF-8, as Buffer does), where protobufjs writes invalid bytes for short strings', () => {
+    const ours = encodeCheckResponse({ status: { code: 3, message: 'a\ud800b' } })!;
+    expect(ours.subarray(ours.length - 5).toString('hex')).toBe(Buffer.from('a\ufffdb').toString('hex'));
+    expect((decode(ours) as { status: { message: string } }).status.message).toBe('a\ufffdb');
+  });
+
+  it('ignores properties that are not fields, as protobufjs does', () => {
+    same({ status: { code: 0 }, extra: 1, http_response: 'ok_response' } as unknown as CheckResponse);
+    same({ status: { code: 0 }, ok_response: { headers: [{ header: { key: 'k', value: 'v', other: 1 } }] } } as unknown as CheckResponse);
+  });
+
+  it('declines shapes outside CheckResponse, and the service definition then falls back', () => {
+    const odd: unknown[] = [
+      { status: { code: -1 } },
+      { status: { code: 1.5 } },
+      { status: { code: '16' } },
+      { status: { code: 0, details: [{}] } },
+      { status: { code: 0 }, ok_response: { headers: [{ header: { key: 'k', raw_value: Buffer.from('v') } }] } },
+      { status: { code: 0 }, ok_response: {}, denied_response: {} },
+      { status: { code: 0 }, ok_response: { headers: 'x' } },
+      { status: { code: 0 }, ok_response: { headers: [{ header: { key: 'k' }, keep_empty_value: true }] } },
+      { status: { code: 0 }, dynamic_metadata: { fields: { n: { numberValue: '1' } } } },
+    ];
+    const svc = withFastCheckResponse(authorizationService());
+    for (const r of odd) {
+      expect(encodeCheckResponse(r as CheckResponse), JSON.stringify(r)).toBeUndefined();
+      // What the server sends for it is whatever proto-loader makes of it (or its error).
+      let expected: Buffer | Error;
+      try {
+        expected = generic(r);
+      } catch (err) {
+        expected = err as Error;
+      }
+      if (expected instanceof Error) expect(() => svc.Check!.responseSerialize(r)).toThrow();
+      else expect(Buffer.compare(svc.Check!.responseSerialize(r) as Buffer, expected)).toBe(0);
+    }
+  });
+
+  it('serves the fast encoding through the service definition', () => {
+    const base = authorizationService();
+    const svc = withFastCheckResponse(base);
+    const r = toCheckResponse(decisions[2]!, 'rid', '/v1/chat/completions', { stripCredentialHeaders: true });
+    expect(Buffer.compare(svc.Check!.responseSerialize(r) as Buffer, generic(r))).toBe(0);
+    expect(svc.Check!.path).toBe(base.Check!.path);
+    expect(svc.Check!.requestDeserialize).toBe(base.Check!.requestDeserialize);
+    expect(svc.Check!.requestSerialize).toBe(base.Check!.requestSerialize);
+  });
+});
