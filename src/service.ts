@@ -10,7 +10,7 @@ import { startKeyStore, type KeyStore } from './keys/key-store.js';
 import { FailedAuthLimiter } from './check/failed-auth.js';
 import { systemClock } from './check/pipeline.js';
 import { RateLimiter } from './ratelimit/limiter.js';
-import { RedisGcra } from './ratelimit/redis-gcra.js';
+import { BatchingRedisGcra } from './ratelimit/redis-gcra-batch.js';
 import { DecisionRecorder } from './observability/decision-log.js';
 import { HealthState } from './observability/health.js';
 import type { Logger } from './observability/logger.js';
@@ -109,7 +109,8 @@ export async function startService(config: Config, logger: Logger, opts: Service
   const revoker: KeyRevoker = keyStore.revoker;
   const rateLimiter = config.RATE_LIMIT_ENABLED
     ? new RateLimiter({
-        redis: keyStore.redis ? new RedisGcra(keyStore.redis, config.REDIS_KEY_PREFIX) : undefined,
+        // Concurrent checks of one subject share a script call (redis-gcra-batch.ts); decisions are those of single calls.
+        redis: keyStore.redis ? new BatchingRedisGcra(keyStore.redis, config.REDIS_KEY_PREFIX, metrics) : undefined,
         localShare: config.RATE_LIMIT_LOCAL_SHARE,
         clock,
         metrics,

@@ -114,6 +114,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly rateLimitRedisCalls = new client.Counter({
+    name: 'ryvion_authz_ratelimit_redis_calls_total',
+    help: 'Rate-limit script calls sent to Redis: one per batch of concurrent checks of the same subjects (fewer than shared decisions under load).',
+    registers: [this.registry],
+  });
+
   readonly policyReloads = new client.Counter({
     name: 'ryvion_authz_policy_reloads_total',
     help: 'Policy file reloads by result (success|failure); a failure keeps the last good policy.',
