@@ -54,6 +54,23 @@ describe('redaction', () => {
   });
 });
 
+describe('decision lines', () => {
+  it('a denial line holds exactly its fixed fields; an internal error from the same recorder is still redacted', () => {
+    const log = capture();
+    const recorder = new DecisionRecorder(log.logger, new Metrics({ defaultMetrics: false }));
+    const identity = { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free' };
+    recorder.record('grpc', { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity }, 'req-1', 'POST', process.hrtime.bigint());
+    recorder.internalError('grpc', 'req-2', Object.assign(new Error('store exploded'), { headers: { authorization: 'Bearer ten' } }));
+    const [denial, error] = log.lines();
+    expect(Object.keys(denial!).sort()).toEqual(
+      ['account_id', 'decision', 'detail', 'key_id', 'latency_ms', 'level', 'method', 'msg', 'reason', 'request_id', 'service', 'time', 'transport'].sort(),
+    );
+    expect(denial).toMatchObject({ level: 'info', msg: 'denied', reason: 'invalid_api_key', detail: 'revoked', key_id: 'key_1', account_id: 'acct_1', request_id: 'req-1' });
+    expect(error).toMatchObject({ level: 'error', request_id: 'req-2', err: { message: 'store exploded', headers: { authorization: '[redacted]' } } });
+    expect(log.text()).not.toContain('Bearer ten');
+  });
+});
+
 describe('allowed decisions are sampled (LOG_ALLOWED_SAMPLE_RATE)', () => {
   const allow: Decision = { allow: true, identity: { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free' }, permission: 'inference' };
   const deny: Decision = { allow: false, reason: 'missing_api_key' };
