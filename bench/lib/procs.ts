@@ -6,10 +6,10 @@ import { availableParallelism } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
- * BENCH_PIN (default on with two CPUs or more): servers run on CPU 0 and the load generators on
- * CPU 1 (taskset, util-linux). Unpinned, the scheduler puts the generator and the server on the
- * same core in some rounds and not in others, and the ratio of one round jumps between 0.5 and 0.8
- * (bench/README.md). Pinned, both servers get the same core and the same competition.
+ * BENCH_PIN=1: servers run on CPU 0 and the load generators on CPU 1 (taskset, util-linux), so
+ * that both servers always get the same core and the same competition. Off by default: on this
+ * kind of machine it did not narrow the spread of the per-round ratios (bench/README.md), and
+ * unpinned is the setting the targets name (load generator included, sharing both cores).
  */
 export const PIN = process.env.BENCH_PIN === '1' && availableParallelism() >= 2;
 
