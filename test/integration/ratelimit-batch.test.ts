@@ -64,7 +64,7 @@ describe('BatchingRedisGcra', () => {
     for (const n of [2, 5, 9]) {
       const expected = await singles(limits, n);
       const gcra = new BatchingRedisGcra(client, prefix());
-      const spy = vi.spyOn(client as unknown as { ryvionGcraBatch: (...a: unknown[]) => Promise<number[]> }, 'ryvionGcraBatch');
+      const spy = vi.spyOn(client as unknown as { ryvionGcra: (...a: unknown[]) => Promise<number[]> }, 'ryvionGcra');
       const got = await batched(gcra, limits, n);
       expect(spy).toHaveBeenCalledTimes(1);
       spy.mockRestore();
@@ -88,15 +88,15 @@ describe('BatchingRedisGcra', () => {
     expect(stored).toBeGreaterThan(Date.now());
   });
 
-  it('keeps subjects apart, and uses the single-check script for a subject alone in its turn', async () => {
+  it('keeps subjects apart: one script call per subject in the turn, a subject alone included', async () => {
     const gcra = new BatchingRedisGcra(client, prefix());
-    const spy = vi.spyOn(client as unknown as { ryvionGcraBatch: (...a: unknown[]) => Promise<number[]> }, 'ryvionGcraBatch');
+    const spy = vi.spyOn(client as unknown as { ryvionGcra: (...a: unknown[]) => Promise<number[]> }, 'ryvionGcra');
     const [a, b, c] = await Promise.all([
       batched(gcra, [account], 5, 'acct_A', 'key_A'),
       batched(gcra, [account], 2, 'acct_B', 'key_B'),
       gcra.check([account], 'acct_C', 'key_C'),
     ]);
-    expect(spy).toHaveBeenCalledTimes(2);
+    expect(spy).toHaveBeenCalledTimes(3);
     spy.mockRestore();
     expect(a.map((r) => r.allowed)).toEqual([true, true, true, true, false]);
     expect(b.map((r) => r.allowed)).toEqual([true, true]);
@@ -107,7 +107,7 @@ describe('BatchingRedisGcra', () => {
   it('splits a burst larger than MAX_BATCH into several calls with the same decisions', async () => {
     const roomy: Limit = { name: 'account', requests: 1000, windowMs: 3_600_000, burst: 200 };
     const gcra = new BatchingRedisGcra(client, prefix());
-    const spy = vi.spyOn(client as unknown as { ryvionGcraBatch: (...a: unknown[]) => Promise<number[]> }, 'ryvionGcraBatch');
+    const spy = vi.spyOn(client as unknown as { ryvionGcra: (...a: unknown[]) => Promise<number[]> }, 'ryvionGcra');
     const got = await batched(gcra, [roomy], MAX_BATCH * 2 + 3);
     expect(spy).toHaveBeenCalledTimes(3);
     spy.mockRestore();
