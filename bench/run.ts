@@ -222,6 +222,8 @@ async function startService(e: Env, name: string, extra: Record<string, string> 
     opsPort,
     logFile: path.join(e.workDir, `${name}.log`),
     ...(S.cpuProf ? { cpuProfDir: profDir } : {}),
+    // BENCH_SERVICE_WRAPPER: a command that execs its arguments, for the service only (a memory cgroup, say).
+    ...(process.env.BENCH_SERVICE_WRAPPER ? { wrapper: process.env.BENCH_SERVICE_WRAPPER.split(' ').filter(Boolean) } : {}),
     env: {
       DATABASE_URL: e.db.url,
       REDIS_URL: redisUrl,
@@ -724,7 +726,7 @@ async function main(): Promise<void> {
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
       machine: { ...machine(), postgres: pgVersion, redis: redisVersion, loadAverageAtEnd: os.loadavg().map((v) => round(v, 2)) },
-      settings: { ...S, scenarios: [...S.scenarios], logLevel: S.logLevel, serviceNodeOptions: process.env.BENCH_NODE_OPTIONS ?? '', pinned: PIN ? 'servers on CPU 0, load generators on CPU 1' : false },
+      settings: { ...S, scenarios: [...S.scenarios], logLevel: S.logLevel, serviceNodeOptions: process.env.BENCH_NODE_OPTIONS ?? '', serviceWrapper: process.env.BENCH_SERVICE_WRAPPER ?? '', pinned: PIN ? 'servers on CPU 0, load generators on CPU 1' : false },
       startToReadyMs: {
         median: round(median(env.readyTimes), 0),
         max: round(Math.max(...env.readyTimes), 0),

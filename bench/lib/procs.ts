@@ -56,6 +56,8 @@ export interface SpawnOptions {
   grpcPort: number;
   opsPort?: number;
   logFile: string;
+  /** A command (and its arguments) that runs `node …` for the child, e.g. to start it in a cgroup; none by default. */
+  wrapper?: string[];
   /** Directory for --cpu-prof output; no profiling when undefined. */
   cpuProfDir?: string;
   readyTimeoutMs?: number;
@@ -82,7 +84,12 @@ export async function spawnChild(opts: SpawnOptions): Promise<Child> {
   const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`, `--cpu-prof-name=${opts.name}-${Date.now()}.cpuprofile`] : [];
   const startedWall = Date.now();
   const started = performance.now();
-  const [command, args] = pinned('server', process.execPath, [...nodeArgs, opts.script, ...(opts.opsPort ? ['serve'] : [])]);
+  const [command, args] = pinned('server', opts.wrapper?.[0] ?? process.execPath, [
+    ...(opts.wrapper ? [...opts.wrapper.slice(1), process.execPath] : []),
+    ...nodeArgs,
+    opts.script,
+    ...(opts.opsPort ? ['serve'] : []),
+  ]);
   const child: ChildProcess = spawn(command, args, {
     env: { PATH: process.env.PATH ?? '', ...opts.env },
     stdio: ['ignore', out, out],
