@@ -12,7 +12,7 @@ import { checksumOf } from '../src/keys/format.js';
 import { buildTree, existingTree } from './lib/build.js';
 import { runGrpcLoad, type GrpcLoadResult } from './lib/grpc-load.js';
 import { runH2load, type H2loadResult } from './lib/h2load.js';
-import { PIN, freePort, spawnChild, type Child, type MetricSample } from './lib/procs.js';
+import { PIN, freePort, running, spawnChild, type Child, type MetricSample } from './lib/procs.js';
 import { checkRequest, encodeCheckRequest, grpcFrame } from './lib/request.js';
 import { median, round } from './lib/stats.js';
 import { benchRedis, createBenchDatabase, insertBulkKeys, unknownKeys, type BenchDatabase } from './lib/stores.js';
@@ -670,6 +670,13 @@ async function main(): Promise<void> {
   redisCommands = redis.commands;
   log(`database ${db.name}, Redis prefix ${redis.prefix}, build ${tree.dir}`);
   let noop: Child | undefined;
+  cleanUpSteps = async () => {
+    await noop?.stop().catch(() => undefined);
+    await redis.close().catch(() => undefined);
+    await db.drop().catch((err: Error) => log(`could not drop ${db.name}: ${err.message}`));
+    if (process.env.BENCH_KEEP_BUILD !== '1' && !process.env.BENCH_TREE) tree.remove();
+    else log(`build kept in ${tree.dir}`);
+  };
   const e: Partial<Env> = { tree, db, redisPrefix: redis.prefix, clearRedis: redis.clear, pepper: randomBytes(48).toString('base64'), workDir, readyTimes: [], readyLogTimes: [] };
   try {
     const hasher = new KeyHasher({ version: 1, secret: e.pepper! });
@@ -743,17 +750,33 @@ async function main(): Promise<void> {
     for (const t of met) process.stdout.write(`${t.met ? 'MET    ' : 'NOT MET'}  ${t.name}: ${t.figure} (target ${t.target})\n`);
     process.stdout.write(`\nstart to ready: median ${out.startToReadyMs.median} ms over ${env.readyTimes.length} starts; results in ${path.relative(ROOT, jsonFile)}\n`);
   } finally {
-    await noop?.stop().catch(() => undefined);
-    await redis.close().catch(() => undefined);
-    await db.drop().catch((err: Error) => log(`could not drop ${db.name}: ${err.message}`));
-    if (process.env.BENCH_KEEP_BUILD !== '1' && !process.env.BENCH_TREE) tree.remove();
-    else log(`build kept in ${tree.dir}`);
+    await cleanUp();
   }
+}
+
+/** Stops what the run started and removes what it made: once, whether the run ended or was interrupted. */
+let cleanUpSteps: (() => Promise<void>) | undefined;
+let cleaning: Promise<void> | undefined;
+function cleanUp(): Promise<void> {
+  cleaning ??= cleanUpSteps ? cleanUpSteps() : Promise.resolve();
+  return cleaning;
+}
+
+let interrupted = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    interrupted = true;
+    log(`${signal}: stopping the servers and generators, dropping the bench database and Redis keys`);
+    for (const child of running) child.kill('SIGKILL');
+    void cleanUp().finally(() => process.exit(130));
+  });
 }
 
 main().then(
   () => process.exit(0),
   (err: Error) => {
+    // Interrupted: the signal handler exits once the clean-up is done.
+    if (interrupted) return;
     process.stderr.write(`bench failed: ${err.stack ?? err.message}\n`);
     process.exit(1);
   },

@@ -1,7 +1,7 @@
 // Parent side of the multi-process gRPC generator over node:http2 (bench/load-worker.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { WorkerConfig, WorkerResult } from '../load-worker.js';
-import { pinned } from './procs.js';
+import { pinned, track } from './procs.js';
 import { percentile } from './stats.js';
 
 export interface GrpcLoadOptions {
@@ -52,7 +52,7 @@ export async function runGrpcLoad(o: GrpcLoadOptions): Promise<GrpcLoadResult> {
         env: { PATH: process.env.PATH ?? '', BENCH_WORKER: JSON.stringify(config) },
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
-      children.push(child);
+      children.push(track(child));
       readies.push(
         new Promise((resolve, reject) => {
           child.once('exit', (code) => reject(new Error(`load worker exited ${code}`)));

@@ -1,6 +1,6 @@
 // h2load as the load generator for one fixed gRPC body: throughput, and latency from --log-file.
 import { spawn } from 'node:child_process';
-import { pinned } from './procs.js';
+import { pinned, track } from './procs.js';
 import { readFileSync, rmSync } from 'node:fs';
 import { percentile } from './stats.js';
 
@@ -54,7 +54,7 @@ export function h2loadCommand(o: H2loadOptions): string[] {
 export async function runH2load(o: H2loadOptions): Promise<H2loadResult> {
   const args = h2loadCommand(o);
   const output = await new Promise<string>((resolve, reject) => {
-    const p = spawn(...pinned('generator', 'h2load', args), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = track(spawn(...pinned('generator', 'h2load', args), { stdio: ['ignore', 'pipe', 'pipe'] }));
     let text = '';
     p.stdout.on('data', (d: Buffer) => (text += d.toString()));
     p.stderr.on('data', (d: Buffer) => (text += d.toString()));

@@ -13,6 +13,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
  */
 export const PIN = process.env.BENCH_PIN === '1' && availableParallelism() >= 2;
 
+/** Every child process of the bench still running, so that an interrupted run can stop them all. */
+export const running = new Set<ChildProcess>();
+
+export function track<T extends ChildProcess>(child: T): T {
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  return child;
+}
+
 /** `command args` run on `cpu` when pinning is on. */
 export function pinned(cpu: 'server' | 'generator', command: string, args: string[]): [string, string[]] {
   if (!PIN) return [command, args];
@@ -90,10 +99,10 @@ export async function spawnChild(opts: SpawnOptions): Promise<Child> {
     opts.script,
     ...(opts.opsPort ? ['serve'] : []),
   ]);
-  const child: ChildProcess = spawn(command, args, {
+  const child: ChildProcess = track(spawn(command, args, {
     env: { PATH: process.env.PATH ?? '', ...opts.env },
     stdio: ['ignore', out, out],
-  });
+  }));
   closeSync(out);
   let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const exitPromise = new Promise<void>((resolve) =>
