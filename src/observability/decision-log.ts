@@ -1,7 +1,7 @@
 // One place that logs and counts each decision, for every transport.
 import type { Decision } from '../check/decision.js';
 import type { Logger } from './logger.js';
-import type { Metrics, Transport } from './metrics.js';
+import { OUTCOME_REASONS, outcomeOf, TRANSPORTS, type Metrics, type Transport } from './metrics.js';
 import { histogramObserver, hotCounter, type HotCounterCell } from './hot-metrics.js';
 
 export interface DecisionLogOptions {
@@ -14,9 +14,9 @@ export interface DecisionLogOptions {
 export class DecisionRecorder {
   private readonly allowedSampleRate: number;
   private readonly random: () => number;
-  // Metric handles per label set, made once (hot-metrics.ts: prom-client's labels() per call costs more than the rest of this).
-  private readonly decisionCells = new Map<string, HotCounterCell>();
-  private readonly durationObservers = new Map<Transport, (seconds: number) => void>();
+  // Metric handles per transport and reason, made once (hot-metrics.ts: prom-client's labels() per call costs more than the rest of this).
+  private readonly decisionCells: Record<Transport, Record<string, HotCounterCell>>;
+  private readonly durationObservers: Record<Transport, (seconds: number) => void>;
   // Decision lines go through a child logger without the redaction pass. Their fields are fixed
   // here (ids, codes, method, a number), none of them a credential or an object a credential
   // could hide in, so redaction never changes them; it cost about 30 µs per line (pino 10 with
@@ -32,17 +32,21 @@ export class DecisionRecorder {
     this.allowedSampleRate = opts.allowedSampleRate ?? 0;
     this.random = opts.random ?? Math.random;
     this.lines = logger.child({}, { redact: [] });
+    const perTransport = <T>(make: (t: Transport) => T): Record<Transport, T> =>
+      Object.fromEntries(TRANSPORTS.map((t) => [t, make(t)])) as Record<Transport, T>;
+    this.durationObservers = perTransport((transport) => histogramObserver(metrics.decisionDuration, { transport }));
+    this.decisionCells = perTransport((transport) =>
+      Object.fromEntries(OUTCOME_REASONS.map((reason) => [reason, hotCounter(metrics.decisions, { transport, outcome: outcomeOf(reason), reason })])),
+    );
   }
 
   record(transport: Transport, decision: Decision, requestId: string, method: string, startedNs: bigint): void {
     const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
-    let observe = this.durationObservers.get(transport);
-    if (!observe) this.durationObservers.set(transport, (observe = histogramObserver(this.metrics.decisionDuration, { transport })));
-    observe(seconds);
+    this.durationObservers[transport](seconds);
     const latency_ms = Math.round(seconds * 1e6) / 1e3;
     if (decision.allow) {
       const reason = decision.shadowDenied ? 'shadow_denied' : 'allowed';
-      this.decisionCell(transport, 'allow', reason).inc();
+      this.decisionCell(transport, reason).inc();
       const sampled = this.allowedSampleRate > 0 && this.random() < this.allowedSampleRate;
       // The hot path: build no log fields for a line nobody will see.
       if (!decision.shadowDenied && !sampled && !this.lines.isLevelEnabled('debug')) return;
@@ -57,7 +61,7 @@ export class DecisionRecorder {
       else this.lines.debug(fields, 'allowed');
       return;
     }
-    this.decisionCell(transport, 'deny', decision.reason).inc();
+    this.decisionCell(transport, decision.reason).inc();
     const identity = 'identity' in decision ? decision.identity : undefined;
     this.lines.info(
       {
@@ -69,11 +73,9 @@ export class DecisionRecorder {
     );
   }
 
-  private decisionCell(transport: Transport, outcome: 'allow' | 'deny', reason: string): HotCounterCell {
-    const id = `${transport} ${outcome} ${reason}`;
-    let cell = this.decisionCells.get(id);
-    if (!cell) this.decisionCells.set(id, (cell = hotCounter(this.metrics.decisions, { transport, outcome, reason })));
-    return cell;
+  private decisionCell(transport: Transport, reason: string): HotCounterCell {
+    // Every reason is known in advance (OUTCOME_REASONS); hotCounter would make the same cell for any other.
+    return this.decisionCells[transport][reason] ?? hotCounter(this.metrics.decisions, { transport, outcome: outcomeOf(reason), reason });
   }
 
   internalError(transport: Transport, requestId: string, err: unknown): void {

@@ -25,8 +25,6 @@ interface Waiter {
 interface Batch {
   limits: readonly Limit[];
   keys: string[];
-  accountId: string;
-  keyId: string;
   waiters: Waiter[];
 }
 
@@ -54,7 +52,7 @@ export class BatchingRedisGcra extends RedisGcra {
         this.pending.delete(id);
         this.pending.set(`${id} #${this.pending.size}`, batch);
       }
-      batch = { limits, keys, accountId, keyId, waiters: [] };
+      batch = { limits, keys, waiters: [] };
       this.pending.set(id, batch);
     }
     const b = batch;
@@ -75,19 +73,10 @@ export class BatchingRedisGcra extends RedisGcra {
     this.pending = new Map();
     for (const b of batches.values()) {
       this.metrics?.rateLimitRedisCalls.inc();
-      if (b.waiters.length === 1) {
-        const w = b.waiters[0]!;
-        super.check(b.limits, b.accountId, b.keyId).then(w.resolve, w.reject);
-      } else {
-        this.checkMany(b).catch((err: unknown) => {
-          for (const w of b.waiters) w.reject(err);
-        });
-      }
+      this.decide(b.keys, b.limits, b.waiters.length).then(
+        (results) => b.waiters.forEach((w, r) => w.resolve(results[r]!)),
+        (err: unknown) => b.waiters.forEach((w) => w.reject(err)),
+      );
     }
-  }
-
-  private async checkMany(b: Batch): Promise<void> {
-    const results = await this.decide(b.keys, b.limits, b.waiters.length);
-    b.waiters.forEach((w, r) => w.resolve(results[r]!));
   }
 }
