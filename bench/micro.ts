@@ -20,6 +20,7 @@ import { newRequestId, toAttributes, toCheckResponse } from '../src/transport/gr
 import { encodeCheckResponse } from '../src/transport/grpc/wire.js';
 import { loadAuthorizationDefinition, type CheckRequest, type CheckResponse } from '../src/transport/grpc/proto.js';
 import { checkRequest, encodeCheckRequest } from './lib/request.js';
+import { systemClock } from '../src/time/clock.js';
 
 const N = Number(process.argv[2] ?? 50_000);
 
@@ -81,6 +82,8 @@ const resolver = new KeyResolver({
   leaseHeld: () => true,
   redisTrusted: () => false,
   postgresConcurrency: 32,
+  postgresDeadlineMs: 1000,
+  clock: systemClock,
   metrics,
 });
 const policy = loadPolicyFile(DEFAULT_POLICY_PATH);
@@ -133,7 +136,7 @@ const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 0, 
 const prefix = `ryvion-bench:micro:${randomBytes(3).toString('hex')}:`;
 try {
   await redis.connect();
-  const limiter = new RateLimiter({ redis: new RedisGcra(redis, prefix), localShare: 0.5, clock: { now: () => Date.now() }, metrics, logger: createLogger('silent') });
+  const limiter = new RateLimiter({ redis: new RedisGcra(redis, prefix), localShare: 0.5, clock: systemClock, metrics, logger: createLogger('silent') });
   const pipelineOn = new CheckPipeline({ environment: 'live', hasher, keys: resolver, failedAuth: new FailedAuthLimiter(300), usage, rateLimiter: limiter, policy: () => policy });
   const allowOn = await pipelineOn.decide(attrs);
   bench('toCheckResponse (allow, rate limit headers)', () => toCheckResponse(allowOn, 'rid', '/v1/chat/completions', opts));

@@ -43,6 +43,8 @@ const pepper = z
 const schema = z.object({
   DATABASE_URL: postgresUrl.optional(),
   DATABASE_POOL_MAX: positiveInt.default(10),
+  // A direct (or session-pooled) connection for LISTEN, when DATABASE_URL goes through a transaction pooler.
+  DATABASE_LISTEN_URL: postgresUrl.optional(),
   REDIS_URL: redisUrl.optional(),
   REDIS_SENTINELS: hostPortList.optional(),
   REDIS_SENTINEL_NAME: z.string().trim().min(1).optional(),
@@ -83,6 +85,8 @@ const schema = z.object({
   RATE_LIMIT_ENABLED: bool.default(true),
   RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').default(0.5),
   MAX_KEYS_PER_ACCOUNT: positiveInt.default(100),
+  // Each statement of a key create or revoke (not the Check path's STORE_TIMEOUT_MS), in milliseconds.
+  MANAGEMENT_WRITE_TIMEOUT_MS: positiveInt.max(60_000, 'must be at most 60000').default(5000),
 });
 
 export type Config = z.infer<typeof schema>;

@@ -2,13 +2,15 @@
 import type pg from 'pg';
 import type { Config } from './config.js';
 import { ConfigError } from './config.js';
-import { CheckPipeline, type Clock } from './check/pipeline.js';
-import { KeyHasher } from './keys/hash.js';
+import { CheckPipeline } from './check/pipeline.js';
+import { systemClock, type Clock } from './time/clock.js';
+import { keyHasherFrom } from './keys/hash.js';
+
+export { keyHasherFrom };
 import { KeyRepository } from './keys/repository.js';
-import type { KeyRevoker } from './keys/revocation.js';
+import type { KeyService } from './keys/management.js';
 import { startKeyStore, type KeyStore } from './keys/key-store.js';
 import { FailedAuthLimiter } from './check/failed-auth.js';
-import { systemClock } from './check/pipeline.js';
 import { RateLimiter } from './ratelimit/limiter.js';
 import { BatchingRedisGcra } from './ratelimit/redis-gcra-batch.js';
 import { DecisionRecorder } from './observability/decision-log.js';
@@ -36,7 +38,8 @@ export interface RunningService {
   health: HealthState;
   metrics: Metrics;
   repository: KeyRepository;
-  revoker: KeyRevoker;
+  /** Key management (create, list, revoke, audit), as the HTTP API and the CLI use it. */
+  keys: KeyService;
   keyStore: KeyStore;
   pool: pg.Pool;
   /** Graceful stop: not ready, keep serving SHUTDOWN_READINESS_DELAY_MS, drain up to SHUTDOWN_DRAIN_MS, close servers, then Redis, then Postgres. */
@@ -49,14 +52,6 @@ export interface ServiceOptions {
   defaultMetrics?: boolean;
   /** Between Postgres health probes (default POSTGRES_PROBE_INTERVAL_MS); tests shorten it. */
   postgresProbeIntervalMs?: number;
-}
-
-export function keyHasherFrom(config: Config): KeyHasher {
-  if (!config.KEY_PEPPER) throw new ConfigError('KEY_PEPPER: required but not set');
-  return new KeyHasher(
-    { version: config.KEY_PEPPER_VERSION, secret: config.KEY_PEPPER },
-    config.KEY_PEPPER_PREVIOUS ? { version: config.KEY_PEPPER_VERSION - 1, secret: config.KEY_PEPPER_PREVIOUS } : undefined,
-  );
 }
 
 export function policyPath(config: Config): string {
@@ -104,9 +99,8 @@ export async function startService(config: Config, logger: Logger, opts: Service
   if (config.REDIS_URL || config.REDIS_SENTINELS || config.REDIS_CLUSTER_NODES) metrics.storeUp.labels('redis').set(0);
 
   const clock = opts.clock ?? systemClock;
-  const repository = new KeyRepository(pool, hasher, config.KEY_ENVIRONMENT);
+  const repository = new KeyRepository(pool, hasher, config.KEY_ENVIRONMENT, config.MANAGEMENT_WRITE_TIMEOUT_MS);
   const keyStore = await startKeyStore({ config, pool, repository, logger, metrics, health, clock });
-  const revoker: KeyRevoker = keyStore.revoker;
   const rateLimiter = config.RATE_LIMIT_ENABLED
     ? new RateLimiter({
         // Concurrent checks of one subject share a script call (redis-gcra-batch.ts); decisions are those of single calls.
@@ -150,8 +144,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
   health.onChange((ready) => grpcServer.setServing(ready));
   const api = createHttpServer({
     pipeline,
-    keys: repository,
-    revoker,
+    keys: keyStore.keys,
     recorder,
     metrics,
     logger,
@@ -200,5 +193,5 @@ export async function startService(config: Config, logger: Logger, opts: Service
       await pool.end().catch(() => undefined);
     })());
 
-  return { grpcPort, httpPort, opsPort, health, metrics, repository, revoker, keyStore, pool, stop };
+  return { grpcPort, httpPort, opsPort, health, metrics, repository, keys: keyStore.keys, keyStore, pool, stop };
 }

@@ -11,11 +11,8 @@ import { limitsFor } from '../ratelimit/gcra.js';
 import type { PlanLimits } from '../policy/policy.js';
 import type { AuthorizeResult } from '../policy/policy.js';
 import { StoreUnavailableError } from '../store/errors.js';
+import { systemClock, type Clock } from '../time/clock.js';
 
-export interface Clock {
-  now(): number;
-}
-export const systemClock: Clock = { now: () => Date.now() };
 
 /** The part of a compiled policy the pipeline uses; read per call so a reload takes effect at once. */
 export interface RouteAuthorizer {

@@ -1,18 +1,15 @@
 // The ryvion-authz command line: serve, migrate, accounts, keys and check.
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from '../config.js';
-import { KeyRepository, NotFoundError, ConflictError, type Account, type KeyInfo } from '../keys/repository.js';
+import { KeyRepository, NotFoundError, ConflictError, type Account } from '../keys/repository.js';
+import { auditView, connectKeyService, keyNameProblem, keyView, REVOKED_CACHE_NOT_UPDATED, type KeyService } from '../keys/management.js';
 import { isAccountId, isKeyId } from '../keys/ids.js';
 import { createLogger } from '../observability/logger.js';
 import { loadPolicyFile, PolicyError } from '../policy/policy.js';
 import { keyHasherFrom, policyPath, startService, StartupError } from '../service.js';
 import { createPool, migrate } from '../store/postgres.js';
-import { createRedis } from '../store/redis.js';
-import { RedisTier } from '../keys/cache/redis-tier.js';
-import { InvalidationBus } from '../keys/invalidation.js';
-import { CacheAwareRevoker } from '../keys/revocation.js';
-import { systemClock } from '../check/pipeline.js';
-import { StoreUnavailableError } from '../store/errors.js';
+import { systemClock } from '../time/clock.js';
+import { StoreUnavailableError, WriteOutcomeUnknownError } from '../store/errors.js';
 import { installSignalHandlers } from './signals.js';
 
 /** Bad or missing arguments: exit 2, nothing written. */
@@ -26,72 +23,23 @@ function print(json: boolean, value: unknown, human: string): void {
   process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human}\n`);
 }
 
-function keyJson(k: KeyInfo): Record<string, unknown> {
-  return {
-    id: k.id,
-    account_id: k.accountId,
-    name: k.name,
-    scope: k.scope,
-    prefix: k.prefix,
-    created_at: k.createdAt.toISOString(),
-    expires_at: k.expiresAt?.toISOString() ?? null,
-    last_used_at: k.lastUsedAt?.toISOString() ?? null,
-    revoked_at: k.revokedAt?.toISOString() ?? null,
-  };
-}
-
 async function withRepository<T>(config: Config, fn: (repo: KeyRepository) => Promise<T>): Promise<T> {
-  const pool = createPool({ connectionString: config.DATABASE_URL!, max: 2, timeoutMs: 10_000, applicationName: 'ryvion-authz-cli' });
+  const pool = createPool({ connectionString: config.DATABASE_URL!, max: 2, timeoutMs: config.MANAGEMENT_WRITE_TIMEOUT_MS, applicationName: 'ryvion-authz-cli' });
   try {
-    return await fn(new KeyRepository(pool, keyHasherFrom(config), config.KEY_ENVIRONMENT));
+    return await fn(new KeyRepository(pool, keyHasherFrom(config), config.KEY_ENVIRONMENT, config.MANAGEMENT_WRITE_TIMEOUT_MS));
   } finally {
     await pool.end().catch(() => undefined);
   }
 }
 
-/** The same revocation path as the HTTP API: caches on every replica are cleared before this returns. */
-async function revokeEverywhere(config: Config, repo: KeyRepository, keyId: string) {
-  const pool = createPool({ connectionString: config.DATABASE_URL!, max: 2, timeoutMs: 10_000, applicationName: 'ryvion-authz-cli' });
-  const redisPub = createRedis(config, 'command');
-  const redisSub = redisPub ? createRedis(config, 'subscriber') : undefined;
-  const logger = createLogger('silent');
-  const bus = new InvalidationBus({
-    mode: 'client',
-    databaseUrl: config.DATABASE_URL!,
-    pool,
-    redisPub,
-    redisSub,
-    redisPrefix: config.REDIS_KEY_PREFIX,
-    leaseMs: config.INVALIDATION_LEASE_MS,
-    clock: systemClock,
-    logger,
-  });
+/** The key service the HTTP API uses, connected for one command. */
+async function withKeyService<T>(config: Config, fn: (keys: KeyService) => Promise<T>): Promise<T> {
+  const { keys, close } = await connectKeyService(config, { clock: systemClock, logger: createLogger('silent') });
   try {
-    if (redisSub) await waitReady(redisSub, 2000);
-    await bus.start();
-    const redis = redisPub && (await waitReady(redisPub, 2000))
-      ? new RedisTier(redisPub, { prefix: config.REDIS_KEY_PREFIX, ttlMs: config.CACHE_REDIS_TTL_MS, negativeTtlMs: config.CACHE_NEGATIVE_TTL_MS })
-      : undefined;
-    const revoker = new CacheAwareRevoker({ repository: repo, bus, redis, leaseMs: config.INVALIDATION_LEASE_MS, logger });
-    return await revoker.revoke(keyId);
+    return await fn(keys);
   } finally {
-    await bus.stop();
-    redisSub?.disconnect();
-    redisPub?.disconnect();
-    await pool.end().catch(() => undefined);
+    await close();
   }
-}
-
-/** Waits briefly for a Redis connection; the revoke goes on without Redis if it does not come. */
-function waitReady(client: NonNullable<ReturnType<typeof createRedis>>, ms: number): Promise<boolean> {
-  if (client.status === 'ready') return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), ms);
-    client.once('ready', () => {
-      clearTimeout(timer);
-      resolve(true);
-    });
-  });
 }
 
 function parseRpm(value: string | undefined): number | null {
@@ -111,9 +59,9 @@ function requireAccountId(id: string): string {
 }
 
 function parseName(name: string): string {
-  const n = name.trim();
-  if (n.length < 1 || n.length > 128) throw new UsageError('--name: must be 1 to 128 characters');
-  return n;
+  const problem = keyNameProblem(name);
+  if (problem) throw new UsageError(`--name: ${problem}`);
+  return name.trim();
 }
 
 function parseExpiry(value: string | undefined): Date | null {
@@ -215,12 +163,12 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
       const scopes = loadPolicyFile(policyPath(config)).scopes;
       if (!scopes.includes(o.scope)) throw new UsageError(`--scope: "${o.scope}" is not one of ${scopes.join(', ')}`);
-      const created = await withRepository(config, (repo) =>
-        repo.createKeyAudited({ accountId, name, scope: o.scope, expiresAt, rateLimitRpm }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
+      const created = await withKeyService(config, (keys) =>
+        keys.createKey({ accountId, name, scope: o.scope, expiresAt, rateLimitRpm }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
       );
       if (created.kind === 'limit_reached') throw new ConflictError(`account ${accountId} already has ${created.limit} live keys (MAX_KEYS_PER_ACCOUNT)`);
       const { key, secret } = created;
-      print(!!o.json, { ...keyJson(key), key: secret }, `created key ${key.id} (${key.scope})\n\n  ${secret}\n\nThis is the only time the key is shown. Store it now.`);
+      print(!!o.json, { ...keyView(key), key: secret }, `created key ${key.id} (${key.scope})\n\n  ${secret}\n\nThis is the only time the key is shown. Store it now.`);
     });
 
   keys
@@ -231,14 +179,14 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .action(async (o: { account: string; json?: boolean }) => {
       const accountId = requireAccountId(o.account);
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
-      const list = await withRepository(config, async (repo) => {
-        if (!(await repo.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
-        return repo.listKeys(accountId);
+      const list = await withKeyService(config, async (keys) => {
+        if (!(await keys.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
+        return keys.listKeys(accountId);
       });
       const human = list.length
         ? list.map((k) => `${k.id}  ${k.prefix}  ${k.scope.padEnd(10)}  ${k.revokedAt ? 'revoked' : k.expiresAt && k.expiresAt <= new Date() ? 'expired' : 'active '}  ${k.name}`).join('\n')
         : 'no keys';
-      print(!!o.json, list.map(keyJson), human);
+      print(!!o.json, list.map(keyView), human);
     });
 
   keys
@@ -249,12 +197,11 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .action(async (keyId: string, o: { json?: boolean }) => {
       if (!isKeyId(keyId)) throw new UsageError(`"${keyId}" is not a key id (key_...)`);
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
-      // The audited change first; the revoke path (idempotent) then clears every replica's caches.
-      const result = await withRepository(config, async (repo) =>
-        (await repo.revokeKeyAudited(keyId, undefined, { keyId: null, via: 'cli' })) ? revokeEverywhere(config, repo, keyId) : null,
-      );
+      const result = await withKeyService(config, (keys) => keys.revoke(keyId, undefined, { keyId: null, via: 'cli' }));
       if (!result) throw new NotFoundError(`no key ${keyId}`);
-      print(!!o.json, keyJson(result.key), `revoked ${keyId} at ${result.key.revokedAt?.toISOString()}`);
+      print(!!o.json, { ...keyView(result.key), cache: result.cache }, `revoked ${keyId} at ${result.key.revokedAt?.toISOString()}`);
+      // Revoked, but not everything could be done: say what holds, and fail.
+      if (result.cache === 'not_updated') throw new RevokeIncomplete(REVOKED_CACHE_NOT_UPDATED);
     });
 
   program
@@ -268,19 +215,11 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new UsageError('--limit: a whole number from 1 to 10000');
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
-      const events = await withRepository(config, async (repo) => {
-        if (!(await repo.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
-        return repo.listAuditEvents(accountId, limit);
+      const events = await withKeyService(config, async (keys) => {
+        if (!(await keys.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
+        return keys.audit(accountId, limit);
       });
-      const json = events.map((e) => ({
-        id: e.id,
-        occurred_at: e.occurredAt.toISOString(),
-        account_id: e.accountId,
-        actor_key_id: e.actorKeyId,
-        action: e.action,
-        target_key_id: e.targetKeyId,
-        detail: e.detail,
-      }));
+      const json = events.map(auditView);
       const human = events.length
         ? events.map((e) => `${e.occurredAt.toISOString()}  ${e.action.padEnd(11)}  ${e.targetKeyId}  by ${e.actorKeyId ?? 'operator (cli)'}`).join('\n')
         : 'no events';
@@ -320,6 +259,8 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
 }
 
 class CheckFailed extends Error {}
+/** The revoke committed, but part of its cache work failed. */
+class RevokeIncomplete extends Error {}
 
 /** Runs the CLI and returns the exit code; errors are one line on stderr. */
 export async function runCli(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
@@ -343,6 +284,10 @@ function classify(err: unknown): [number, string] {
   if (err instanceof ConfigError) return [EXIT_USAGE, err.message];
   if (err instanceof PolicyError) return [EXIT_FAILED, `POLICY_FILE: ${err.message}`];
   if (err instanceof StartupError || err instanceof NotFoundError || err instanceof ConflictError || err instanceof CheckFailed) return [EXIT_FAILED, err.message];
+  if (err instanceof RevokeIncomplete) return [EXIT_FAILED, err.message];
+  if (err instanceof WriteOutcomeUnknownError) {
+    return [EXIT_FAILED, 'the database did not confirm the write in time: it may or may not have been made; check with `keys list` before trying again (revoking again is safe)'];
+  }
   if (err instanceof StoreUnavailableError) return [EXIT_FAILED, `database unreachable (${err.kind})`];
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string' && /^(ECONNREFUSED|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|28P01|3D000)$/.test(code)) {

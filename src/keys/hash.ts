@@ -1,5 +1,6 @@
 // Key hashing: HMAC-SHA256 under a server-side pepper, versioned so the pepper can rotate.
 import { createHmac } from 'node:crypto';
+import { ConfigError, type Config } from '../config.js';
 
 export interface Pepper {
   version: number;
@@ -38,3 +39,13 @@ export class KeyHasher {
 function hmac(secret: string, key: string): Buffer {
   return createHmac('sha256', secret).update(key, 'utf8').digest();
 }
+
+/** The hasher a configuration names: KEY_PEPPER, and KEY_PEPPER_PREVIOUS during a rotation. */
+export function keyHasherFrom(config: Config): KeyHasher {
+  if (!config.KEY_PEPPER) throw new ConfigError('KEY_PEPPER: required but not set');
+  return new KeyHasher(
+    { version: config.KEY_PEPPER_VERSION, secret: config.KEY_PEPPER },
+    config.KEY_PEPPER_PREVIOUS ? { version: config.KEY_PEPPER_VERSION - 1, secret: config.KEY_PEPPER_PREVIOUS } : undefined,
+  );
+}
+

@@ -1,25 +1,29 @@
-// Assembles key resolution for one replica: memory and Redis tiers, invalidation bus, revoker, usage batching.
+// Assembles key resolution for one replica: memory and Redis tiers, the revocation guard,
+// the invalidation bus, the key service and usage batching.
 import type pg from 'pg';
 import type { Config } from '../config.js';
-import type { Clock } from '../check/pipeline.js';
+import type { Clock } from '../time/clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { HealthState } from '../observability/health.js';
 import { createRedis, type RedisClient } from '../store/redis.js';
 import { entryFor } from './cache/entry.js';
 import { MemoryTier } from './cache/memory.js';
-import { RedisTier } from './cache/redis-tier.js';
-import { InvalidationBus, newInstanceId } from './invalidation.js';
+import { RevocationGuard } from './cache/redis-guard.js';
+import { InvalidationBus, newInstanceId } from './invalidation/bus.js';
+import { PgLeaseRegistry } from './invalidation/lease.js';
+import type { Invalidation } from './invalidation/messages.js';
 import { LastUsedRecorder } from './last-used.js';
+import { KeyService, listenClientFor, redisTierFor } from './management.js';
 import type { KeyRecord, KeyRepository } from './repository.js';
 import { KeyResolver } from './resolver.js';
-import { CacheAwareRevoker, type KeyRevoker } from './revocation.js';
 
 export interface KeyStore {
   resolver: KeyResolver;
-  revoker: KeyRevoker;
+  keys: KeyService;
   usage: LastUsedRecorder;
   bus: InvalidationBus;
+  guard: RevocationGuard;
   memory: MemoryTier;
   redis: RedisClient | undefined;
   stop(): Promise<void>;
@@ -36,58 +40,44 @@ export interface KeyStoreDeps {
 }
 
 /** The revoked marker that replicas write when the message is all they know of the key. */
-function markerRecord(m: { keyId: string; accountId: string; hash: string; version: number }): KeyRecord {
+function markerRecord(m: Invalidation): KeyRecord {
   return { id: m.keyId, hash: m.hash, accountId: m.accountId, name: '', scope: '', plan: '', expiresAt: null, revokedAt: new Date(), version: m.version, accountRpm: null, keyRpm: null };
 }
 
+/** A Postgres look-up is given up this long after STORE_TIMEOUT_MS (timer and scheduling slack). */
+const POSTGRES_DEADLINE_MARGIN_MS = 25;
+
 export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
   const { config, pool, repository, logger, metrics, health, clock } = deps;
+  // Any stale Redis entry was written within one entry lifetime (revoked markers live two):
+  // revocations from that window, and tombstones kept as long, are enough.
+  const revocationWindowMs = 2 * config.CACHE_REDIS_TTL_MS + 60_000;
   const memory = new MemoryTier({
     maxKeys: config.CACHE_MEMORY_MAX_KEYS,
     ttlMs: config.CACHE_MEMORY_TTL_MS,
     negativeTtlMs: config.CACHE_NEGATIVE_TTL_MS,
+    tombstoneTtlMs: revocationWindowMs,
+    onTombstoneEvicted: () => guard.distrust('a tombstone was evicted for room'),
   });
   const instanceId = newInstanceId();
   const redisClient = createRedis(config, 'command', `ryvion-authz-${instanceId}`);
   const redisSub = redisClient ? createRedis(config, 'subscriber', `ryvion-authz-sub-${instanceId}`) : undefined;
-  const redisTier = redisClient
-    ? new RedisTier(redisClient, { prefix: config.REDIS_KEY_PREFIX, ttlMs: config.CACHE_REDIS_TTL_MS, negativeTtlMs: config.CACHE_NEGATIVE_TTL_MS })
-    : undefined;
+  const redisTier = redisClient ? redisTierFor(config, redisClient) : undefined;
 
-  // Redis is read only once revocations it may have missed are replayed into it.
-  let redisTrusted = false;
-  let replaying: Promise<void> | undefined;
-  const replay = (): Promise<void> =>
-    (replaying ??= (async () => {
-      try {
-        // Any stale entry was written within one entry lifetime; revocations from that window are enough.
-        const revoked = await repository.recentRevocations(2 * config.CACHE_REDIS_TTL_MS + 60_000);
-        for (const record of revoked) await redisTier!.fill(record.hash, entryFor(record));
-        redisTrusted = true;
-        health.setStore('redis', 'up');
-        metrics.storeUp.labels('redis').set(1);
-        metrics.degraded.labels('redis').set(0);
-        logger.info({ replayed: revoked.length }, 'redis available; revocations replayed');
-      } catch (err) {
-        logger.warn({ err: (err as Error).message }, 'redis replay failed; retrying');
-        setTimeout(() => {
-          if (redisClient?.status === 'ready') void replay();
-        }, 1000).unref();
-      } finally {
-        replaying = undefined;
-      }
-    })());
-  if (redisClient) {
-    health.setStore('redis', 'unknown');
-    redisClient.on('ready', () => void replay());
-    redisClient.on('close', () => {
-      if (redisTrusted) logger.warn('redis unreachable: deciding from memory and Postgres');
-      redisTrusted = false;
-      health.setStore('redis', 'down');
-      metrics.storeUp.labels('redis').set(0);
-      metrics.degraded.labels('redis').set(1);
-    });
-  }
+  const guard = new RevocationGuard({
+    recentRevocations: () => repository.recentRevocations(revocationWindowMs),
+    remember: (records) => {
+      for (const r of records) memory.invalidate(r.hash, r.version);
+    },
+    redis: redisClient && redisTier
+      ? { client: redisClient, tier: redisTier, sentinelKey: `${config.REDIS_KEY_PREFIX}revocations-synced`, sentinelTtlMs: revocationWindowMs }
+      : undefined,
+    clock,
+    probeIntervalMs: Math.min(1000, Math.floor(config.INVALIDATION_LEASE_MS / 5)),
+    logger,
+    metrics,
+    health,
+  });
 
   // `bus` is read only when a look-up runs, after start-up.
   const resolver = new KeyResolver({
@@ -95,15 +85,18 @@ export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
     redis: redisTier,
     postgres: repository,
     leaseHeld: () => bus.leaseHeld(),
-    redisTrusted: () => redisTrusted,
+    redisTrusted: () => guard.redisReadable(),
     postgresConcurrency: config.POSTGRES_LOOKUP_CONCURRENCY,
+    postgresDeadlineMs: config.STORE_TIMEOUT_MS + POSTGRES_DEADLINE_MARGIN_MS,
+    clock,
     metrics,
   });
   const bus = new InvalidationBus({
     instanceId,
     mode: 'replica',
-    databaseUrl: config.DATABASE_URL!,
-    pool,
+    newListenClient: listenClientFor(config.DATABASE_LISTEN_URL ?? config.DATABASE_URL!),
+    notify: (channel, payload) => pool.query('SELECT pg_notify($1, $2)', [channel, payload]),
+    registry: new PgLeaseRegistry(pool),
     redisPub: redisClient,
     redisSub,
     redisPrefix: config.REDIS_KEY_PREFIX,
@@ -111,33 +104,40 @@ export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
     clock,
     logger,
     metrics,
-    onInvalidate: async (m) => {
+    apply: async (m) => {
       memory.invalidate(m.hash, m.version);
       resolver.forget(m.hash);
-      if (redisTier && redisTrusted) {
-        await redisTier.fill(m.hash, entryFor(markerRecord(m))).catch(() => undefined);
+      if (redisTier && guard.redisReadable()) {
+        // A marker that cannot be written leaves Redis unproven: not read until replayed.
+        await redisTier.fill(m.hash, entryFor(markerRecord(m))).catch(() => guard.markerFailed());
       }
     },
     onFlush: (why) => {
       memory.flush();
+      // Messages may have been missed: tombstones are rebuilt before Redis is read again.
+      guard.distrust(why);
       logger.debug({ why }, 'memory cache flushed');
     },
   });
 
+  // Tombstones from Postgres before the first look-up can read Redis.
+  await guard.start();
   await bus.start();
 
-  const revoker = new CacheAwareRevoker({ repository, bus, redis: redisTier, leaseMs: config.INVALIDATION_LEASE_MS, logger, metrics });
+  const keys = new KeyService({ repository, channel: bus, redis: redisTier, leaseMs: config.INVALIDATION_LEASE_MS, clock, logger, metrics });
   const usage = new LastUsedRecorder(repository, config.LAST_USED_FLUSH_MS, () => clock.now());
 
   return {
     resolver,
-    revoker,
+    keys,
     usage,
     bus,
+    guard,
     memory,
     redis: redisClient,
     stop: async () => {
       await usage.stop();
+      guard.stop();
       await bus.stop();
       redisSub?.disconnect();
       redisClient?.disconnect();

@@ -1,6 +1,6 @@
 // Accounts and keys in Postgres, the source of truth. Only key hashes are stored.
 import type pg from 'pg';
-import { asPostgresUnavailable } from '../store/errors.js';
+import { asPostgresUnavailable, WriteOutcomeUnknownError } from '../store/errors.js';
 import { auditDetail, type AuditAction, type AuditActor, type AuditEvent } from './audit.js';
 import { displayPrefix, generateKey, type KeyEnvironment } from './format.js';
 import type { KeyHash, KeyHasher } from './hash.js';
@@ -127,11 +127,21 @@ const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   revokedAt: r.revoked_at,
 });
 
+/** A statement inside a management transaction, run with the write timeout. */
+export interface Tx {
+  query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+}
+
 export class KeyRepository implements KeyLookup {
+  /**
+   * `writeTimeoutMs` bounds each statement of a management write (create,
+   * revoke); look-ups keep the pool's own timeout (STORE_TIMEOUT_MS).
+   */
   constructor(
     private readonly pool: pg.Pool,
     private readonly hasher: KeyHasher,
     private readonly environment: KeyEnvironment,
+    private readonly writeTimeoutMs = 5000,
   ) {}
 
   async findByHash(candidates: readonly KeyHash[]): Promise<KeyRecord | null> {
@@ -182,39 +192,6 @@ export class KeyRepository implements KeyLookup {
       [accountId],
     );
     return rows.map(toKeyInfo);
-  }
-
-  /**
-   * Marks a key revoked. Idempotent: revoking again keeps the first time and
-   * version, and still returns the key, so a repeated call can redo whatever
-   * cache work a crash interrupted. `accountId` restricts it to one owner.
-   * With `notify`, the invalidation is sent by the same statement, so Postgres
-   * delivers it exactly when the revocation commits (and never without it).
-   */
-  async revokeKey(
-    keyId: string,
-    accountId?: string,
-    notify?: { channel: string; rid: string },
-  ): Promise<{ key: KeyInfo; record: KeyRecord } | null> {
-    const rows = await this.run<KeyInfoRow & KeyRow>(
-      `WITH r AS (
-         UPDATE api_keys k
-            SET revoked_at = COALESCE(k.revoked_at, now()),
-                version = k.version + CASE WHEN k.revoked_at IS NULL THEN 1 ELSE 0 END
-           FROM accounts a
-          WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) AND a.id = k.account_id
-          RETURNING k.display_prefix, k.created_at, k.last_used_at, ${KEY_RECORD_COLUMNS})
-       SELECT r.*,
-              CASE WHEN $3::text IS NULL THEN NULL ELSE pg_notify($3, json_build_object(
-                'rid', $4::text, 'keyId', r.id, 'accountId', r.account_id, 'hash', translate(encode(r.key_hash, 'base64'), E'+/=\n', '-_'),
-                'version', r.version)::text) END AS notified
-         FROM r`,
-      [keyId, accountId ?? null, notify?.channel ?? null, notify?.rid ?? null],
-    );
-    const r = rows[0];
-    if (!r) return null;
-    const record = toKeyRecord(r);
-    return { key: toKeyInfo(r), record };
   }
 
   /** Revocations since `sinceMs` ago, to replay into a Redis that may have missed them. */
@@ -288,27 +265,42 @@ export class KeyRepository implements KeyLookup {
   }
 
   /**
-   * Marks a key revoked and writes its `key.revoked` audit row in one
-   * transaction; revoking an already revoked key changes nothing and writes no
-   * second row. Null when no such key (owned by `accountId`, when given). Cache
-   * invalidation is not done here: callers then run the idempotent revoke path.
+   * Revokes a key in one transaction: the UPDATE (revoked_at, version + 1),
+   * its `key.revoked` audit row and the NOTIFY on `notify.channel` commit
+   * together, so the notification exists exactly when the revocation does.
+   * Idempotent: revoking a revoked key changes nothing and writes no second
+   * audit row, but notifies again (with the key's current version), so a
+   * repeated call redoes the cache work. Null when no such key (owned by
+   * `accountId`, when given).
    */
-  async revokeKeyAudited(keyId: string, accountId: string | undefined, actor: AuditActor): Promise<KeyInfo | null> {
+  async revoke(
+    keyId: string,
+    accountId: string | undefined,
+    actor: AuditActor,
+    notify: { channel: string; rid: string },
+  ): Promise<{ key: KeyInfo; record: KeyRecord; changed: boolean } | null> {
     return this.transaction(async (tx) => {
-      const found = await tx.query<KeyInfoRow>(
-        `SELECT ${KEY_INFO_COLUMNS} FROM api_keys WHERE id = $1 AND ($2::text IS NULL OR account_id = $2) FOR UPDATE`,
+      const found = await tx.query<KeyInfoRow & KeyRow>(
+        `SELECT k.display_prefix, k.created_at, k.last_used_at, ${KEY_RECORD_COLUMNS}
+           FROM api_keys k JOIN accounts a ON a.id = k.account_id
+          WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
         [keyId, accountId ?? null],
       );
-      const row = found.rows[0];
+      let row = found.rows[0];
       if (!row) return null;
-      if (row.revoked_at) return toKeyInfo(row);
-      const updated = await tx.query<KeyInfoRow>(
-        `UPDATE api_keys SET revoked_at = now(), version = version + 1 WHERE id = $1 RETURNING ${KEY_INFO_COLUMNS}`,
-        [keyId],
-      );
-      const key = toKeyInfo(updated.rows[0]!);
-      await insertAudit(tx, key.accountId, actor, 'key.revoked', key.id);
-      return key;
+      const changed = row.revoked_at === null;
+      if (changed) {
+        const updated = await tx.query<{ revoked_at: Date; version: string }>(
+          `UPDATE api_keys SET revoked_at = now(), version = version + 1 WHERE id = $1 RETURNING revoked_at, version`,
+          [keyId],
+        );
+        row = { ...row, ...updated.rows[0]! };
+        await insertAudit(tx, row.account_id, actor, 'key.revoked', keyId);
+      }
+      const record = toKeyRecord(row);
+      const message = { rid: notify.rid, keyId: record.id, accountId: record.accountId, hash: record.hash, version: record.version };
+      await tx.query(`SELECT pg_notify($1, $2)`, [notify.channel, JSON.stringify(message)]);
+      return { key: toKeyInfo(row), record, changed };
     });
   }
 
@@ -344,24 +336,30 @@ export class KeyRepository implements KeyLookup {
     }));
   }
 
-  private async transaction<T>(fn: (tx: pg.PoolClient) => Promise<T>): Promise<T> {
+  private async transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
     let client: pg.PoolClient;
     try {
       client = await this.pool.connect();
     } catch (err) {
       throw asPostgresUnavailable(err) ?? err;
     }
+    const timeout = this.writeTimeoutMs;
+    const tx: Tx = { query: (text, values) => client.query({ text, values, query_timeout: timeout } as pg.QueryConfig) };
     let discard = false;
+    let committing = false;
     try {
-      await client.query('BEGIN');
-      const result = await fn(client);
-      await client.query('COMMIT');
+      await tx.query('BEGIN');
+      const result = await fn(tx);
+      committing = true;
+      await tx.query('COMMIT');
       return result;
     } catch (err) {
       const outage = err instanceof NotFoundError ? undefined : asPostgresUnavailable(err);
       // A connection that timed out may still be busy: drop it (the server rolls back) rather than reuse it.
       if (outage) discard = true;
       else await client.query('ROLLBACK').catch(() => (discard = true));
+      // COMMIT was sent and no answer came: it may have committed. Never report "nothing changed".
+      if (outage && committing) throw new WriteOutcomeUnknownError(outage);
       throw outage ?? err;
     } finally {
       client.release(discard);
@@ -370,7 +368,7 @@ export class KeyRepository implements KeyLookup {
 }
 
 async function insertAudit(
-  tx: pg.PoolClient,
+  tx: Tx,
   accountId: string,
   actor: AuditActor,
   action: AuditAction,

@@ -3,21 +3,32 @@ import type { KeyHash } from './hash.js';
 import type { KeyLookup, KeyRecord } from './repository.js';
 import { entryFor, type CacheEntry } from './cache/entry.js';
 import type { MemoryTier } from './cache/memory.js';
-import type { RedisTier } from './cache/redis-tier.js';
+import type { SharedTier } from './cache/redis-tier.js';
 import { StoreUnavailableError } from '../store/errors.js';
+import type { Clock } from '../time/clock.js';
 import type { Metrics } from '../observability/metrics.js';
 import { hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';
 
 export interface ResolverDeps {
   memory: MemoryTier;
-  redis: RedisTier | undefined;
+  redis: SharedTier | undefined;
   postgres: KeyLookup;
   /** Memory is trusted only while this replica holds its invalidation lease. */
   leaseHeld: () => boolean;
-  /** False while Redis may hold entries that missed revocations (until the replay after a reconnect). */
+  /**
+   * False while Redis may hold entries that missed revocations, or this
+   * replica's tombstones may be incomplete (revocation-guard.ts).
+   */
   redisTrusted: () => boolean;
   /** Beyond this many concurrent Postgres look-ups the answer is 503, not a queue. */
   postgresConcurrency: number;
+  /**
+   * A Postgres look-up is given up after this long (STORE_TIMEOUT_MS plus a
+   * margin), whatever it waits for: a free pool connection, a new connection
+   * (which may take a second), or the query.
+   */
+  postgresDeadlineMs: number;
+  clock: Clock;
   metrics: Metrics;
 }
 
@@ -73,6 +84,25 @@ export class KeyResolver implements KeyLookup {
     return absent ? null : undefined;
   }
 
+  /** An entry Redis holds for the candidates, or undefined to ask Postgres (a miss, or a stale entry). */
+  private async fromRedis(id: string, hashes: readonly string[]): Promise<{ hash: string; entry: CacheEntry } | undefined> {
+    const { redis, memory, metrics } = this.deps;
+    let absent: CacheEntry | undefined;
+    for (const hash of hashes) {
+      const e = await redis!.get(hash);
+      // The invariant: never serve a version older than a revocation this replica knows of.
+      if (e?.state === 'found' && e.version < (memory.revokedVersion(hash) ?? 0)) {
+        metrics.cacheRequests.labels('redis', 'stale').inc();
+        return undefined;
+      }
+      if (e?.state === 'found') return { hash, entry: e };
+      if (e && hash === id) absent = e;
+    }
+    if (absent) return { hash: id, entry: absent };
+    metrics.cacheRequests.labels('redis', 'miss').inc();
+    return undefined;
+  }
+
   /** A revocation arrived: later callers must not join a look-up that began before it. */
   forget(hash: string): void {
     this.inflight.delete(hash);
@@ -85,22 +115,12 @@ export class KeyResolver implements KeyLookup {
 
     if (redis && this.deps.redisTrusted()) {
       try {
-        let absent: CacheEntry | undefined;
-        for (const hash of hashes) {
-          const e = await redis.get(hash);
-          if (e?.state === 'found') {
-            metrics.cacheRequests.labels('redis', 'hit').inc();
-            memory.fill(hash, e, epoch);
-            return e.record;
-          }
-          if (e && hash === id) absent = e;
-        }
-        if (absent) {
+        const cached = await this.fromRedis(id, hashes);
+        if (cached !== undefined) {
           metrics.cacheRequests.labels('redis', 'hit').inc();
-          memory.fill(id, absent, epoch);
-          return null;
+          memory.fill(cached.hash, cached.entry, epoch);
+          return cached.entry.state === 'found' ? cached.entry.record : null;
         }
-        metrics.cacheRequests.labels('redis', 'miss').inc();
       } catch (err) {
         metrics.cacheRequests.labels('redis', 'error').inc();
         metrics.storeErrors.labels('redis', err instanceof StoreUnavailableError ? err.kind : 'query').inc();
@@ -114,7 +134,7 @@ export class KeyResolver implements KeyLookup {
     this.postgresActive++;
     let record: KeyRecord | null;
     try {
-      record = await this.deps.postgres.findByHash(candidates);
+      record = await withDeadline(this.deps.postgres.findByHash(candidates), this.deps.postgresDeadlineMs, this.deps.clock);
       metrics.cacheRequests.labels('postgres', record ? 'hit' : 'miss').inc();
     } catch (err) {
       metrics.cacheRequests.labels('postgres', 'error').inc();
@@ -127,11 +147,28 @@ export class KeyResolver implements KeyLookup {
     const hash = record ? record.hash : id;
     const entry = entryFor(record);
     memory.fill(hash, entry, epoch);
-    if (redis) {
+    if (redis && this.deps.redisTrusted()) {
       redis.fill(hash, entry).catch(() => {
         metrics.cacheRequests.labels('redis', 'error').inc();
       });
     }
     return record;
   }
+}
+
+/** The look-up's answer, or a timeout once `ms` has passed; the look-up itself goes on in the pool. */
+function withDeadline<T>(work: Promise<T>, ms: number, clock: Clock): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = clock.setTimer(() => reject(new StoreUnavailableError('postgres', 'timeout')), ms);
+    work.then(
+      (v) => {
+        timer.cancel();
+        resolve(v);
+      },
+      (err: unknown) => {
+        timer.cancel();
+        reject(err);
+      },
+    );
+  });
 }

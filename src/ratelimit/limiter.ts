@@ -1,6 +1,6 @@
 // Per-key and per-account limits: shared in Redis, answered from memory when already over, local when Redis is down.
 import { LRUCache } from 'lru-cache';
-import type { Clock } from '../check/pipeline.js';
+import type { Clock } from '../time/clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';

@@ -26,3 +26,14 @@ export function asPostgresUnavailable(err: unknown): StoreUnavailableError | und
   if (/Connection terminated|connect|Client was closed|not queryable/i.test(msg)) return new StoreUnavailableError('postgres', 'connection', err);
   return undefined;
 }
+
+/**
+ * A write's COMMIT was sent but its answer never came: the change may or may
+ * not have been made. Callers must say so, never "nothing was changed".
+ */
+export class WriteOutcomeUnknownError extends Error {
+  override name = 'WriteOutcomeUnknownError';
+  constructor(cause: StoreUnavailableError) {
+    super(`postgres did not confirm the commit (${cause.kind})`, { cause });
+  }
+}

@@ -4,7 +4,7 @@ import { loadConfig, type Config } from '../../src/config.js';
 import { createLogger, type Logger } from '../../src/observability/logger.js';
 import { startService } from '../../src/service.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from '../../src/transport/grpc/proto.js';
-import type { Clock } from '../../src/check/pipeline.js';
+import type { Clock } from '../../src/time/clock.js';
 import type { RunningService } from '../../src/service.js';
 
 export function testConfig(env: Record<string, string>): Config {
@@ -74,4 +74,9 @@ export async function storeLookups(service: RunningService): Promise<{ postgres:
     (await metricValue(service, 'ryvion_authz_key_cache_requests_total', { tier })) -
     (await metricValue(service, 'ryvion_authz_key_cache_requests_total', { tier, result: 'overload' }));
   return { postgres: await sum('postgres'), redis: await sum('redis') };
+}
+
+/** Revokes a key as the operator would (the CLI's actor), through the service's key-management path. */
+export function revokeKey(service: RunningService, keyId: string): ReturnType<RunningService['keys']['revoke']> {
+  return service.keys.revoke(keyId, undefined, { keyId: null, via: 'cli' });
 }

@@ -1,5 +1,6 @@
 // Decision logs from the real service: one line per denial with request id, key id, account id,
 // reason and latency, and never a secret (the key, its random part, the pepper, the header value).
+import { systemClock } from '../../src/time/clock.js';
 import { Writable } from 'node:stream';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,7 +9,7 @@ import { createLogger } from '../../src/observability/logger.js';
 import type { RunningService } from '../../src/service.js';
 import type { CheckResponse } from '../../src/transport/grpc/proto.js';
 import { envoyCheckRequest } from '../fixtures/envoy.js';
-import { CheckClient, startTestService } from '../helpers/service.js';
+import { CheckClient, startTestService, revokeKey } from '../helpers/service.js';
 import { freshDatabase, testPepper } from '../helpers/stores.js';
 
 type Form = 'bearer' | 'x-api-key';
@@ -71,7 +72,7 @@ beforeAll(async () => {
   // debug: allowed decisions (debug unless sampled) and every internal line are searched for secrets too.
   service = await startTestService(
     { DATABASE_URL: db.url, KEY_PEPPER: pepper, LOG_LEVEL: 'debug' },
-    { clock: { now: () => now.ms }, logger: createLogger('debug', sink) },
+    { clock: { now: () => now.ms, setTimer: systemClock.setTimer }, logger: createLogger('debug', sink) },
   );
   client = new CheckClient(service.grpcPort);
   accountId = (await service.repository.createAccount('logs@example.com', 'enterprise')).id;
@@ -139,7 +140,7 @@ describe('a log line for every decision', () => {
   ];
 
   beforeAll(async () => {
-    await service.revoker.revoke(keys.revoked!.id);
+    await revokeKey(service, keys.revoked!.id);
     // Warm the caches with everything but the cold keys, so each case below decides as it would in steady state.
     await check('warm-up', credential('bearer', keys.buyer!.secret));
   });

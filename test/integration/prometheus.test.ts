@@ -12,7 +12,7 @@ import { generateKey } from '../../src/keys/format.js';
 import type { RunningService } from '../../src/service.js';
 import { envoyCheckRequest } from '../fixtures/envoy.js';
 import { commandPath, PROMETHEUS_MISSING, PrometheusServer, type QueryResult } from '../helpers/prometheus.js';
-import { CheckClient, startTestService } from '../helpers/service.js';
+import { CheckClient, startTestService, revokeKey } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
 
 const run = promisify(execFile);
@@ -98,7 +98,7 @@ beforeAll(async () => {
     ]);
     if (!revoked && Date.now() > until - 2500) {
       revoked = true;
-      await service.revoker.revoke(doomed.key.id);
+      await revokeKey(service, doomed.key.id);
     }
     await new Promise((r) => setTimeout(r, 20));
   }

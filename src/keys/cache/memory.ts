@@ -6,8 +6,13 @@ export interface MemoryTierOptions {
   maxKeys: number;
   ttlMs: number;
   negativeTtlMs: number;
-  /** How long a revocation is remembered, to refuse late fills; longer than any look-up can take. */
+  /**
+   * How long a revocation is remembered: to refuse late fills, and Redis entries
+   * older than it. At least as long as a Redis entry can live.
+   */
   tombstoneTtlMs?: number;
+  /** A tombstone was evicted for room before its time: lower tiers can no longer be checked against it. */
+  onTombstoneEvicted?: () => void;
 }
 
 export class MemoryTier {
@@ -16,13 +21,18 @@ export class MemoryTier {
   // Allocated at the first revocation: lru-cache preallocates all `max` slots (about 45 ms of
   // start-up and 8 MB at the default 200 000), and until then there is nothing to remember.
   private tombstones: LRUCache<string, number> | undefined;
-  private readonly tombstoneOptions: { max: number; ttl: number };
+  private readonly tombstoneOptions: LRUCache.Options<string, number, unknown>;
   private readonly negativeTtlMs: number;
   private epochValue = 0;
 
   constructor(opts: MemoryTierOptions) {
     this.entries = new LRUCache({ max: opts.maxKeys, ttl: opts.ttlMs, ttlAutopurge: false, updateAgeOnGet: false });
-    this.tombstoneOptions = { max: opts.maxKeys, ttl: opts.tombstoneTtlMs ?? 10 * 60_000 };
+    const evicted = opts.onTombstoneEvicted;
+    this.tombstoneOptions = {
+      max: opts.maxKeys,
+      ttl: opts.tombstoneTtlMs ?? 10 * 60_000,
+      ...(evicted ? { dispose: (_v: number, _k: string, reason: LRUCache.DisposeReason) => void (reason === 'evict' && evicted()) } : {}),
+    };
     this.negativeTtlMs = opts.negativeTtlMs;
   }
 
@@ -52,6 +62,11 @@ export class MemoryTier {
     if (current && current.version > entry.version) return false;
     this.entries.set(hash, entry, entry.state === 'absent' ? { ttl: this.negativeTtlMs } : undefined);
     return true;
+  }
+
+  /** The newest revoked version this replica knows of for `hash`. */
+  revokedVersion(hash: string): number | undefined {
+    return this.tombstones?.get(hash);
   }
 
   /** A revocation: remember it and drop whatever is held for the key. */

@@ -25,7 +25,14 @@ export interface RedisTierOptions {
   negativeTtlMs: number;
 }
 
-export class RedisTier {
+/** The shared tier as resolution and revocation use it (RedisTier; an in-memory twin in tests). */
+export interface SharedTier {
+  get(hash: string): Promise<CacheEntry | undefined>;
+  /** Conditional: never replaces a higher version. False when it did not write. */
+  fill(hash: string, entry: CacheEntry): Promise<boolean>;
+}
+
+export class RedisTier implements SharedTier {
   private readonly client: WithFill;
 
   constructor(

@@ -31,6 +31,10 @@ export const ApiErrorCode = {
   unsupported_media_type: 'unsupported_media_type',
   /** Postgres did not answer in time; nothing was changed, retry. */
   service_unavailable: 'service_unavailable',
+  /** Postgres did not confirm a COMMIT it was sent: the change may or may not have been made. */
+  outcome_unknown: 'outcome_unknown',
+  /** The key is revoked in Postgres and denied by every replica, but the revoked marker could not be written to Redis; revoke again. */
+  revocation_cache_not_updated: 'revocation_cache_not_updated',
   /** A bug: logged and counted in ryvion_authz_internal_errors_total{transport="http"}. */
   internal_error: 'internal_error',
 } as const;

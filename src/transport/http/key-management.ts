@@ -1,21 +1,16 @@
 // The key management calls (create, list, revoke, me) for an authenticated caller, free of HTTP details.
 import { z } from 'zod';
 import type { Identity } from '../../check/decision.js';
-import type { Clock } from '../../check/pipeline.js';
+import type { Clock } from '../../time/clock.js';
 import type { AuditActor } from '../../keys/audit.js';
 import { isKeyId } from '../../keys/ids.js';
-import type { KeyInfo, KeyRepository } from '../../keys/repository.js';
-import type { KeyRevoker } from '../../keys/revocation.js';
+import { keyNameProblem, keyView, REVOKED_CACHE_NOT_UPDATED, type KeyService } from '../../keys/management.js';
 import type { Logger } from '../../observability/logger.js';
 import type { CompiledPolicy } from '../../policy/policy.js';
 import { ApiError, ApiErrorCode, invalidRequest } from './errors.js';
 
-/** The repository calls the API makes. */
-export type ManagedKeys = Pick<KeyRepository, 'createKeyAudited' | 'revokeKeyAudited' | 'listKeys' | 'getAccount' | 'getKey'>;
-
 export interface KeyManagementDeps {
-  keys: ManagedKeys;
-  revoker: KeyRevoker;
+  keys: KeyService;
   /** Read per call, so a policy reload changes the known scopes at once. */
   policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'>;
   clock: Clock;
@@ -24,39 +19,20 @@ export interface KeyManagementDeps {
   maxKeysPerAccount: number;
 }
 
-export const NAME_MAX_CHARS = 128;
-
-// Control characters (NUL is refused by Postgres text) and lone surrogates have no place in a name.
-const UNPRINTABLE = /[\p{Cc}\p{Cs}]/u;
-
 const createKeyBody = z.strictObject({
   name: z
     .string()
     .trim()
-    .refine((s) => s.length > 0, 'must not be empty')
-    .refine((s) => [...s].length <= NAME_MAX_CHARS, `must be at most ${NAME_MAX_CHARS} characters`)
-    .refine((s) => !UNPRINTABLE.test(s), 'must not contain control characters'),
+    .superRefine((s, ctx) => {
+      const problem = keyNameProblem(s);
+      if (problem) ctx.addIssue({ code: 'custom', message: problem });
+    }),
   scope: z.string().optional(),
   expires_at: z.iso
     .datetime({ offset: true, error: 'must be an ISO 8601 date-time with a time zone, e.g. 2030-01-31T00:00:00Z' })
     .nullable()
     .optional(),
 });
-
-/** A key as the API shows it: never the secret, never the hash. */
-export function keyObject(k: KeyInfo): Record<string, string | null> {
-  return {
-    object: 'api_key',
-    id: k.id,
-    name: k.name,
-    scope: k.scope,
-    prefix: k.prefix,
-    created_at: k.createdAt.toISOString(),
-    expires_at: k.expiresAt?.toISOString() ?? null,
-    last_used_at: k.lastUsedAt?.toISOString() ?? null,
-    revoked_at: k.revokedAt?.toISOString() ?? null,
-  };
-}
 
 const keyNotFound = (): ApiError =>
   // The same answer for an unknown id and another account's key: ids of other accounts are not confirmed.
@@ -88,7 +64,7 @@ export class KeyManagement {
       }
     }
 
-    const created = await this.deps.keys.createKeyAudited(
+    const created = await this.deps.keys.createKey(
       { accountId: caller.accountId, name: input.name, scope, expiresAt },
       this.actor(caller, requestId),
       { maxLiveKeys: this.deps.maxKeysPerAccount },
@@ -101,31 +77,32 @@ export class KeyManagement {
       { request_id: requestId, account_id: caller.accountId, key_id: created.key.id, actor_key_id: caller.keyId, scope },
       'api key created',
     );
-    return { ...keyObject(created.key), key: created.secret };
+    return { ...keyView(created.key), key: created.secret };
   }
 
   /** GET /api/v1/auth/api-keys: the caller's account's keys, revoked ones included, in creation order. */
   async list(caller: Identity): Promise<Record<string, unknown>> {
     const keys = await this.deps.keys.listKeys(caller.accountId);
-    return { object: 'list', data: keys.map(keyObject) };
+    return { object: 'list', data: keys.map(keyView) };
   }
 
   /**
-   * DELETE /api/v1/auth/api-keys/{id}. The audited change first, then the
-   * revoke path (idempotent), which returns once no replica accepts the key.
-   * Revoking again answers 200 with the first revocation time.
+   * DELETE /api/v1/auth/api-keys/{id}: returns once no replica accepts the key.
+   * Revoking again answers 200 with the first revocation time (and repairs the
+   * shared cache); a revoke whose marker could not reach Redis answers 503.
    */
   async revoke(caller: Identity, keyId: string, requestId: string): Promise<Record<string, unknown>> {
     if (!isKeyId(keyId)) throw keyNotFound();
-    const revoked = await this.deps.keys.revokeKeyAudited(keyId, caller.accountId, this.actor(caller, requestId));
-    if (!revoked) throw keyNotFound();
-    const outcome = await this.deps.revoker.revoke(keyId, caller.accountId);
+    const outcome = await this.deps.keys.revoke(keyId, caller.accountId, this.actor(caller, requestId));
     if (!outcome) throw keyNotFound();
     this.deps.logger.info(
-      { request_id: requestId, account_id: caller.accountId, key_id: keyId, actor_key_id: caller.keyId },
+      { request_id: requestId, account_id: caller.accountId, key_id: keyId, actor_key_id: caller.keyId, cache: outcome.cache },
       'api key revoked',
     );
-    return { ...keyObject(outcome.key), revoked: true };
+    if (outcome.cache === 'not_updated') {
+      throw new ApiError(503, 'server_error', ApiErrorCode.revocation_cache_not_updated, REVOKED_CACHE_NOT_UPDATED, null, [['retry-after', '1']]);
+    }
+    return { ...keyView(outcome.key), revoked: true };
   }
 
   /** GET /api/v1/auth/me: the account and the calling key. */

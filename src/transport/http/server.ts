@@ -6,17 +6,18 @@ import type { Socket } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Decision, Identity } from '../../check/decision.js';
 import { denialResponse } from '../../check/outcomes.js';
-import { systemClock, type CheckPipeline, type Clock } from '../../check/pipeline.js';
-import type { KeyRevoker } from '../../keys/revocation.js';
+import type { CheckPipeline } from '../../check/pipeline.js';
+import { systemClock, type Clock } from '../../time/clock.js';
 import type { DecisionRecorder } from '../../observability/decision-log.js';
 import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { CompiledPolicy } from '../../policy/policy.js';
-import { StoreUnavailableError } from '../../store/errors.js';
+import { StoreUnavailableError, WriteOutcomeUnknownError } from '../../store/errors.js';
 import { toAttributes, requestIdOf } from './attributes.js';
 import { createAuthzHandler, isAuthzPath } from './authz.js';
 import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
-import { KeyManagement, type ManagedKeys } from './key-management.js';
+import { KeyManagement } from './key-management.js';
+import type { KeyService } from '../../keys/management.js';
 
 export const API_KEYS_PATH = '/api/v1/auth/api-keys';
 export const API_KEY_PATH = `${API_KEYS_PATH}/:id`;
@@ -38,8 +39,7 @@ export interface HttpServerOptions {
 
 export interface HttpServerDeps {
   pipeline: Pick<CheckPipeline, 'decide'>;
-  keys: ManagedKeys;
-  revoker: KeyRevoker;
+  keys: KeyService;
   recorder: DecisionRecorder;
   metrics: Metrics;
   logger: Logger;
@@ -59,7 +59,6 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
   const bodyLimit = deps.options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
   const management = new KeyManagement({
     keys: deps.keys,
-    revoker: deps.revoker,
     policy: deps.policy,
     clock: deps.clock ?? systemClock,
     logger: deps.logger,
@@ -161,6 +160,15 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     if (err instanceof ApiError) return sendError(reply, err);
     const framing = fromFastifyError(err as FastifyError, bodyLimit);
     if (framing) return sendError(reply, framing);
+    if (err instanceof WriteOutcomeUnknownError) {
+      deps.logger.error({ request_id: req.id, method: req.method, route: req.routeOptions.url }, 'commit outcome unknown during a management call; answered 503');
+      const create = req.method === 'POST';
+      return sendError(reply, new ApiError(503, 'server_error', ApiErrorCode.outcome_unknown,
+        create
+          ? 'The key store did not confirm the write in time: the key may or may not have been created. List your keys (GET /api/v1/auth/api-keys) before trying again.'
+          : 'The key store did not confirm the write in time: the key may or may not have been revoked. Revoking again is safe.',
+        null, [['retry-after', '1']]));
+    }
     if (err instanceof StoreUnavailableError) {
       deps.logger.warn({ request_id: req.id, store: err.store, kind: err.kind }, 'store unavailable during a management call; answered 503');
       return sendError(reply, new ApiError(503, 'server_error', ApiErrorCode.service_unavailable,
