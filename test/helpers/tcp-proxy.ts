@@ -4,6 +4,8 @@ import net from 'node:net';
 export class TcpProxy {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
+  private holding = false;
+  private readonly flows = new Set<{ client: net.Socket; upstream: net.Socket }>();
   port = 0;
 
   constructor(
@@ -13,12 +15,23 @@ export class TcpProxy {
 
   async start(port = 0): Promise<number> {
     this.server = net.createServer((client) => {
+      if (this.holding) {
+        // A hung store: the connection is accepted and never answered.
+        this.sockets.add(client);
+        client.on('close', () => this.sockets.delete(client));
+        client.on('error', () => client.destroy());
+        client.resume();
+        return;
+      }
       const upstream = net.connect(this.targetPort, this.targetHost);
       for (const s of [client, upstream]) {
         this.sockets.add(s);
         s.on('close', () => this.sockets.delete(s));
         s.on('error', () => s.destroy());
       }
+      const flow = { client, upstream };
+      this.flows.add(flow);
+      client.on('close', () => this.flows.delete(flow));
       client.pipe(upstream).pipe(client);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
@@ -36,8 +49,32 @@ export class TcpProxy {
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
+  /**
+   * A store that hangs: open connections are cut, new ones are accepted and
+   * never answered (as a black-holed or stopped server looks from a client).
+   */
+  hang(opts: { keepOpen?: boolean } = {}): void {
+    this.holding = true;
+    if (!opts.keepOpen) {
+      for (const s of this.sockets) s.destroy();
+      return;
+    }
+    // Open connections stay up and carry nothing: commands on them time out.
+    for (const { client, upstream } of this.flows) {
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.pause();
+      upstream.pause();
+    }
+  }
+
   /** Brings the store back on the same port. */
   async restore(): Promise<void> {
+    this.holding = false;
+    if (this.server) {
+      for (const s of this.sockets) s.destroy();
+      return;
+    }
     await this.start(this.port);
   }
 }

@@ -177,6 +177,7 @@ describe('the public documentation\'s curl commands', () => {
     expect(r.body).toEqual({
       object: 'api_key',
       id: expect.stringMatching(/^key_[0-9A-Za-z]{20}$/),
+      account_id: accountA,
       name: 'my-new-key',
       scope: 'buyer',
       prefix: expect.stringMatching(/^ryv_live_[0-9A-Za-z]{4}…$/),
@@ -202,7 +203,7 @@ describe('the public documentation\'s curl commands', () => {
     expect(data.map((k) => k.id)).toEqual(stored);
     expect(data.filter((k) => k.name === 'my-new-key')).toHaveLength(2);
     for (const k of data) {
-      expect(Object.keys(k).sort()).toEqual(['created_at', 'expires_at', 'id', 'last_used_at', 'name', 'object', 'prefix', 'revoked_at', 'scope']);
+      expect(Object.keys(k).sort()).toEqual(['account_id', 'created_at', 'expires_at', 'id', 'last_used_at', 'name', 'object', 'prefix', 'revoked_at', 'scope']);
       expect(k.object).toBe('api_key');
     }
   });
