@@ -107,7 +107,7 @@ export class Metrics {
 
   readonly degraded = new client.Gauge({
     name: 'ryvion_authz_degraded',
-    help: '1 while a component runs degraded (redis: deciding from Postgres and memory; postgres: only cached keys; memory: lease lapsed).',
+    help: '1 while a component runs degraded (redis: deciding from Postgres and memory; postgres: only cached keys; memory: lease lapsed; invalidation: Postgres NOTIFY not delivered to LISTEN).',
     labelNames: ['component'] as const,
     registers: [this.registry],
   });
@@ -167,11 +167,11 @@ export class Metrics {
     for (const store of ['postgres', 'redis']) {
       for (const kind of ['timeout', 'connection', 'overload', 'query']) this.storeErrors.labels(store, kind).inc(0);
     }
-    for (const channel of ['postgres', 'redis']) {
-      this.invalidationsReceived.labels(channel).inc(0);
-      this.invalidationChannelUp.labels(channel).set(0);
-    }
-    for (const component of ['postgres', 'redis', 'memory', 'ratelimit']) this.degraded.labels(component).set(0);
+    // invalidation_channel_up is set by the lease for the channels this replica uses only: a
+    // replica without Redis has no redis series, so an alert on a down channel cannot fire forever.
+    for (const channel of ['postgres', 'redis']) this.invalidationsReceived.labels(channel).inc(0);
+    this.cacheRequests.labels('redis', 'stale').inc(0);
+    for (const component of ['postgres', 'redis', 'memory', 'invalidation', 'ratelimit']) this.degraded.labels(component).set(0);
     for (const result of ['acknowledged', 'lease_expired']) this.revocationDuration.zero({ result });
     for (const outcome of ['allowed', 'limited']) for (const mode of ['shared', 'local', 'memory']) this.rateLimitDecisions.labels(outcome, mode).inc(0);
     this.policyReloads.labels('success').inc(0);

@@ -130,6 +130,18 @@ describe('the lease', () => {
   });
 });
 
+describe('channel gauges', () => {
+  it('a replica without Redis exports only the postgres channel series, so an alert on a down channel cannot fire forever', async () => {
+    const r = replica();
+    await r.bus.start();
+    await r.clock.advance(LEASE_MS);
+    const { values } = await r.metrics.registry.getSingleMetric('ryvion_authz_invalidation_channel_up')!.get();
+    expect(values.map((v) => v.labels.channel)).toEqual(['postgres']);
+    expect(values[0]!.value).toBe(1);
+    await r.bus.stop();
+  });
+});
+
 describe('the LISTEN session', () => {
   it('reconnects after the server cut it, listens again, and the replica flushes memory once the new session delivers', async () => {
     const r = replica();
