@@ -11,7 +11,7 @@ import { entryFor } from './cache/entry.js';
 import { MemoryTier } from './cache/memory.js';
 import { RevocationGuard } from './cache/redis-guard.js';
 import { InvalidationBus, newInstanceId } from './invalidation/bus.js';
-import { PgLeaseRegistry } from './invalidation/lease.js';
+import { PgLeaseRegistry, pgNotifier } from './invalidation/lease.js';
 import type { Invalidation } from './invalidation/messages.js';
 import { LastUsedRecorder } from './last-used.js';
 import { KeyService, listenClientFor, redisTierFor } from './management.js';
@@ -59,6 +59,8 @@ export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
     tombstoneTtlMs: revocationWindowMs,
     onTombstoneEvicted: () => guard.distrust('a tombstone was evicted for room'),
   });
+  // Pings, acknowledgements and lease rows are not on the Check path: they get a renewal interval.
+  const signalTimeoutMs = Math.floor(config.INVALIDATION_LEASE_MS / 5);
   const instanceId = newInstanceId();
   const redisClient = createRedis(config, 'command', `ryvion-authz-${instanceId}`);
   const redisSub = redisClient ? createRedis(config, 'subscriber', `ryvion-authz-sub-${instanceId}`) : undefined;
@@ -95,8 +97,8 @@ export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
     instanceId,
     mode: 'replica',
     newListenClient: listenClientFor(config.DATABASE_LISTEN_URL ?? config.DATABASE_URL!),
-    notify: (channel, payload) => pool.query('SELECT pg_notify($1, $2)', [channel, payload]),
-    registry: new PgLeaseRegistry(pool),
+    notify: pgNotifier(pool, signalTimeoutMs),
+    registry: new PgLeaseRegistry(pool, signalTimeoutMs),
     redisPub: redisClient,
     redisSub,
     redisPrefix: config.REDIS_KEY_PREFIX,

@@ -13,7 +13,7 @@ import { RedisTier, type SharedTier } from './cache/redis-tier.js';
 import { keyHasherFrom } from './hash.js';
 import type { AckWait, LiveReplica } from './invalidation/acks.js';
 import { InvalidationBus } from './invalidation/bus.js';
-import { PgLeaseRegistry } from './invalidation/lease.js';
+import { PgLeaseRegistry, pgNotifier } from './invalidation/lease.js';
 import { PG_INVALIDATE_CHANNEL, type Invalidation } from './invalidation/messages.js';
 import { KeyRepository, type Account, type KeyInfo } from './repository.js';
 
@@ -205,8 +205,8 @@ export async function connectKeyService(config: Config, deps: { clock: Clock; lo
   const bus = new InvalidationBus({
     mode: 'client',
     newListenClient: listenClientFor(config.DATABASE_LISTEN_URL ?? config.DATABASE_URL),
-    notify: (channel, payload) => pool.query('SELECT pg_notify($1, $2)', [channel, payload]),
-    registry: new PgLeaseRegistry(pool),
+    notify: pgNotifier(pool, config.MANAGEMENT_WRITE_TIMEOUT_MS),
+    registry: new PgLeaseRegistry(pool, config.MANAGEMENT_WRITE_TIMEOUT_MS),
     redisPub,
     redisSub,
     redisPrefix: config.REDIS_KEY_PREFIX,

@@ -78,3 +78,14 @@ export class TcpProxy {
     await this.start(this.port);
   }
 }
+
+/** A started proxy in front of the server a URL names, and the same URL through it. */
+export async function proxiedUrl(url: string): Promise<{ proxy: TcpProxy; url: string }> {
+  const target = new URL(url);
+  const proxy = new TcpProxy(target.hostname, Number(target.port || (target.protocol.startsWith('redis') ? 6379 : 5432)));
+  await proxy.start();
+  const via = new URL(url);
+  via.hostname = '127.0.0.1';
+  via.port = String(proxy.port);
+  return { proxy, url: via.toString() };
+}

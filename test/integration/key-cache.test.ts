@@ -8,7 +8,7 @@ import { envoyCheckRequest } from '../fixtures/envoy.js';
 import { ThrowawayRedis, freePort } from '../helpers/redis-server.js';
 import { CheckClient, metricValue, startTestService, storeLookups, revokeKey } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
-import { TcpProxy } from '../helpers/tcp-proxy.js';
+import { TcpProxy, proxiedUrl } from '../helpers/tcp-proxy.js';
 
 type Db = Awaited<ReturnType<typeof freshDatabase>>;
 const pepper = testPepper();
@@ -138,22 +138,15 @@ describe('a replica cut off from its invalidation channels', () => {
     const db = await freshDatabase();
     cleanups.push(() => db.drop());
     const prefix = redisPrefix();
-    const shared = new URL(testRedisUrl());
-    const pgTarget = new URL(db.url);
-    const redisProxy = new TcpProxy(shared.hostname, Number(shared.port || 6379));
-    const pgProxy = new TcpProxy(pgTarget.hostname, Number(pgTarget.port || 5432));
-    await redisProxy.start();
-    await pgProxy.start();
+    const { proxy: redisProxy, url: redisViaProxy } = await proxiedUrl(testRedisUrl());
+    const { proxy: pgProxy, url: pgViaProxy } = await proxiedUrl(db.url);
     cleanups.push(async () => {
       await redisProxy.cut();
       await pgProxy.cut();
     });
-    const viaProxy = new URL(db.url);
-    viaProxy.hostname = '127.0.0.1';
-    viaProxy.port = String(pgProxy.port);
 
     const a = await replica({ DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: prefix });
-    const c = await replica({ DATABASE_URL: viaProxy.toString(), REDIS_URL: `redis://127.0.0.1:${redisProxy.port}`, REDIS_KEY_PREFIX: prefix });
+    const c = await replica({ DATABASE_URL: pgViaProxy, REDIS_URL: redisViaProxy, REDIS_KEY_PREFIX: prefix });
     await leaseHeld(a.service);
     await leaseHeld(c.service);
     const accountId = (await a.service.repository.createAccount('cut@example.com', 'free')).id;
@@ -372,14 +365,9 @@ describe('degraded operation', () => {
   it('with Postgres unreachable, cached keys still pass and uncached keys get 503', async () => {
     const db = await freshDatabase();
     cleanups.push(() => db.drop());
-    const target = new URL(db.url);
-    const proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
-    await proxy.start();
+    const { proxy, url: viaProxy } = await proxiedUrl(db.url);
     cleanups.push(() => proxy.cut());
-    const viaProxy = new URL(db.url);
-    viaProxy.hostname = '127.0.0.1';
-    viaProxy.port = String(proxy.port);
-    const r = await replica({ DATABASE_URL: viaProxy.toString(), REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix() });
+    const r = await replica({ DATABASE_URL: viaProxy, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix() });
     await leaseHeld(r.service);
     const accountId = (await r.service.repository.createAccount('pg-down@example.com', 'free')).id;
     const cached = await newKey(r.service, accountId, 'cached');

@@ -9,7 +9,7 @@ import { runCliProcess } from '../helpers/cli.js';
 import { ThrowawayRedis, freePort } from '../helpers/redis-server.js';
 import { CheckClient, metricValue, revokeKey, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper } from '../helpers/stores.js';
-import { TcpProxy } from '../helpers/tcp-proxy.js';
+import { TcpProxy, proxiedUrl } from '../helpers/tcp-proxy.js';
 
 const pepper = testPepper();
 type Replica = { service: RunningService; client: CheckClient };
@@ -178,14 +178,9 @@ describe('a store that hangs', () => {
   it('a Postgres that hangs does not hold a Check of an uncached key much past STORE_TIMEOUT_MS: 503', async () => {
     const db = await freshDatabase();
     cleanups.push(() => db.drop());
-    const target = new URL(db.url);
-    const proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
-    await proxy.start();
+    const { proxy, url: viaProxy } = await proxiedUrl(db.url);
     cleanups.push(() => proxy.cut());
-    const viaProxy = new URL(db.url);
-    viaProxy.hostname = '127.0.0.1';
-    viaProxy.port = String(proxy.port);
-    const r = await replica({ DATABASE_URL: viaProxy.toString(), STORE_TIMEOUT_MS: '100' });
+    const r = await replica({ DATABASE_URL: viaProxy, STORE_TIMEOUT_MS: '100' });
     const accountId = (await r.service.repository.createAccount('pg-hang@example.com', 'free')).id;
     const k = await r.service.repository.createKey({ accountId, name: 'k', scope: 'buyer', expiresAt: null });
 

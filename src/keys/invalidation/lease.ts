@@ -23,14 +23,22 @@ export interface LeaseRegistry {
 }
 
 export class PgLeaseRegistry implements LeaseRegistry {
-  constructor(private readonly pool: pg.Pool) {}
+  /**
+   * `timeoutMs` bounds each statement: these are not on the Check path, and a
+   * busy machine must not lose a lease round to the Check's STORE_TIMEOUT_MS.
+   */
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly timeoutMs: number,
+  ) {}
 
   async renew(instanceId: string, leaseMs: number): Promise<void> {
-    await this.pool.query(
-      `INSERT INTO replica_leases (instance_id, lease_expires_at) VALUES ($1, now() + $2 * interval '1 millisecond')
+    await this.pool.query({
+      text: `INSERT INTO replica_leases (instance_id, lease_expires_at) VALUES ($1, now() + $2 * interval '1 millisecond')
        ON CONFLICT (instance_id) DO UPDATE SET lease_expires_at = EXCLUDED.lease_expires_at`,
-      [instanceId, leaseMs],
-    );
+      values: [instanceId, leaseMs],
+      query_timeout: this.timeoutMs,
+    } as pg.QueryConfig);
   }
 
   async release(instanceId: string): Promise<void> {
@@ -38,10 +46,11 @@ export class PgLeaseRegistry implements LeaseRegistry {
   }
 
   async live(): Promise<LiveReplica[]> {
-    const { rows } = await this.pool.query<{ instance_id: string; remaining_ms: number }>(
-      `SELECT instance_id, EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000 AS remaining_ms
+    const { rows } = await this.pool.query<{ instance_id: string; remaining_ms: number }>({
+      text: `SELECT instance_id, EXTRACT(EPOCH FROM (lease_expires_at - now())) * 1000 AS remaining_ms
          FROM replica_leases WHERE lease_expires_at > now()`,
-    );
+      query_timeout: this.timeoutMs,
+    } as pg.QueryConfig);
     return rows.map((r) => ({ id: r.instance_id, remainingMs: Number(r.remaining_ms) }));
   }
 
@@ -168,4 +177,9 @@ export class Lease {
     m.leaseHeld.set(held ? 1 : 0);
     m.degraded.labels('memory').set(held ? 0 : 1);
   }
+}
+
+/** pg_notify through the pool, with the same reasoning about its timeout as the registry's. */
+export function pgNotifier(pool: pg.Pool, timeoutMs: number): (channel: string, payload: string) => Promise<unknown> {
+  return (channel, payload) => pool.query({ text: 'SELECT pg_notify($1, $2)', values: [channel, payload], query_timeout: timeoutMs } as pg.QueryConfig);
 }
