@@ -3,8 +3,11 @@
 import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 
-/** Loopback and private ranges: a proxy in the same cluster or host; anything public is a client. */
-export const DEFAULT_TRUSTED_PROXIES = '127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7';
+/**
+ * Loopback only: a proxy on the same host or in the same pod. A proxy elsewhere must be named
+ * (the Helm chart sets the cluster's private ranges), or every client behind it shares its address.
+ */
+export const DEFAULT_TRUSTED_PROXIES = '127.0.0.0/8,::1/128';
 
 export class TrustedProxies {
   private readonly list = new BlockList();
