@@ -6,8 +6,9 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateKey } from '../../src/keys/format.js';
+import { KeyHasher } from '../../src/keys/hash.js';
 import type { RunningService } from '../../src/service.js';
-import { startTestService } from '../helpers/service.js';
+import { metricValue, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
 
 interface Answer {
@@ -20,6 +21,8 @@ let db: Awaited<ReturnType<typeof freshDatabase>>;
 let a: RunningService;
 let b: RunningService;
 let accountId: string;
+const pepper = testPepper();
+const prefix = redisPrefix();
 
 /** One request over its own connection, from `localAddress` (any 127/8 address is this host). */
 function request(port: number, path: string, init: { method?: string; headers?: Record<string, string>; body?: string; localAddress?: string } = {}): Promise<Answer> {
@@ -69,13 +72,21 @@ beforeAll(async () => {
   db = await freshDatabase();
   const env = {
     DATABASE_URL: db.url,
-    KEY_PEPPER: testPepper(),
+    KEY_PEPPER: pepper,
     REDIS_URL: testRedisUrl(),
-    REDIS_KEY_PREFIX: redisPrefix(),
+    REDIS_KEY_PREFIX: prefix,
     FAILED_AUTH_PER_SOURCE_PER_MINUTE: '5',
     TRUSTED_PROXIES: '127.0.0.1/32',
   };
   [a, b] = await Promise.all([startTestService(env), startTestService(env)]);
+  // Redis is read only once revocations are replayed into it (key-store.ts): wait for both replicas.
+  const deadline = Date.now() + 10_000;
+  for (const s of [a, b]) {
+    while ((await metricValue(s, 'ryvion_authz_store_up', { store: 'redis' })) !== 1) {
+      if (Date.now() > deadline) throw new Error('Redis never became usable');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
   accountId = (await a.repository.createAccount(`hostile-${randomUUID()}@example.com`, 'free')).id;
 });
 
@@ -90,7 +101,14 @@ describe('client addresses and failed-key throttling (item 1)', () => {
 
   it('key API behind a trusted proxy: a failing client is throttled alone, and still gets its key that is in Redis but not in this replica\'s memory', async () => {
     const warm = await newKey('buyer');
-    expect((await me(a, warm, '203.0.113.50')).status).toBe(200); // now in Redis (and a's memory), not in b's memory
+    expect((await me(a, warm, '203.0.113.50')).status).toBe(200);
+    // a writes Redis after answering: wait until the entry is there (it is not in b's memory).
+    const hash = new KeyHasher({ version: 1, secret: pepper }).candidates(warm)[0]!.hash.toString('base64url');
+    const deadline = Date.now() + 10_000;
+    while ((await a.keyStore.redis!.exists(`${prefix}key:{${hash}}`)) === 0) {
+      if (Date.now() > deadline) throw new Error('the key never reached Redis');
+      await new Promise((r) => setTimeout(r, 20));
+    }
     const attacker = '198.51.100.1';
     const statuses: number[] = [];
     for (let i = 0; i < 8; i++) statuses.push((await me(b, generateKey('live'), attacker)).status);
@@ -182,5 +200,38 @@ describe('header count cap (item 4)', () => {
       `GET /authz HTTP/1.1\r\nHost: x\r\nX-API-Key: ${key}\r\nX-Original-Method: GET\r\nX-Original-URI: /v1/models\r\n${junk}X-Original-URI: /v1/chat/completions\r\nConnection: close\r\n\r\n`,
     );
     expectApiShape(r, 431, 'invalid_request');
+  });
+});
+
+describe('connection cap on HTTP_PORT (item 6)', () => {
+  it('beyond MAX_CONNECTIONS_PER_PORT new connections are closed; a freed slot is served again', async () => {
+    const capped = await startTestService({ DATABASE_URL: db.url, KEY_PEPPER: testPepper(), MAX_CONNECTIONS_PER_PORT: '2' });
+    const open: net.Socket[] = [];
+    try {
+      const connect = () =>
+        new Promise<net.Socket>((resolve, reject) => {
+          const s = net.connect(capped.httpPort, '127.0.0.1', () => resolve(s));
+          s.once('error', reject);
+          open.push(s);
+        });
+      const held = [await connect(), await connect()];
+      const third = await connect();
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('third connection still open after 10 s')), 10_000);
+        third.on('error', () => undefined);
+        third.once('close', () => (clearTimeout(timer), resolve()));
+        third.resume();
+      });
+      held[0]!.destroy();
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const status = await request(capped.httpPort, '/api/v1/auth/me').then((r) => r.status, () => 0);
+        if (status === 401) break;
+        if (Date.now() > deadline) throw new Error('no request was served after a slot was freed');
+      }
+    } finally {
+      for (const s of open) s.destroy();
+      await capped.stop();
+    }
   });
 });
