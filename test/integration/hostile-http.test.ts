@@ -170,6 +170,10 @@ describe('every answer on HTTP_PORT in the documented shape (item 3)', () => {
     expectApiShape(await request(a.httpPort, path), 400, 'invalid_request');
   });
 
+  it('a path parameter over Fastify\'s limit: 414 invalid_request with x-request-id', async () => {
+    expectApiShape(await request(a.httpPort, `/api/v1/auth/api-keys/${'k'.repeat(200)}`, { method: 'DELETE' }), 414, 'invalid_request');
+  });
+
   it.each(['/api/v1/auth/me', '/authz/v1/models', '/nowhere'])('HTTP/1.1 without Host (%s): 400 invalid_request with x-request-id', async (path) => {
     expectApiShape(await raw(a.httpPort, `GET ${path} HTTP/1.1\r\nConnection: close\r\n\r\n`), 400, 'invalid_request');
   });

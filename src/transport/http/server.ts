@@ -116,11 +116,13 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     requestTimeout: 30_000,
     genReqId: requestIdOf,
     clientErrorHandler,
-    // A URL Fastify cannot decode (`/api/v1/auth/me%g0`) is answered in the API's shape too.
-    frameworkErrors: (_err, req, reply) => {
+    // A URL Fastify cannot decode (`/api/v1/auth/me%g0`) or a path parameter over its limit: answered in the API's shape too.
+    frameworkErrors: (err, req, reply) => {
       reply.header('x-request-id', req.id);
       reply.header('cache-control', 'no-store');
-      return sendError(reply, invalidRequest(ApiErrorCode.invalid_request, 'The request URL could not be decoded.'));
+      return sendError(reply, err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+        ? invalidRequest(ApiErrorCode.invalid_request, 'The request URL is too long.', null, 414)
+        : invalidRequest(ApiErrorCode.invalid_request, 'The request URL could not be decoded.'));
     },
   });
   // JSON only: anything else with a body is 415.
