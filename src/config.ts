@@ -1,5 +1,6 @@
 // Configuration from the environment: parsed and checked once, at start-up.
 import { z } from 'zod';
+import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './transport/http/client-address.js';
 
 /** Thrown for a bad or missing setting; `message` is the one line the operator sees. */
 export class ConfigError extends Error {
@@ -57,6 +58,25 @@ const schema = z.object({
   INVALIDATION_LEASE_MS: positiveInt.min(1000, 'must be at least 1000').max(60_000, 'must be at most 60000').default(5000),
   POSTGRES_LOOKUP_CONCURRENCY: positiveInt.default(32),
   FAILED_AUTH_PER_SOURCE_PER_MINUTE: positiveInt.default(300),
+  // Peers whose X-Forwarded-For / X-Real-IP name the client on HTTP_PORT (comma-separated CIDRs).
+  TRUSTED_PROXIES: z
+    .string()
+    .superRefine((v, ctx) => {
+      try {
+        new TrustedProxies(v);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: `${(err as Error).message} (expected comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32)` });
+      }
+    })
+    .default(DEFAULT_TRUSTED_PROXIES),
+  // Requests on HTTP_PORT with more header lines are refused (431) rather than cut short.
+  HTTP_MAX_HEADERS: positiveInt.max(2000, 'must be at most 2000').default(100),
+  // Open connections per listening port (gRPC and HTTP); beyond it new ones are closed at once.
+  MAX_CONNECTIONS_PER_PORT: positiveInt.default(4096),
+  // A gRPC connection that has not sent the HTTP/2 preface within this is closed.
+  GRPC_HANDSHAKE_TIMEOUT_MS: positiveInt.default(10_000),
+  // A gRPC connection with no call for this long is closed; above Envoy's 1 h upstream idle_timeout, so Envoy closes first.
+  GRPC_IDLE_TIMEOUT_MS: positiveInt.default(3_900_000),
   LAST_USED_FLUSH_MS: positiveInt.default(60_000),
   KEY_PEPPER: pepper.optional(),
   KEY_PEPPER_VERSION: positiveInt.default(1),

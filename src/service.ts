@@ -24,6 +24,7 @@ import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
 import { GrpcCheckServer } from './transport/grpc/server.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
+import { TrustedProxies } from './transport/http/client-address.js';
 
 /** A start-up failure the operator can fix; the message is the one line to print. */
 export class StartupError extends Error {
@@ -140,6 +141,9 @@ export async function startService(config: Config, logger: Logger, opts: Service
     stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
     mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,
     unavailableMode: config.UNAVAILABLE_MODE,
+    maxConnections: config.MAX_CONNECTIONS_PER_PORT,
+    handshakeTimeoutMs: config.GRPC_HANDSHAKE_TIMEOUT_MS,
+    idleTimeoutMs: config.GRPC_IDLE_TIMEOUT_MS,
   });
   health.onChange((ready) => grpcServer.setServing(ready));
   const api = createHttpServer({
@@ -155,6 +159,9 @@ export async function startService(config: Config, logger: Logger, opts: Service
       mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,
       stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
       unavailableMode: config.UNAVAILABLE_MODE,
+      trustedProxies: new TrustedProxies(config.TRUSTED_PROXIES),
+      maxHeaders: config.HTTP_MAX_HEADERS,
+      maxConnections: config.MAX_CONNECTIONS_PER_PORT,
     },
   });
   const ops = createOpsServer(metrics, health);
@@ -168,7 +175,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     opsPort = await listenHttp(ops, config.BIND_ADDRESS, config.OPS_PORT);
   } catch (err) {
     watcher.close();
-    grpcServer.server.forceShutdown();
+    await grpcServer.shutdown(0);
     await api.close();
     await closeHttp(ops);
     await keyStore.stop();

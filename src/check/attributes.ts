@@ -1,7 +1,7 @@
 // The narrow view of a request that the decision pipeline reads, whatever transport it came by.
 
 export interface RequestAttributes {
-  /** Upper-case HTTP method of the original request. */
+  /** HTTP method of the original request as received ('' when absent); the pipeline checks and upper-cases it. */
   method: string;
   /** Raw request target as the proxy saw it: query string included, not decoded. */
   path: string;
@@ -9,6 +9,8 @@ export interface RequestAttributes {
   authorization: readonly string[];
   /** Each value of `x-api-key` as received. */
   apiKey: readonly string[];
+  /** Set when the request carried its headers in two forms (Envoy's `headers` and `header_map`) that disagree on a credential. */
+  credentialsDisagree?: boolean;
   /** The proxy's `x-request-id`, when it sent one. */
   requestId: string | undefined;
   /** Client address as the proxy reports it, for per-source limits. */

@@ -6,9 +6,15 @@ export type Credential =
   | { kind: 'missing' }
   | { kind: 'invalid'; problem: 'repeated_header' | 'conflicting_headers' | 'malformed_bearer' };
 
+// HTTP's optional whitespace is SP and HTAB only (RFC 9110 section 5.6.3). Unicode whitespace rules
+// would strip characters such as U+00A0 or U+3000 that the upstream and other parsers keep.
+const OWS = /[ \t]/;
+const trimOws = (s: string): string => s.replace(/^[ \t]+|[ \t]+$/g, '');
+
 type One = { kind: 'value'; value: string } | { kind: 'none' } | { kind: 'repeated' } | { kind: 'malformed' };
 
-export function extractCredential(attrs: Pick<RequestAttributes, 'authorization' | 'apiKey'>): Credential {
+export function extractCredential(attrs: Pick<RequestAttributes, 'authorization' | 'apiKey' | 'credentialsDisagree'>): Credential {
+  if (attrs.credentialsDisagree) return { kind: 'invalid', problem: 'conflicting_headers' };
   const bearer = fromAuthorization(attrs.authorization);
   const apiKey = fromApiKey(attrs.apiKey);
   if (bearer.kind === 'repeated' || apiKey.kind === 'repeated') return { kind: 'invalid', problem: 'repeated_header' };
@@ -25,21 +31,21 @@ export function extractCredential(attrs: Pick<RequestAttributes, 'authorization'
 function fromAuthorization(values: readonly string[]): One {
   if (values.length === 0) return { kind: 'none' };
   if (values.length > 1) return { kind: 'repeated' };
-  const raw = values[0]!.trim();
+  const raw = trimOws(values[0]!);
   if (raw === '') return { kind: 'none' };
-  const space = raw.search(/\s/);
+  const space = raw.search(OWS);
   const scheme = space === -1 ? raw : raw.slice(0, space);
   // Another scheme (Basic, Digest, ...) carries no API key: it counts as absent.
   if (scheme.toLowerCase() !== 'bearer') return { kind: 'none' };
-  const token = space === -1 ? '' : raw.slice(space).trim();
+  const token = space === -1 ? '' : trimOws(raw.slice(space));
   if (token === '') return { kind: 'none' };
-  if (/\s/.test(token)) return { kind: 'malformed' };
+  if (OWS.test(token)) return { kind: 'malformed' };
   return { kind: 'value', value: token };
 }
 
 function fromApiKey(values: readonly string[]): One {
   if (values.length === 0) return { kind: 'none' };
   if (values.length > 1) return { kind: 'repeated' };
-  const v = values[0]!.trim();
+  const v = trimOws(values[0]!);
   return v === '' ? { kind: 'none' } : { kind: 'value', value: v };
 }

@@ -11,6 +11,8 @@ export const DenyReason = {
   insufficient_scope: 'insufficient_scope',
   /** Valid key, but no policy rule matches the route and the policy denies by default. */
   route_not_allowed: 'route_not_allowed',
+  /** The request itself is malformed: a missing method, or one that is not an HTTP token. */
+  invalid_request: 'invalid_request',
   /** The path cannot be normalised safely (encoded separator or NUL, `..` above the root). */
   invalid_path: 'invalid_path',
   /** Per-key or per-account request limit reached. */
@@ -37,6 +39,9 @@ export interface Identity {
   keyId: string;
   scope: string;
   plan: string;
+  /** The key's own expiry and per-key limit: a key it creates may not outlive or outrun it (keys/constraints.ts). */
+  expiresAt: Date | null;
+  keyRpm: number | null;
 }
 
 export interface Allow {
@@ -55,6 +60,7 @@ export type Deny =
   | { allow: false; reason: 'invalid_api_key'; detail: InvalidDetail; identity?: Identity }
   | { allow: false; reason: 'insufficient_scope'; identity: Identity; permission: string }
   | { allow: false; reason: 'route_not_allowed'; identity: Identity }
+  | { allow: false; reason: 'invalid_request'; detail: 'missing_method' | 'invalid_method' }
   | { allow: false; reason: 'invalid_path'; identity: Identity; detail: string }
   | {
       allow: false;

@@ -50,9 +50,12 @@ export function denialResponse(d: Deny, opts: OutcomeOptions = {}): DenialRespon
     case 'route_not_allowed':
       return build(403, GrpcCode.PERMISSION_DENIED, 'permission_error', d.reason,
         'This route is not open to API keys.', []);
+    case 'invalid_request':
+      return build(400, GrpcCode.INVALID_ARGUMENT, 'invalid_request_error', d.reason,
+        'The request method is missing or is not a valid HTTP method.', []);
     case 'invalid_path':
       return build(400, GrpcCode.INVALID_ARGUMENT, 'invalid_request_error', d.reason,
-        'The request path is not valid (encoded separators, NUL or a path above the root).', []);
+        'The request path is not valid (encoded separators, NUL, double-encoded or overlong sequences, or a path above the root).', []);
     case 'rate_limit_exceeded': {
       const seconds = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
       return build(429, GrpcCode.RESOURCE_EXHAUSTED, 'rate_limit_error', d.reason,

@@ -12,6 +12,8 @@ import type { PlanLimits } from '../policy/policy.js';
 import type { AuthorizeResult } from '../policy/policy.js';
 import { StoreUnavailableError } from '../store/errors.js';
 import { systemClock, type Clock } from '../time/clock.js';
+import { LookupThrottledError, type PostgresGuard } from '../keys/lookup-guard.js';
+import { canonicalMethod } from './method.js';
 
 
 /** The part of a compiled policy the pipeline uses; read per call so a reload takes effect at once. */
@@ -20,16 +22,20 @@ export interface RouteAuthorizer {
   limitsOf(plan: string): PlanLimits;
 }
 
-/** Key look-up; `peek` answers from memory alone (undefined when memory cannot). */
+/**
+ * Key look-up; `peek` answers from memory alone (undefined when memory cannot). A source with
+ * caches asks `beforePostgres` only when they miss (keys/lookup-guard.ts).
+ */
 export interface KeySource extends KeyLookup {
   peek?(candidates: Parameters<KeyLookup['findByHash']>[0]): KeyRecord | null | undefined;
+  findByHash(candidates: Parameters<KeyLookup['findByHash']>[0], beforePostgres?: PostgresGuard): Promise<KeyRecord | null>;
 }
 
 export interface PipelineDeps {
   environment: KeyEnvironment;
   hasher: KeyHasher;
   keys: KeySource;
-  /** Throttles sources that keep failing before their uncached keys reach a store. */
+  /** Throttles sources that keep failing before their uncached keys reach Postgres. */
   failedAuth?: FailedAuthLimiter;
   /** Per-key and per-account request limits; absent: no rate limiting. */
   rateLimiter?: RateLimiter;
@@ -52,28 +58,30 @@ export class CheckPipeline {
    * thrown is a bug and propagates to the transport's boundary.
    */
   async decide(attrs: RequestAttributes): Promise<Decision> {
+    // 0. A request without a valid method is malformed whoever sends it.
+    const method = canonicalMethod(attrs.method);
+    if (method === undefined) return { allow: false, reason: 'invalid_request', detail: attrs.method === '' ? 'missing_method' : 'invalid_method' };
+
     // 1. Credential from the headers.
     const credential = extractCredential(attrs);
     if (credential.kind === 'missing') return { allow: false, reason: 'missing_api_key' };
     if (credential.kind === 'invalid') return { allow: false, reason: 'invalid_api_key', detail: credential.problem };
 
-    // 2. Shape and checksum, offline: a bad string never reaches a store.
-    const { failedAuth } = this.deps;
+    // 2. Shape and checksum, offline: a bad string never reaches a store, so it is not counted either.
     const shape = checkKeyShape(credential.key, this.deps.environment);
-    if (!shape.ok) {
-      failedAuth?.recordFailure(attrs.sourceAddress);
-      return { allow: false, reason: 'invalid_api_key', detail: shape.problem };
-    }
+    if (!shape.ok) return { allow: false, reason: 'invalid_api_key', detail: shape.problem };
 
-    // 3. The key's record: memory first; a source that keeps failing goes no further.
+    // 3. The key's record: memory, then Redis; a source that keeps failing goes no further than the caches.
+    const { failedAuth } = this.deps;
     const candidates = this.deps.hasher.candidates(credential.key);
     let record = this.deps.keys.peek?.(candidates);
     if (record === undefined) {
-      const waitMs = failedAuth?.blockedForMs(attrs.sourceAddress) ?? 0;
-      if (waitMs > 0) return { allow: false, reason: 'rate_limit_exceeded', retryAfterMs: waitMs, detail: 'failed_auth_per_source' };
       try {
-        record = await this.deps.keys.findByHash(candidates);
+        record = await this.deps.keys.findByHash(candidates, failedAuth && (() => failedAuth.blockedForMs(attrs.sourceAddress)));
       } catch (err) {
+        if (err instanceof LookupThrottledError) {
+          return { allow: false, reason: 'rate_limit_exceeded', retryAfterMs: err.retryAfterMs, detail: 'failed_auth_per_source' };
+        }
         if (err instanceof StoreUnavailableError) return { allow: false, reason: 'auth_unavailable', detail: `${err.store}_${err.kind}` };
         throw err;
       }
@@ -84,11 +92,11 @@ export class CheckPipeline {
       return invalid;
     }
     const key = record!;
-    const identity: Identity = { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan };
+    const identity = identityOf(key);
 
     // 4. Route policy against the key's scope.
     const policy = this.deps.policy();
-    const route = policy.authorize(attrs.method, attrs.path, key.scope);
+    const route = policy.authorize(method, attrs.path, key.scope);
     let permission: string | null;
     let shadowDenied: string | undefined;
     switch (route.kind) {
@@ -128,11 +136,15 @@ export class CheckPipeline {
   /** Unknown, revoked or expired: the same 401, told apart only in logs and metrics. */
   private invalidity(record: KeyRecord | null): Decision | undefined {
     if (!record) return { allow: false, reason: 'invalid_api_key', detail: 'unknown' };
-    const identity: Identity = { accountId: record.accountId, keyId: record.id, scope: record.scope, plan: record.plan };
+    const identity = identityOf(record);
     if (record.revokedAt) return { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity };
     if (record.expiresAt && record.expiresAt.getTime() <= this.clock.now()) {
       return { allow: false, reason: 'invalid_api_key', detail: 'expired', identity };
     }
     return undefined;
   }
+}
+
+function identityOf(key: KeyRecord): Identity {
+  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm };
 }

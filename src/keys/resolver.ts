@@ -6,6 +6,7 @@ import type { MemoryTier } from './cache/memory.js';
 import type { SharedTier } from './cache/redis-tier.js';
 import { StoreUnavailableError } from '../store/errors.js';
 import type { Clock } from '../time/clock.js';
+import { LookupThrottledError, type PostgresGuard } from './lookup-guard.js';
 import type { Metrics } from '../observability/metrics.js';
 import { hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';
 
@@ -52,7 +53,8 @@ export class KeyResolver implements KeyLookup {
     return cached;
   }
 
-  async findByHash(candidates: readonly KeyHash[]): Promise<KeyRecord | null> {
+  /** `beforePostgres` is asked only when both caches miss; a wait above 0 rejects with LookupThrottledError. */
+  async findByHash(candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
     const m = this.deps.metrics.cacheRequests;
     const cached = this.fromMemory(candidates);
     if (cached !== undefined) {
@@ -66,7 +68,7 @@ export class KeyResolver implements KeyLookup {
       m.labels('memory', 'coalesced').inc();
       return pending;
     }
-    const load = this.load(id, candidates).finally(() => {
+    const load = this.load(id, candidates, beforePostgres).finally(() => {
       if (this.inflight.get(id) === load) this.inflight.delete(id);
     });
     this.inflight.set(id, load);
@@ -108,7 +110,7 @@ export class KeyResolver implements KeyLookup {
     this.inflight.delete(hash);
   }
 
-  private async load(id: string, candidates: readonly KeyHash[]): Promise<KeyRecord | null> {
+  private async load(id: string, candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
     const { memory, redis, metrics } = this.deps;
     const epoch = memory.epoch;
     const hashes = candidates.map((c) => c.hash.toString('base64url'));
@@ -127,6 +129,8 @@ export class KeyResolver implements KeyLookup {
       }
     }
 
+    const waitMs = beforePostgres?.() ?? 0;
+    if (waitMs > 0) throw new LookupThrottledError(waitMs);
     if (this.postgresActive >= this.deps.postgresConcurrency) {
       metrics.cacheRequests.labels('postgres', 'overload').inc();
       throw new StoreUnavailableError('postgres', 'overload');

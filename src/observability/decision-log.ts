@@ -11,6 +11,8 @@ export interface DecisionLogOptions {
   random?: () => number;
 }
 
+export const METHOD_LOG_MAX_CHARS = 32;
+
 export class DecisionRecorder {
   private readonly allowedSampleRate: number;
   private readonly random: () => number;
@@ -40,7 +42,9 @@ export class DecisionRecorder {
     );
   }
 
-  record(transport: Transport, decision: Decision, requestId: string, method: string, startedNs: bigint): void {
+  record(transport: Transport, decision: Decision, requestId: string, rawMethod: string, startedNs: bigint): void {
+    // The only field a client writes freely (request ids are checked, details are ours): bounded, so a 70 KB method is not a 70 KB line.
+    const method = rawMethod.length > METHOD_LOG_MAX_CHARS ? `${rawMethod.slice(0, METHOD_LOG_MAX_CHARS)}…` : rawMethod;
     const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
     this.durationObservers[transport](seconds);
     const latency_ms = Math.round(seconds * 1e6) / 1e3;

@@ -75,7 +75,9 @@ export function normalizePath(rawTarget: string): NormalizeResult {
   return { ok: true, path: '/' + result.segments.join('/') };
 }
 
-// Decodes once: a `%25` stays `%25`, so `%252e` can never become `.` here or upstream.
+// Decodes once: a `%25` stays `%25`, so `%252e` can never become `.` here. An upstream that
+// decodes twice would still turn it into `.`, so a `%25` whose next two characters encode a
+// path-significant byte is refused; any other `%25` (a `%` in a document name) is kept.
 function decodeSegment(segment: string): string | { ok: false; reason: string } {
   let out = '';
   for (let i = 0; i < segment.length; i++) {
@@ -84,19 +86,61 @@ function decodeSegment(segment: string): string | { ok: false; reason: string } 
       out += segment[i];
       continue;
     }
-    const hi = hexValue(segment.charCodeAt(i + 1));
-    const lo = hexValue(segment.charCodeAt(i + 2));
-    if (hi < 0 || lo < 0) return { ok: false, reason: 'malformed percent-encoding' };
-    const byte = hi * 16 + lo;
-    // Decoding these would invent separators or truncate the path in some upstream.
+    const byte = encodedByte(segment, i);
+    if (byte < 0) return { ok: false, reason: 'malformed percent-encoding' };
+    // Decoding these would invent separators or truncate the path in some upstream; ";" cuts a
+    // segment in some (see above).
     if (byte === SLASH || byte === BACKSLASH || byte === 0) {
       return { ok: false, reason: 'encoded "/", "\\" or NUL in path' };
     }
+    if (byte === SEMICOLON) return { ok: false, reason: 'encoded ";" in path' };
+    // `%252e`: the `%25` at i, then the two hex digits a second decoding would read with it.
+    if (byte === PERCENT && DOUBLE_ENCODED.has(hexPair(segment, i + 3))) {
+      return { ok: false, reason: 'double-encoded ".", "/", "\\", ";", "%" or NUL in path' };
+    }
+    if (byte >= 0x80) {
+      // A run of encoded non-ASCII bytes must be well-formed UTF-8: an overlong form such as
+      // `%c0%ae` is "." to a lenient decoder upstream.
+      let end = i + 3;
+      while (encodedByte(segment, end) >= 0x80) end += 3;
+      if (!isUtf8(segment, i, end)) return { ok: false, reason: 'overlong or invalid UTF-8 in path' };
+      out += segment.slice(i, end).toUpperCase();
+      i = end - 1;
+      continue;
+    }
     if (isUnreserved(byte)) out += String.fromCharCode(byte);
-    else out += '%' + HEX_DIGITS.charAt(hi) + HEX_DIGITS.charAt(lo);
+    else out += '%' + HEX_DIGITS.charAt(byte >> 4) + HEX_DIGITS.charAt(byte & 15);
     i += 2;
   }
   return out;
+}
+
+// ".", "/", "\", ";", "%" and NUL: what a second decoding must not produce.
+const DOUBLE_ENCODED: ReadonlySet<number> = new Set([0x2e, SLASH, BACKSLASH, SEMICOLON, PERCENT, 0]);
+
+/** The byte `%XY` at `i` encodes, or -1 when there is none. */
+function encodedByte(s: string, i: number): number {
+  return s.charCodeAt(i) === PERCENT ? hexPair(s, i + 1) : -1;
+}
+
+/** The byte the two hex digits at `i` spell, or -1. */
+function hexPair(s: string, i: number): number {
+  const hi = hexValue(s.charCodeAt(i));
+  const lo = hexValue(s.charCodeAt(i + 1));
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+function isUtf8(s: string, start: number, end: number): boolean {
+  const bytes = new Uint8Array((end - start) / 3);
+  for (let k = 0; k < bytes.length; k++) bytes[k] = encodedByte(s, start + 3 * k);
+  try {
+    strictUtf8.decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 // NaN (reading past the end) falls through to -1 as well.

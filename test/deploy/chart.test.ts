@@ -101,7 +101,7 @@ const VALUE_SETS: Record<string, object> = {
     image: { repository: 'registry.example.com/ryvion/ryvion-authz', digest: `sha256:${'a'.repeat(64)}` },
     imagePullSecrets: [{ name: 'registry' }],
     keyPepper: { existingSecret: 'ryvion-authz-pepper', version: 2, previousSecretKey: 'KEY_PEPPER_PREVIOUS' },
-    config: { KEY_ENVIRONMENT: 'test', LOG_LEVEL: 'debug', STORE_TIMEOUT_MS: 80, UNAVAILABLE_MODE: 'rpc_error', RATE_LIMIT_LOCAL_SHARE: 0.25 },
+    config: { KEY_ENVIRONMENT: 'test', LOG_LEVEL: 'debug', STORE_TIMEOUT_MS: 80, UNAVAILABLE_MODE: 'rpc_error', RATE_LIMIT_LOCAL_SHARE: 0.25, TRUSTED_PROXIES: '10.20.0.0/16' },
     extraEnv: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=256' }],
     podAnnotations: { 'example.com/team': 'platform' },
     priorityClassName: 'system-cluster-critical',

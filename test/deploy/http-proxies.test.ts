@@ -32,7 +32,7 @@ function successClientHeaders(): string[] {
 
 /** Every header name a denial carries, from the outcome table itself (so a new header fails here). */
 function denialHeaders(): string[] {
-  const identity = { accountId: 'acct_x', keyId: 'key_x', scope: 'read-only', plan: 'free' };
+  const identity = { accountId: 'acct_x', keyId: 'key_x', scope: 'read-only', plan: 'free', expiresAt: null, keyRpm: null };
   const state: LimitState = { limit: { name: 'account', requests: 60, windowMs: 60_000, burst: 10 }, remaining: 0, resetMs: 1000 };
   const denials: Deny[] = [
     { allow: false, reason: 'missing_api_key' },

@@ -161,9 +161,9 @@ describe('request ids', () => {
 });
 
 describe('input that is not a normal request', () => {
-  it('an empty CheckRequest gets a well-formed 401, not an RPC error', async () => {
+  it('an empty CheckRequest gets a well-formed 400 (no method), not an RPC error', async () => {
     const d = denied(await client.check({}));
-    expect(d).toMatchObject({ http: 401, body: { error: { code: 'missing_api_key' } } });
+    expect(d).toMatchObject({ http: 400, body: { error: { code: 'invalid_request' } } });
   });
 
   it('a huge credential header is a 401, not a crash', async () => {

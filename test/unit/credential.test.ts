@@ -49,7 +49,7 @@ describe('attributes from a CheckRequest', () => {
   });
 
   it('read an empty or garbage CheckRequest as a request with no credentials', () => {
-    expect(toAttributes({})).toMatchObject({ method: 'GET', path: '/', authorization: [], apiKey: [], requestId: undefined });
+    expect(toAttributes({})).toMatchObject({ method: '', path: '/', authorization: [], apiKey: [], requestId: undefined });
     expect(extractCredential(toAttributes({ attributes: { request: { http: { headers: {} } } } }))).toEqual({ kind: 'missing' });
   });
 });

@@ -9,6 +9,10 @@ import { DecisionRecorder } from '../../src/observability/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { AMBIGUOUS_ORIGINAL_PATH, createAuthzHandler, isAuthzPath, toAuthzAttributes, type AuthzOptions } from '../../src/transport/http/authz.js';
+import { TrustedProxies } from '../../src/transport/http/client-address.js';
+
+// The peer of every request below (10.0.0.5) is a proxy.
+const proxies = new TrustedProxies('10.0.0.0/8');
 
 function request(url: string, headers: Array<[string, string]> = [], method = 'GET', remoteAddress = '10.0.0.5'): IncomingMessage {
   const rawHeaders = headers.flat();
@@ -33,31 +37,31 @@ describe('isAuthzPath', () => {
 
 describe('toAuthzAttributes: what the auth call is about', () => {
   it('Envoy style: the rest of the path with its query, and the call\'s own method', () => {
-    const a = toAuthzAttributes(request('/authz/v1/chat/completions?stream=true', [['Authorization', 'Bearer k']], 'post'));
+    const a = toAuthzAttributes(request('/authz/v1/chat/completions?stream=true', [['Authorization', 'Bearer k']], 'POST'), proxies);
     expect(a).toMatchObject({ method: 'POST', path: '/v1/chat/completions?stream=true', authorization: ['Bearer k'], apiKey: [] });
-    expect(toAuthzAttributes(request('/authz/')).path).toBe('/');
+    expect(toAuthzAttributes(request('/authz/'), proxies).path).toBe('/');
   });
 
   it('Envoy style ignores the nginx and Traefik headers', () => {
-    const a = toAuthzAttributes(request('/authz/v1/models', [['X-Original-URI', '/api/v1/billing'], ['X-Forwarded-Uri', '/mcp'], ['X-Original-Method', 'POST']]));
+    const a = toAuthzAttributes(request('/authz/v1/models', [['X-Original-URI', '/api/v1/billing'], ['X-Forwarded-Uri', '/mcp'], ['X-Original-Method', 'POST']]), proxies);
     expect(a).toMatchObject({ method: 'GET', path: '/v1/models' });
   });
 
   it('nginx: x-original-method and x-original-uri', () => {
-    expect(toAuthzAttributes(request('/authz', [['X-Original-Method', 'post'], ['X-Original-URI', '/v1/embeddings?a=b']]))).toMatchObject({ method: 'POST', path: '/v1/embeddings?a=b' });
+    expect(toAuthzAttributes(request('/authz', [['X-Original-Method', 'post'], ['X-Original-URI', '/v1/embeddings?a=b']]), proxies)).toMatchObject({ method: 'POST', path: '/v1/embeddings?a=b' });
   });
 
   it('Traefik: x-forwarded-method and x-forwarded-uri on a GET', () => {
-    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-Method', 'DELETE'], ['X-Forwarded-Uri', '/api/v1/auth/api-keys/key_1']]))).toMatchObject({
+    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-Method', 'DELETE'], ['X-Forwarded-Uri', '/api/v1/auth/api-keys/key_1']]), proxies)).toMatchObject({
       method: 'DELETE',
       path: '/api/v1/auth/api-keys/key_1',
     });
   });
 
   it('a pair with one half missing: the call\'s own method, or the root path', () => {
-    expect(toAuthzAttributes(request('/authz', [['X-Original-URI', '/v1/models']], 'HEAD'))).toMatchObject({ method: 'HEAD', path: '/v1/models' });
-    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-Method', 'POST']]))).toMatchObject({ method: 'POST', path: '/' });
-    expect(toAuthzAttributes(request('/authz'))).toMatchObject({ method: 'GET', path: '/' });
+    expect(toAuthzAttributes(request('/authz', [['X-Original-URI', '/v1/models']], 'HEAD'), proxies)).toMatchObject({ method: 'HEAD', path: '/v1/models' });
+    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-Method', 'POST']]), proxies)).toMatchObject({ method: 'POST', path: '/' });
+    expect(toAuthzAttributes(request('/authz'), proxies)).toMatchObject({ method: 'GET', path: '/' });
   });
 
   it('descriptions that disagree, across families or repeated, become an unsafe path; agreeing ones do not', () => {
@@ -66,19 +70,35 @@ describe('toAuthzAttributes: what the auth call is about', () => {
       [['X-Original-URI', '/v1/models'], ['X-Original-URI', '/api/v1/billing']],
       [['X-Original-Method', 'GET'], ['X-Original-URI', '/v1/models'], ['X-Forwarded-Method', 'POST'], ['X-Forwarded-Uri', '/v1/models']],
     ] as Array<Array<[string, string]>>;
-    for (const headers of ambiguous) expect(toAuthzAttributes(request('/authz', headers)).path).toBe(AMBIGUOUS_ORIGINAL_PATH);
-    expect(toAuthzAttributes(request('/authz', [['X-Original-URI', '/v1/models'], ['X-Forwarded-Uri', '/v1/models'], ['X-Original-URI', '/v1/models']])).path).toBe('/v1/models');
+    for (const headers of ambiguous) expect(toAuthzAttributes(request('/authz', headers), proxies).path).toBe(AMBIGUOUS_ORIGINAL_PATH);
+    expect(toAuthzAttributes(request('/authz', [['X-Original-URI', '/v1/models'], ['X-Forwarded-Uri', '/v1/models'], ['X-Original-URI', '/v1/models']]), proxies).path).toBe('/v1/models');
   });
 
-  it('the client address: the last x-forwarded-for entry (the proxy\'s), else x-real-ip, else the peer', () => {
-    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-For', '1.1.1.1, 203.0.113.9']])).sourceAddress).toBe('203.0.113.9');
-    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-For', '1.1.1.1'], ['X-Forwarded-For', '198.51.100.2']])).sourceAddress).toBe('198.51.100.2');
-    expect(toAuthzAttributes(request('/authz/v1/models', [['X-Real-IP', '192.0.2.4']])).sourceAddress).toBe('192.0.2.4');
-    expect(toAuthzAttributes(request('/authz')).sourceAddress).toBe('10.0.0.5');
+  it('the client address behind a trusted proxy: the nearest untrusted x-forwarded-for entry, else x-real-ip, else the peer', () => {
+    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-For', '1.1.1.1, 203.0.113.9']]), proxies).sourceAddress).toBe('203.0.113.9');
+    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-For', '1.1.1.1'], ['X-Forwarded-For', '198.51.100.2']]), proxies).sourceAddress).toBe('198.51.100.2');
+    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-For', '198.51.100.2, 10.1.1.1']]), proxies).sourceAddress).toBe('198.51.100.2');
+    expect(toAuthzAttributes(request('/authz/v1/models', [['X-Real-IP', '192.0.2.4']]), proxies).sourceAddress).toBe('192.0.2.4');
+    expect(toAuthzAttributes(request('/authz'), proxies).sourceAddress).toBe('10.0.0.5');
+  });
+
+  it('a client that is not a trusted proxy cannot pick its own address with forwarding headers', () => {
+    const direct = (headers: Array<[string, string]>) => toAuthzAttributes(request('/authz', headers, 'GET', '203.0.113.7'), proxies).sourceAddress;
+    expect(direct([['X-Forwarded-For', '198.51.100.2']])).toBe('203.0.113.7');
+    expect(direct([['X-Real-IP', '192.0.2.4']])).toBe('203.0.113.7');
+    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-For', '198.51.100.2']], 'GET', '::ffff:203.0.113.7'), proxies).sourceAddress).toBe('203.0.113.7');
+  });
+
+  it('an x-forwarded-for entry that is not an address ends the walk at the nearest trusted hop', () => {
+    expect(toAuthzAttributes(request('/authz', [['X-Forwarded-For', '198.51.100.2, junk, 10.2.2.2']]), proxies).sourceAddress).toBe('10.2.2.2');
+  });
+
+  it('methods are upper-cased by ASCII rules only: a Unicode look-alike is not POST', () => {
+    expect(toAuthzAttributes(request('/authz', [['X-Original-Method', 'poſt'], ['X-Original-URI', '/v1/embeddings']]), proxies).method).not.toBe('POST');
   });
 
   it('repeated credential headers stay visible', () => {
-    expect(toAuthzAttributes(request('/authz/v1/models', [['x-api-key', 'a'], ['X-API-Key', 'a']])).apiKey).toEqual(['a', 'a']);
+    expect(toAuthzAttributes(request('/authz/v1/models', [['x-api-key', 'a'], ['X-API-Key', 'a']]), proxies).apiKey).toEqual(['a', 'a']);
   });
 });
 
@@ -96,14 +116,14 @@ describe('createAuthzHandler: the answer', () => {
     const handler = createAuthzHandler({
       pipeline: { decide },
       recorder: new DecisionRecorder(createLogger('silent'), metrics),
-      options: { stripCredentialHeaders: true, unavailableMode: 'deny', ...options },
+      options: { stripCredentialHeaders: true, unavailableMode: 'deny', trustedProxies: proxies, ...options },
     });
     server = http.createServer(handler);
     await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
     return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   }
 
-  const identity = { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free' };
+  const identity = { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free', expiresAt: null, keyRpm: null };
 
   it('STRIP_CREDENTIAL_HEADERS=false: no x-envoy-auth-headers-to-remove, the rest unchanged', async () => {
     const base = await serve(async () => ({ allow: true, identity, permission: 'inference' }), { stripCredentialHeaders: false });

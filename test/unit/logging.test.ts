@@ -58,7 +58,7 @@ describe('decision lines', () => {
   it('a denial line holds exactly its fixed fields; an internal error from the same recorder is still redacted', () => {
     const log = capture();
     const recorder = new DecisionRecorder(log.logger, new Metrics({ defaultMetrics: false }));
-    const identity = { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free' };
+    const identity = { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free', expiresAt: null, keyRpm: null };
     recorder.record('grpc', { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity }, 'req-1', 'POST', process.hrtime.bigint());
     recorder.internalError('grpc', 'req-2', Object.assign(new Error('store exploded'), { headers: { authorization: 'Bearer ten' } }));
     const [denial, error] = log.lines();
@@ -72,7 +72,7 @@ describe('decision lines', () => {
 });
 
 describe('allowed decisions are sampled (LOG_ALLOWED_SAMPLE_RATE)', () => {
-  const allow: Decision = { allow: true, identity: { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free' }, permission: 'inference' };
+  const allow: Decision = { allow: true, identity: { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free', expiresAt: null, keyRpm: null }, permission: 'inference' };
   const deny: Decision = { allow: false, reason: 'missing_api_key' };
   const record = (recorder: DecisionRecorder, decision: Decision, id: string): void =>
     recorder.record('grpc', decision, id, 'POST', process.hrtime.bigint());

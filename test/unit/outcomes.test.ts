@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { Deny, Identity } from '../../src/check/decision.js';
 import { denialResponse } from '../../src/check/outcomes.js';
 
-const identity: Identity = { accountId: 'acct_x', keyId: 'key_x', scope: 'read-only', plan: 'free' };
+const identity: Identity = { accountId: 'acct_x', keyId: 'key_x', scope: 'read-only', plan: 'free', expiresAt: null, keyRpm: null };
 
 describe('outcome table', () => {
   it.each<[string, Deny, number, number, string, string]>([

@@ -114,7 +114,7 @@ describe('default policy against bypass spellings', () => {
     ['query naming a readable route', 'POST', '/v1/chat/completions?x=/v1/models', 'read-only', { kind: 'insufficient_scope', permission: 'inference' }],
     ['upper-case path falls to the default', 'GET', '/V1/MODELS', 'read-only', { kind: 'no_route' }],
     ['encoded unreserved letter', 'GET', '/v1/m%6Fdels', 'read-only', { kind: 'allow', permission: 'models.read' }],
-    ['double-encoded dot-dot stays literal', 'GET', '/v1/%252e%252e/models', 'buyer', { kind: 'no_route' }],
+    ['double-encoded dot-dot is refused', 'GET', '/v1/%252e%252e/models', 'buyer', { kind: 'invalid_path', reason: expect.stringContaining('double-encoded') }],
     ['me climbing to key management', 'GET', '/api/v1/auth/me/../api-keys', 'read-only', { kind: 'insufficient_scope', permission: 'keys.manage' }],
     ['mcp climbing to agents', 'POST', '/mcp/../v1/agents', 'read-only', { kind: 'insufficient_scope', permission: 'agents' }],
     ['lower-case method matches no method list', 'get', '/v1/models', 'buyer', { kind: 'no_route' }],

@@ -19,7 +19,7 @@ function same(r: CheckResponse): void {
   expect(decode(ours!)).toEqual(decode(generic(r)));
 }
 
-const identity = { accountId: 'acct_0123456789ABCDEFGHIJ', keyId: 'key_0123456789ABCDEFGHIJ', scope: 'buyer', plan: 'free' };
+const identity = { accountId: 'acct_0123456789ABCDEFGHIJ', keyId: 'key_0123456789ABCDEFGHIJ', scope: 'buyer', plan: 'free', expiresAt: null, keyRpm: null };
 const limit = { name: 'account' as const, requests: 600, windowMs: 60_000, burst: 60 };
 const states: LimitState[] = [{ limit, remaining: 59, resetMs: 100 }];
 

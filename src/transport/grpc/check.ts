@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import type { RequestAttributes } from '../../check/attributes.js';
 import { splitJoined } from '../../check/attributes.js';
+import { acceptRequestId } from '../../check/request-id.js';
 import type { Allow, Decision, Deny } from '../../check/decision.js';
 import { denialResponse, GrpcCode } from '../../check/outcomes.js';
 import { rateLimitHeaders } from '../../ratelimit/headers.js';
@@ -50,26 +51,44 @@ export function toAttributes(req: CheckRequest): RequestAttributes {
   };
 
   const rawHeaders = http?.header_map?.headers;
-  if (rawHeaders && rawHeaders.length > 0) {
+  const mapForm = rawHeaders && rawHeaders.length > 0;
+  if (mapForm) {
     // encode_raw_headers: repeats stay separate entries, values in raw_value bytes.
     for (const h of rawHeaders) {
       if (!h || typeof h.key !== 'string') continue;
       const value = h.raw_value && h.raw_value.length > 0 ? Buffer.from(h.raw_value).toString('latin1') : (h.value ?? '');
       take(h.key, value);
     }
-  } else if (http?.headers) {
-    for (const name of Object.keys(http.headers)) take(name, http.headers[name] ?? '');
+  }
+  let credentialsDisagree = false;
+  if (http?.headers) {
+    if (mapForm) {
+      // Envoy sends one form. A request with both could be judged by one and forwarded by the other: it must not disagree on a credential.
+      const [mapAuthorization, mapApiKey] = [authorization.splice(0), apiKey.splice(0)];
+      for (const name of Object.keys(http.headers)) take(name, http.headers[name] ?? '');
+      credentialsDisagree = !sameValues(mapAuthorization, authorization) || !sameValues(mapApiKey, apiKey);
+      authorization.splice(0, authorization.length, ...mapAuthorization);
+      apiKey.splice(0, apiKey.length, ...mapApiKey);
+    } else {
+      for (const name of Object.keys(http.headers)) take(name, http.headers[name] ?? '');
+    }
   }
 
   const socket = req.attributes?.source?.address?.socket_address;
-  return {
-    method: (http?.method || pseudoMethod || 'GET').toUpperCase(),
+  const attrs: RequestAttributes = {
+    method: http?.method || pseudoMethod || '',
     path: http?.path || pseudoPath || '/',
     authorization,
     apiKey,
-    requestId: requestId && requestId.length <= 200 ? requestId : undefined,
+    requestId: acceptRequestId(requestId),
     sourceAddress: socket?.address || undefined,
   };
+  if (credentialsDisagree) attrs.credentialsDisagree = true;
+  return attrs;
+}
+
+function sameValues(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
 export function newRequestId(attrs: RequestAttributes): string {

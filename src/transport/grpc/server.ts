@@ -6,17 +6,29 @@ import type { DecisionRecorder } from '../../observability/decision-log.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from './proto.js';
 import { deniedResponse, newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
 import { withFastCheckResponse } from './wire.js';
+import { GrpcListener } from './listener.js';
 
 export const CHECK_SERVICE_NAME = 'envoy.service.auth.v3.Authorization';
 
 export interface GrpcServerOptions extends ResponseOptions {
   /** `deny`: a store outage is a 503 denial. `rpc_error`: an UNAVAILABLE RPC error, so the proxy's failure_mode_allow decides. */
   unavailableMode: 'deny' | 'rpc_error';
+  /** MAX_CONNECTIONS_PER_PORT. */
+  maxConnections?: number;
+  /** GRPC_HANDSHAKE_TIMEOUT_MS: from accept to the end of the HTTP/2 preface. */
+  handshakeTimeoutMs?: number;
+  /** GRPC_IDLE_TIMEOUT_MS: a connection without a call for this long is closed; a call in progress, however long, keeps it. */
+  idleTimeoutMs?: number;
 }
 
+export const DEFAULT_GRPC_MAX_CONNECTIONS = 4096;
+export const DEFAULT_GRPC_HANDSHAKE_TIMEOUT_MS = 10_000;
+export const DEFAULT_GRPC_IDLE_TIMEOUT_MS = 3_900_000;
+
 export class GrpcCheckServer {
-  readonly server = new grpc.Server({ 'grpc.max_receive_message_length': 1024 * 1024 });
+  readonly server: grpc.Server;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [CHECK_SERVICE_NAME]: 'NOT_SERVING' });
+  private readonly listener: GrpcListener;
   private inFlight = 0;
 
   constructor(
@@ -24,6 +36,14 @@ export class GrpcCheckServer {
     private readonly recorder: DecisionRecorder,
     private readonly opts: GrpcServerOptions,
   ) {
+    this.server = new grpc.Server({
+      'grpc.max_receive_message_length': 1024 * 1024,
+      'grpc.max_connection_idle_ms': opts.idleTimeoutMs ?? DEFAULT_GRPC_IDLE_TIMEOUT_MS,
+    });
+    this.listener = new GrpcListener(this.server.createConnectionInjector(grpc.ServerCredentials.createInsecure()), {
+      maxConnections: opts.maxConnections ?? DEFAULT_GRPC_MAX_CONNECTIONS,
+      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_GRPC_HANDSHAKE_TIMEOUT_MS,
+    });
     // CheckResponse through the hand-written encoder (wire.ts): the same bytes, a fraction of the CPU.
     this.server.addService(withFastCheckResponse(authorizationService()), { Check: this.check });
     this.health.addToServer(this.server);
@@ -35,11 +55,7 @@ export class GrpcCheckServer {
 
   /** Binds and returns the port actually bound (0 picks a free one). */
   listen(host: string, port: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) =>
-        err ? reject(err) : resolve(bound),
-      );
-    });
+    return this.listener.listen(host, port);
   }
 
   setServing(serving: boolean): void {
@@ -50,6 +66,7 @@ export class GrpcCheckServer {
 
   /** Stops accepting calls and waits for in-flight ones, up to `deadlineMs`, then cuts the rest. */
   shutdown(deadlineMs: number): Promise<void> {
+    this.listener.close();
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();

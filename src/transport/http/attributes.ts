@@ -2,9 +2,8 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { splitJoined, type RequestAttributes } from '../../check/attributes.js';
-
-// Printable ASCII, bounded: the id is echoed in a response header and written to logs.
-const REQUEST_ID = /^[\x21-\x7e][\x20-\x7e]{0,199}$/;
+import { acceptRequestId } from '../../check/request-id.js';
+import { clientAddress, type TrustedProxies } from './client-address.js';
 
 /**
  * Reads every occurrence of the credential headers from `rawHeaders`: Node's
@@ -12,7 +11,7 @@ const REQUEST_ID = /^[\x21-\x7e][\x20-\x7e]{0,199}$/;
  * a repeated credential header must be a 401, as it is on Check. Identity
  * headers (`x-ryvion-*`) are never read.
  */
-export function toAttributes(req: IncomingMessage): RequestAttributes {
+export function toAttributes(req: IncomingMessage, trustedProxies: TrustedProxies): RequestAttributes {
   const authorization: string[] = [];
   const apiKey: string[] = [];
   const raw = req.rawHeaders;
@@ -22,16 +21,16 @@ export function toAttributes(req: IncomingMessage): RequestAttributes {
     else if (name === 'x-api-key') apiKey.push(...splitJoined(raw[i + 1]!));
   }
   return {
-    method: (req.method ?? 'GET').toUpperCase(),
+    method: req.method ?? '',
     path: req.url ?? '/',
     authorization,
     apiKey,
     requestId: clientRequestId(req),
-    sourceAddress: req.socket.remoteAddress,
+    sourceAddress: clientAddress(req, trustedProxies),
   };
 }
 
-/** The client's (or proxy's) first `x-request-id` when it is a sane value, else a new UUID. */
+/** The client's (or proxy's) first `x-request-id` when it is a safe value (check/request-id.ts), else a new UUID. */
 export function requestIdOf(req: IncomingMessage): string {
   return clientRequestId(req) ?? randomUUID();
 }
@@ -40,8 +39,7 @@ function clientRequestId(req: IncomingMessage): string | undefined {
   const raw = req.rawHeaders;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     if (raw[i]!.toLowerCase() === 'x-request-id') {
-      const value = raw[i + 1]!.trim();
-      return REQUEST_ID.test(value) ? value : undefined;
+      return acceptRequestId(raw[i + 1]!.trim());
     }
   }
   return undefined;

@@ -7,7 +7,9 @@ import type { CheckPipeline } from '../../check/pipeline.js';
 import type { DecisionRecorder } from '../../observability/decision-log.js';
 import { rateLimitHeaders } from '../../ratelimit/headers.js';
 import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../grpc/check.js';
+import { asciiUpperCase } from '../../check/method.js';
 import { requestIdOf, toAttributes } from './attributes.js';
+import type { TrustedProxies } from './client-address.js';
 
 /** `/authz` alone (nginx, Traefik) or followed by the original path (Envoy `path_prefix`). */
 export const AUTHZ_PREFIX = '/authz';
@@ -31,6 +33,8 @@ export interface AuthzOptions {
   mcpResourceMetadataUrl?: string | undefined;
   /** `rpc_error`: a store outage resets the connection unanswered, so the proxy's failure_mode_allow decides. */
   unavailableMode: 'deny' | 'rpc_error';
+  /** Peers whose forwarding headers name the client (TRUSTED_PROXIES). */
+  trustedProxies: TrustedProxies;
 }
 
 export interface AuthzDeps {
@@ -51,31 +55,28 @@ export function isAuthzPath(url: string): boolean {
  * and the rest of its path; headers cannot override it. On `/authz` itself: `x-original-method` /
  * `x-original-uri` (nginx) or `x-forwarded-method` / `x-forwarded-uri` (Traefik), each pair taken
  * whole. Two pairs, or repeats, that disagree leave the original request unknown: judged as an
- * unsafe path, never guessed. The client address is the proxy's view: the last `x-forwarded-for`
- * entry (the one the proxy appended), else `x-real-ip`.
+ * unsafe path, never guessed. The client address comes from client-address.ts.
  */
-export function toAuthzAttributes(req: IncomingMessage): RequestAttributes {
-  const base = toAttributes(req);
+export function toAuthzAttributes(req: IncomingMessage, trustedProxies: TrustedProxies): RequestAttributes {
+  const base = toAttributes(req, trustedProxies);
   const url = req.url ?? AUTHZ_PREFIX;
-  const forwarded = valuesOf(req, ['x-forwarded-for', 'x-real-ip']);
-  const lastHop = forwarded.get('x-forwarded-for')?.at(-1)?.split(',').at(-1)?.trim();
-  const sourceAddress = lastHop || forwarded.get('x-real-ip')?.[0]?.trim() || base.sourceAddress;
   if (url.charCodeAt(AUTHZ_PREFIX.length) === 0x2f) {
-    return { ...base, path: url.slice(AUTHZ_PREFIX.length), sourceAddress };
+    return { ...base, path: url.slice(AUTHZ_PREFIX.length) };
   }
   const h = valuesOf(req, ['x-original-method', 'x-original-uri', 'x-forwarded-method', 'x-forwarded-uri']);
   // "METHOD\nURI": a header value never holds a line feed.
   const candidates = new Set<string>();
   const pair = (methods: string[] | undefined, uris: string[] | undefined): void => {
     if (!methods && !uris) return;
-    for (const m of methods ?? [base.method]) for (const u of uris ?? ['/']) candidates.add(`${m.trim().toUpperCase()}\n${u.trim() || '/'}`);
+    // ASCII case only (check/method.ts); the pipeline refuses what is not a method token.
+    for (const m of methods ?? [base.method]) for (const u of uris ?? ['/']) candidates.add(`${asciiUpperCase(m.trim())}\n${u.trim() || '/'}`);
   };
   pair(h.get('x-original-method'), h.get('x-original-uri'));
   pair(h.get('x-forwarded-method'), h.get('x-forwarded-uri'));
-  if (candidates.size === 0) return { ...base, path: '/', sourceAddress };
-  if (candidates.size > 1) return { ...base, path: AMBIGUOUS_ORIGINAL_PATH, sourceAddress };
+  if (candidates.size === 0) return { ...base, path: '/' };
+  if (candidates.size > 1) return { ...base, path: AMBIGUOUS_ORIGINAL_PATH };
   const [method, path] = [...candidates][0]!.split('\n') as [string, string];
-  return { ...base, method, path, sourceAddress };
+  return { ...base, method, path };
 }
 
 /** Every value of the named headers (lower-case names), from `rawHeaders` so repeats stay visible. */
@@ -105,7 +106,7 @@ export function createAuthzHandler(deps: AuthzDeps): (req: IncomingMessage, res:
     const nginx = req.headers[NGINX_MODE_HEADER] === 'nginx';
     let attrs: RequestAttributes | undefined;
     void (async (): Promise<Decision> => {
-      attrs = toAuthzAttributes(req);
+      attrs = toAuthzAttributes(req, options.trustedProxies);
       const decision = await deps.pipeline.decide(attrs);
       deps.recorder.record('http', decision, requestId, attrs.method, started);
       return decision;

@@ -13,7 +13,7 @@ export const ApiErrorCode = {
   invalid_type: 'invalid_type',
   /** A field has a value the call refuses: empty or long name, unknown scope, bad or past expiry. */
   invalid_value: 'invalid_value',
-  /** The request could not be read (bad framing, bad content-length). */
+  /** The request could not be read: bad framing or content-length, no Host, a URL that does not decode, too many header lines. */
   invalid_request: 'invalid_request',
   /** The new key's scope grants a permission the calling key's scope does not. */
   scope_not_allowed: 'scope_not_allowed',

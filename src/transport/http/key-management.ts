@@ -3,6 +3,7 @@ import { z } from 'zod';
 import type { Identity } from '../../check/decision.js';
 import type { Clock } from '../../time/clock.js';
 import type { AuditActor } from '../../keys/audit.js';
+import { effectiveConstraints } from '../../keys/constraints.js';
 import { isKeyId } from '../../keys/ids.js';
 import { keyNameProblem, keyView, REVOKED_CACHE_NOT_UPDATED, type KeyService } from '../../keys/management.js';
 import type { Logger } from '../../observability/logger.js';
@@ -56,16 +57,13 @@ export class KeyManagement {
       throw new ApiError(403, 'permission_error', ApiErrorCode.scope_not_allowed,
         `A key with scope "${caller.scope}" cannot create a key with scope "${scope}": it would grant ${beyond.join(', ')}.`, 'scope');
     }
-    let expiresAt: Date | null = null;
-    if (input.expires_at) {
-      expiresAt = new Date(input.expires_at);
-      if (expiresAt.getTime() <= this.deps.clock.now()) {
-        throw invalidRequest(ApiErrorCode.invalid_value, "Invalid value for 'expires_at': must be in the future.", 'expires_at');
-      }
-    }
+    // The new key lives no longer, and runs no faster, than the key that makes it.
+    const requestedExpiry = input.expires_at === undefined ? undefined : input.expires_at === null ? null : new Date(input.expires_at);
+    const constraints = effectiveConstraints(caller, { expiresAt: requestedExpiry }, this.deps.clock.now());
+    if (!constraints.ok) throw invalidRequest(ApiErrorCode.invalid_value, constraints.message, constraints.param);
 
     const created = await this.deps.keys.createKey(
-      { accountId: caller.accountId, name: input.name, scope, expiresAt },
+      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm },
       this.actor(caller, requestId),
       { maxLiveKeys: this.deps.maxKeysPerAccount },
     );

@@ -15,6 +15,7 @@ import type { CompiledPolicy } from '../../policy/policy.js';
 import { StoreUnavailableError, WriteOutcomeUnknownError } from '../../store/errors.js';
 import { toAttributes, requestIdOf } from './attributes.js';
 import { createAuthzHandler, isAuthzPath } from './authz.js';
+import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './client-address.js';
 import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
 import { KeyManagement } from './key-management.js';
 import type { KeyService } from '../../keys/management.js';
@@ -24,6 +25,7 @@ export const API_KEY_PATH = `${API_KEYS_PATH}/:id`;
 export const ME_PATH = '/api/v1/auth/me';
 
 export const DEFAULT_BODY_LIMIT_BYTES = 16 * 1024;
+export const DEFAULT_MAX_HEADERS = 100;
 
 export interface HttpServerOptions {
   /** Live keys an account may hold (MAX_KEYS_PER_ACCOUNT). */
@@ -35,6 +37,12 @@ export interface HttpServerOptions {
   stripCredentialHeaders?: boolean;
   /** HTTP authorization mode: a store outage is a 503 denial, or an unanswered (reset) call (UNAVAILABLE_MODE). */
   unavailableMode?: 'deny' | 'rpc_error';
+  /** Peers whose forwarding headers name the client, for per-source limits (TRUSTED_PROXIES). */
+  trustedProxies?: TrustedProxies;
+  /** More header lines than this: 431, never a silently shortened header list (HTTP_MAX_HEADERS). */
+  maxHeaders?: number;
+  /** Open connections on the port; beyond it new ones are closed (MAX_CONNECTIONS_PER_PORT). */
+  maxConnections?: number;
 }
 
 export interface HttpServerDeps {
@@ -65,6 +73,8 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     maxKeysPerAccount: deps.options.maxKeysPerAccount,
   });
   const callers = new WeakMap<FastifyRequest, Identity>();
+  const trustedProxies = deps.options.trustedProxies ?? new TrustedProxies(DEFAULT_TRUSTED_PROXIES);
+  const maxHeaders = deps.options.maxHeaders ?? DEFAULT_MAX_HEADERS;
   const authz = createAuthzHandler({
     pipeline: deps.pipeline,
     recorder: deps.recorder,
@@ -72,6 +82,7 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
       stripCredentialHeaders: deps.options.stripCredentialHeaders ?? true,
       mcpResourceMetadataUrl: deps.options.mcpResourceMetadataUrl,
       unavailableMode: deps.options.unavailableMode ?? 'deny',
+      trustedProxies,
     },
   });
 
@@ -79,7 +90,16 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     // The authorization mode (/authz, /authz/...) is answered before Fastify: no router, no body
     // parsing, content-type or size limit, and no collision with the API's routes or 404s.
     serverFactory: (handler, opts) => {
-      const server = http.createServer((req, res) => (isAuthzPath(req.url ?? '/') ? authz(req, res) : handler(req, res)));
+      // Host is checked below, so that its absence gets an answer in the API's shape rather than Node's bare 400.
+      const server = http.createServer({ requireHostHeader: false }, (req, res) => {
+        const refusal = malformed(req, maxHeaders);
+        if (refusal) return writeRefusal(req, res, refusal);
+        return isAuthzPath(req.url ?? '/') ? authz(req, res) : handler(req, res);
+      });
+      // Node would silently drop header lines past its default 2000, hiding a second credential
+      // header behind junk; every line is parsed (maxHeaderSize still bounds the bytes) and counted instead.
+      server.maxHeadersCount = 0;
+      if (deps.options.maxConnections !== undefined) server.maxConnections = deps.options.maxConnections;
       // What Fastify sets on the server it would have made itself.
       if (typeof opts.keepAliveTimeout === 'number') server.keepAliveTimeout = opts.keepAliveTimeout;
       if (typeof opts.requestTimeout === 'number') server.requestTimeout = opts.requestTimeout;
@@ -95,6 +115,14 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     requestTimeout: 30_000,
     genReqId: requestIdOf,
     clientErrorHandler,
+    // A URL Fastify cannot decode (`/api/v1/auth/me%g0`) or a path parameter over its limit: answered in the API's shape too.
+    frameworkErrors: (err, req, reply) => {
+      reply.header('x-request-id', req.id);
+      reply.header('cache-control', 'no-store');
+      return sendError(reply, err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+        ? invalidRequest(ApiErrorCode.invalid_request, 'The request URL is too long.', null, 414)
+        : invalidRequest(ApiErrorCode.invalid_request, 'The request URL could not be decoded.'));
+    },
   });
   // JSON only: anything else with a body is 415.
   app.removeContentTypeParser('text/plain');
@@ -109,7 +137,7 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
   // Authenticates like Check: same extraction, same pipeline, same denials.
   const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
     const started = process.hrtime.bigint();
-    const attrs = toAttributes(req.raw);
+    const attrs = toAttributes(req.raw, trustedProxies);
     let decision: Decision;
     try {
       decision = await deps.pipeline.decide(attrs);
@@ -211,6 +239,33 @@ function sendError(reply: FastifyReply, err: ApiError): FastifyReply {
   return reply.code(err.status).header('content-type', 'application/json').send(Buffer.from(err.body()));
 }
 
+interface Refusal {
+  status: number;
+  message: string;
+}
+
+/** What no route may see: a request whose header list is over the cap, or HTTP/1.1 without Host (RFC 9112 section 3.2). */
+function malformed(req: http.IncomingMessage, maxHeaders: number): Refusal | undefined {
+  if (req.rawHeaders.length / 2 > maxHeaders) return { status: 431, message: `The request has more than ${maxHeaders} header fields.` };
+  if (req.httpVersionMajor === 1 && req.httpVersionMinor === 1 && req.headers.host === undefined) {
+    return { status: 400, message: 'The request has no Host header.' };
+  }
+  return undefined;
+}
+
+function writeRefusal(req: http.IncomingMessage, res: http.ServerResponse, r: Refusal): void {
+  const body = Buffer.from(errorBody('invalid_request_error', ApiErrorCode.invalid_request, r.message, null));
+  res.writeHead(r.status, {
+    'content-type': 'application/json',
+    'content-length': String(body.length),
+    'x-request-id': requestIdOf(req),
+    'cache-control': 'no-store',
+    // The body, if any, is not read: the connection cannot be reused.
+    connection: 'close',
+  });
+  res.end(body);
+}
+
 // Requests Node cannot parse never reach Fastify: answer them in the same shape.
 function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
@@ -222,7 +277,7 @@ function clientErrorHandler(err: NodeJS.ErrnoException, socket: Socket): void {
   if (socket.writable) {
     socket.write(
       `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-        `x-request-id: ${randomUUID()}\r\nconnection: close\r\n\r\n${body}`,
+        `x-request-id: ${randomUUID()}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n${body}`,
     );
   }
   socket.destroy(err);

@@ -1,0 +1,18 @@
+// The request method as the policy judges it: an RFC 9110 token, upper-cased by ASCII rules only.
+
+// tchar (RFC 9110 section 5.6.2).
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * The canonical method, or undefined when it is missing or not a token. Unicode
+ * case mapping is never used: it turns `poſt` into `POST`, a method the client
+ * did not send and the upstream would not see.
+ */
+export function canonicalMethod(raw: string): string | undefined {
+  if (!TOKEN.test(raw)) return undefined;
+  return asciiUpperCase(raw);
+}
+
+export function asciiUpperCase(s: string): string {
+  return s.replace(/[a-z]+/g, (run) => run.toUpperCase());
+}
