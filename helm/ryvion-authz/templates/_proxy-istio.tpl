@@ -21,6 +21,8 @@ The Istio configuration of deploy/istio, for this release's Service (`npm run de
 #     gate denies it), so the upstream receives the path that was judged. This setting is
 #     MESH-WIDE: it changes the path every sidecar and gateway of the mesh routes and forwards,
 #     for every workload, not only the Ryvion API. Check other services' routes before applying.
+#   - The provider names the ClusterIP Service: Istio's proxies get every pod behind it as an
+#     endpoint and balance each Check over them, so no headless Service is needed here.
 # Istio sends every request header to a gRPC provider; the gate reads only authorization,
 # x-api-key and x-request-id.
 apiVersion: install.istio.io/v1alpha1
