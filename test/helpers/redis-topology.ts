@@ -5,7 +5,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { commandPath } from './prometheus.js';
 import { freePort } from './redis-server.js';
+
+/** Fails with one line when a binary the topologies need is missing (Debian: redis-server, redis-tools, openssl). */
+export function requireRedisTools(): void {
+  for (const [command, pkg] of [['redis-server', 'redis-server'], ['redis-cli', 'redis-tools'], ['openssl', 'openssl']] as const) {
+    if (!commandPath(command)) throw new Error(`${command} is not installed: apt-get install -y ${pkg}`);
+  }
+}
 
 const run = promisify(execFile);
 

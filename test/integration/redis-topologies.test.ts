@@ -10,7 +10,7 @@ import type { RunningService } from '../../src/service.js';
 import { createRedis, redisTls, type RedisClient } from '../../src/store/redis.js';
 import { envoyCheckRequest } from '../fixtures/envoy.js';
 import { freePort } from '../helpers/redis-server.js';
-import { makeCertificates, RedisTopology, tlsArgs, type Certificates } from '../helpers/redis-topology.js';
+import { makeCertificates, RedisTopology, requireRedisTools, tlsArgs, type Certificates } from '../helpers/redis-topology.js';
 import { CheckClient, metricValue, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper } from '../helpers/stores.js';
 
@@ -50,6 +50,8 @@ function handshake(env: Record<string, string>, port: number): Promise<string> {
     socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
   });
 }
+
+beforeAll(requireRedisTools);
 
 afterEach(() => {
   for (const c of clients.splice(0)) c.disconnect();

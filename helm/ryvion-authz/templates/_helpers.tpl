@@ -230,7 +230,7 @@ Checks across values that the schema cannot express; fails the render with a cle
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed (shutdown.readinessDelayMs + shutdown.drainMs) / 1000 = %v: Kubernetes would kill pods before they drain" .Values.terminationGracePeriodSeconds $needed) }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (not (include "ryvion-authz.redisEnabled" .)) }}
-{{- fail "autoscaling.enabled needs Redis (redis.existingSecret): without it caches and rate limits are per replica, so the service runs one replica only" }}
+{{- fail "autoscaling.enabled needs Redis (redis.existingSecret, redis.sentinel.addresses or redis.cluster.nodes): without it caches and rate limits are per replica, so the service runs one replica only" }}
 {{- end }}
 {{- if and .Values.keyPepper.previousSecretKey (lt (int .Values.keyPepper.version) 2) }}
 {{- fail "keyPepper.previousSecretKey needs keyPepper.version 2 or more (the previous pepper's hashes carry version - 1)" }}
