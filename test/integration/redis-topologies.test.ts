@@ -214,3 +214,27 @@ describe('Redis Cluster over TLS with requirepass, certificates with IP SANs', (
     await refused(client({ ...env, REDIS_TLS_SERVER_NAME: 'redis.internal' }), /altnames|does not match|refresh slots/i);
   });
 });
+
+describe('a single node over rediss:// with the CA in REDIS_TLS_CA_FILE', () => {
+  const topology = new RedisTopology();
+  let url: string;
+  let certs: Certificates;
+
+  beforeAll(async () => {
+    certs = await makeCertificates(topology.dir, 'IP:127.0.0.1');
+    const port = await freePort();
+    await topology.start([...tlsArgs(port, certs), '--requirepass', DATA_PASSWORD]);
+    url = `rediss://:${DATA_PASSWORD}@127.0.0.1:${port}`;
+  }, 30_000);
+  afterAll(() => topology.stop());
+
+  it('connects with the URL carrying the password and the CA from the file', async () => {
+    const { redis } = client({ REDIS_URL: url, REDIS_TLS_CA_FILE: certs.caFile });
+    await ready(redis);
+    expect(await redis.ping()).toBe('PONG');
+  });
+
+  it('refuses the server without that CA (the system CAs do not know it)', async () => {
+    await refused(client({ REDIS_URL: url }), /self.signed|unable to verify|certificate/i);
+  });
+});
