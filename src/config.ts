@@ -90,7 +90,7 @@ const schema = z.object({
   // Fraction (0..1) of allowed decisions logged at info; the rest go to debug. Denials are always logged.
   LOG_ALLOWED_SAMPLE_RATE: z.coerce.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1').default(0),
   RATE_LIMIT_ENABLED: bool.default(true),
-  // Unset: 1 / the number of live replicas (replica_leases), at least MIN_LOCAL_SHARE. Set: that fixed share.
+  // Unset: 1 / the number of live replicas (replica_leases), at least 0.05 (MIN_LOCAL_SHARE in ratelimit/limiter.ts). Set: that fixed share.
   RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').optional(),
   MAX_KEYS_PER_ACCOUNT: positiveInt.default(100),
 });

@@ -132,6 +132,7 @@ const VALUE_SETS: Record<string, object> = {
       egress: { postgres: { to: [{ ipBlock: { cidr: '10.20.0.0/16' } }] } },
     },
     policy: { content: `# site policy\n${readFileSync(join(ROOT, 'policy', 'default.yaml'), 'utf8')}` },
+    proxyExamples: { enabled: true },
   },
   'existing policy ConfigMap, no migration Job': {
     policy: { existingConfigMap: 'my-policy' },
@@ -172,7 +173,7 @@ describe('helm chart: lint and render', () => {
     const kinds = (name: string) => rendered[name]!.map((o) => o.kind).sort();
     expect(kinds('defaults')).toEqual(['ConfigMap', 'Deployment', 'Job', 'Service', 'Service', 'ServiceAccount']);
     expect(kinds('all optional resources on')).toEqual(
-      ['ConfigMap', 'ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Job', 'NetworkPolicy', 'PodDisruptionBudget', 'PrometheusRule', 'Service', 'Service', 'ServiceAccount', 'ServiceMonitor'].sort(),
+      ['ConfigMap', 'ConfigMap', 'ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Job', 'NetworkPolicy', 'PodDisruptionBudget', 'PrometheusRule', 'Service', 'Service', 'ServiceAccount', 'ServiceMonitor'].sort(),
     );
     expect(kinds('existing policy ConfigMap, no migration Job')).toEqual(['Deployment', 'Service', 'Service']);
   });
