@@ -136,7 +136,7 @@ const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 0, 
 const prefix = `ryvion-bench:micro:${randomBytes(3).toString('hex')}:`;
 try {
   await redis.connect();
-  const limiter = new RateLimiter({ redis: new RedisGcra(redis, prefix), localShare: 0.5, clock: systemClock, metrics, logger: createLogger('silent') });
+  const limiter = new RateLimiter({ redis: new RedisGcra(redis, prefix), localShare: 0.5, liveReplicas: () => 1, clock: systemClock, metrics, logger: createLogger('silent') });
   const pipelineOn = new CheckPipeline({ environment: 'live', hasher, keys: resolver, failedAuth: new FailedAuthLimiter(300), usage, rateLimiter: limiter, policy: () => policy });
   const allowOn = await pipelineOn.decide(attrs);
   bench('toCheckResponse (allow, rate limit headers)', () => toCheckResponse(allowOn, 'rid', '/v1/chat/completions', opts));

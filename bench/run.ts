@@ -42,8 +42,11 @@ const S = {
   /** The node:http2 generator (scenarios 4 to 6): processes, calls in flight and connections per process. */
   workers: envNumber('BENCH_WORKERS', 2),
   workerConcurrency: envNumber('BENCH_WORKER_CONCURRENCY', 32),
-  /** Scenario 5 stays below POSTGRES_LOOKUP_CONCURRENCY (32) so that it measures look-ups, not the overload 503s. */
-  coldConcurrency: 12,
+  /**
+   * Scenario 5 stays below POSTGRES_LOOKUP_CONCURRENCY (default DATABASE_POOL_MAX - 2 = 8; it was 32
+   * before the cap had to fit the pool) so that it measures look-ups, not the overload 503s: 2 x 3 in flight.
+   */
+  coldConcurrency: 3,
   workerChannels: 4,
   bulkKeys: envNumber('BENCH_KEYS', 100_000),
   bulkAccounts: 1000,

@@ -51,12 +51,21 @@ const schema = z.object({
   REDIS_SENTINEL_NAME: z.string().trim().min(1).optional(),
   REDIS_CLUSTER_NODES: hostPortList.optional(),
   REDIS_KEY_PREFIX: z.string().trim().min(1).max(64).default('ryvion:'),
+  // Sentinel and Cluster credentials and TLS; REDIS_URL carries its own (redis://user:pass@host, rediss://).
+  REDIS_USERNAME: z.string().trim().min(1).optional(),
+  REDIS_PASSWORD: z.string().min(1).optional(),
+  REDIS_SENTINEL_USERNAME: z.string().trim().min(1).optional(),
+  REDIS_SENTINEL_PASSWORD: z.string().min(1).optional(),
+  REDIS_TLS: bool.default(false),
+  REDIS_TLS_CA_FILE: z.string().trim().min(1).optional(),
+  REDIS_TLS_SERVER_NAME: z.string().trim().min(1).optional(),
   CACHE_MEMORY_MAX_KEYS: positiveInt.default(200_000),
   CACHE_MEMORY_TTL_MS: positiveInt.default(30_000),
   CACHE_NEGATIVE_TTL_MS: positiveInt.default(10_000),
   CACHE_REDIS_TTL_MS: positiveInt.default(300_000),
   INVALIDATION_LEASE_MS: positiveInt.min(1000, 'must be at least 1000').max(60_000, 'must be at most 60000').default(5000),
-  POSTGRES_LOOKUP_CONCURRENCY: positiveInt.default(32),
+  // Default: DATABASE_POOL_MAX - 2 (at least 1), leaving pool room for lease renewals and usage flushes; never above the pool.
+  POSTGRES_LOOKUP_CONCURRENCY: positiveInt.optional(),
   FAILED_AUTH_PER_SOURCE_PER_MINUTE: positiveInt.default(300),
   // Peers whose X-Forwarded-For / X-Real-IP name the client on HTTP_PORT (comma-separated CIDRs).
   TRUSTED_PROXIES: z
@@ -103,13 +112,17 @@ const schema = z.object({
   // Fraction (0..1) of allowed decisions logged at info; the rest go to debug. Denials are always logged.
   LOG_ALLOWED_SAMPLE_RATE: z.coerce.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1').default(0),
   RATE_LIMIT_ENABLED: bool.default(true),
-  RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').default(0.5),
+  // Unset: 1 / the number of live replicas (replica_leases), at least 0.05 (MIN_LOCAL_SHARE in ratelimit/limiter.ts). Set: that fixed share.
+  RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').optional(),
   MAX_KEYS_PER_ACCOUNT: positiveInt.default(100),
   // Each statement of a key create or revoke (not the Check path's STORE_TIMEOUT_MS), in milliseconds.
   MANAGEMENT_WRITE_TIMEOUT_MS: positiveInt.max(60_000, 'must be at most 60000').default(5000),
 });
 
-export type Config = z.infer<typeof schema>;
+type ParsedConfig = z.infer<typeof schema>;
+
+/** The settings, with the defaults derived from other settings filled in. */
+export type Config = Omit<ParsedConfig, 'POSTGRES_LOOKUP_CONCURRENCY'> & { POSTGRES_LOOKUP_CONCURRENCY: number };
 
 /** Every environment variable the service reads (the Helm chart's wiring test checks against it). */
 export const CONFIG_VARIABLES: readonly string[] = Object.freeze(Object.keys(schema.shape));
@@ -147,11 +160,45 @@ export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSe
   if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
     throw new ConfigError('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS (the name of the monitored master)');
   }
+  checkRedisSecurity(config);
   const ports = [config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT];
   if (new Set(ports).size !== ports.length) {
     throw new ConfigError('GRPC_PORT: GRPC_PORT, HTTP_PORT and OPS_PORT must differ');
   }
-  return config;
+  // Look-ups beyond the pool would wait inside it: SPEC wants a 503 at the cap, not a queue.
+  const lookups = config.POSTGRES_LOOKUP_CONCURRENCY ?? Math.max(1, config.DATABASE_POOL_MAX - 2);
+  if (lookups > config.DATABASE_POOL_MAX) {
+    throw new ConfigError(`POSTGRES_LOOKUP_CONCURRENCY: must be at most DATABASE_POOL_MAX (${config.DATABASE_POOL_MAX}): look-ups beyond the pool would queue inside it instead of answering 503`);
+  }
+  return { ...config, POSTGRES_LOOKUP_CONCURRENCY: lookups };
+}
+
+/** Credentials and TLS settings only where they take effect, so a forgotten mode switch is not silently ignored. */
+function checkRedisSecurity(config: ParsedConfig): void {
+  if (config.REDIS_URL !== undefined) {
+    for (const name of ['REDIS_USERNAME', 'REDIS_PASSWORD', 'REDIS_TLS'] as const) {
+      if (name === 'REDIS_TLS' ? config.REDIS_TLS : config[name] !== undefined) {
+        throw new ConfigError(`${name}: not used with REDIS_URL: put credentials in the URL (redis://user:password@host:6379) and use rediss:// for TLS`);
+      }
+    }
+  }
+  if (config.REDIS_SENTINELS === undefined) {
+    for (const name of ['REDIS_SENTINEL_USERNAME', 'REDIS_SENTINEL_PASSWORD'] as const) {
+      if (config[name] !== undefined) throw new ConfigError(`${name}: only used with REDIS_SENTINELS`);
+    }
+  }
+  if (config.REDIS_USERNAME !== undefined && config.REDIS_PASSWORD === undefined) {
+    throw new ConfigError('REDIS_PASSWORD: required with REDIS_USERNAME');
+  }
+  if (config.REDIS_SENTINEL_USERNAME !== undefined && config.REDIS_SENTINEL_PASSWORD === undefined) {
+    throw new ConfigError('REDIS_SENTINEL_PASSWORD: required with REDIS_SENTINEL_USERNAME');
+  }
+  const tls = config.REDIS_TLS || config.REDIS_URL?.startsWith('rediss://') === true;
+  for (const name of ['REDIS_TLS_CA_FILE', 'REDIS_TLS_SERVER_NAME'] as const) {
+    if (config[name] !== undefined && !tls) {
+      throw new ConfigError(`${name}: needs TLS: set REDIS_TLS=true (Sentinel, Cluster) or use a rediss:// REDIS_URL`);
+    }
+  }
 }
 
 const REQUIRED_HINT: Record<RequiredSetting, string> = {

@@ -12,6 +12,7 @@ import type { KeyService } from './keys/management.js';
 import { startKeyStore, type KeyStore } from './keys/key-store.js';
 import { FailedAuthLimiter } from './check/failed-auth.js';
 import { RateLimiter } from './ratelimit/limiter.js';
+import { startLiveReplicaCount, type LiveReplicaCount } from './ratelimit/live-replicas.js';
 import { BatchingRedisGcra } from './ratelimit/redis-gcra-batch.js';
 import { DecisionRecorder } from './observability/decision-log.js';
 import { HealthState } from './observability/health.js';
@@ -53,7 +54,12 @@ export interface ServiceOptions {
   defaultMetrics?: boolean;
   /** Between Postgres health probes (default POSTGRES_PROBE_INTERVAL_MS); tests shorten it. */
   postgresProbeIntervalMs?: number;
+  /** Between reads of the live replica count (default LIVE_REPLICAS_INTERVAL_MS); tests shorten it. */
+  liveReplicasIntervalMs?: number;
 }
+
+/** A new replica is counted within this long, so the local rate-limit share follows scaling closely. */
+const LIVE_REPLICAS_INTERVAL_MS = 2000;
 
 export function policyPath(config: Config): string {
   return config.POLICY_FILE ?? DEFAULT_POLICY_PATH;
@@ -80,6 +86,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     if (applied.length > 0) logger.info({ migrations: applied }, 'applied migrations');
   }
   const pool = createPool({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_MAX, timeoutMs: config.STORE_TIMEOUT_MS });
+  metrics.observePostgresPool(config.DATABASE_POOL_MAX, () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }));
   try {
     const schema = await schemaState(pool);
     if (!schema.ok) {
@@ -102,11 +109,19 @@ export async function startService(config: Config, logger: Logger, opts: Service
   const clock = opts.clock ?? systemClock;
   const repository = new KeyRepository(pool, hasher, config.KEY_ENVIRONMENT, config.MANAGEMENT_WRITE_TIMEOUT_MS);
   const keyStore = await startKeyStore({ config, pool, repository, logger, metrics, health, clock });
+  // Only a shared limiter falls back to a share; a fixed RATE_LIMIT_LOCAL_SHARE needs no count.
+  let liveReplicas: LiveReplicaCount | undefined;
+  if (config.RATE_LIMIT_ENABLED && keyStore.redis && config.RATE_LIMIT_LOCAL_SHARE === undefined) {
+    liveReplicas = await startLiveReplicaCount(async () => (await keyStore.bus.liveReplicas()).length, opts.liveReplicasIntervalMs ?? LIVE_REPLICAS_INTERVAL_MS, logger, () => {
+      if (rateLimiter) metrics.rateLimitLocalShare.set(rateLimiter.share());
+    });
+  }
   const rateLimiter = config.RATE_LIMIT_ENABLED
     ? new RateLimiter({
         // Concurrent checks of one subject share a script call (redis-gcra-batch.ts); decisions are those of single calls.
         redis: keyStore.redis ? new BatchingRedisGcra(keyStore.redis, config.REDIS_KEY_PREFIX, metrics) : undefined,
         localShare: config.RATE_LIMIT_LOCAL_SHARE,
+        liveReplicas: () => liveReplicas?.current() ?? 1,
         clock,
         metrics,
         logger,
@@ -175,6 +190,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     opsPort = await listenHttp(ops, config.BIND_ADDRESS, config.OPS_PORT);
   } catch (err) {
     watcher.close();
+    liveReplicas?.stop();
     await grpcServer.shutdown(0);
     await api.close();
     await closeHttp(ops);
@@ -196,6 +212,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
       await Promise.all([grpcServer.shutdown(config.SHUTDOWN_DRAIN_MS), closeHttpServer(api, config.SHUTDOWN_DRAIN_MS)]);
       await closeHttp(ops);
       await postgresProbe.stop();
+      liveReplicas?.stop();
       await keyStore.stop();
       await pool.end().catch(() => undefined);
     })());

@@ -151,6 +151,50 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly rateLimitLocalShare = new client.Gauge({
+    name: 'ryvion_authz_ratelimit_local_share',
+    help: 'Share of each limit this replica admits on its own while Redis is not asked: RATE_LIMIT_LOCAL_SHARE, else 1 / live replicas.',
+    registers: [this.registry],
+  });
+
+  // The Postgres pool, read at scrape time: saturation means look-ups, lease renewals and the API wait for a connection.
+  private pool: { max: number; stats: () => { total: number; idle: number; waiting: number } } | undefined;
+
+  readonly postgresPoolMax = new client.Gauge({
+    name: 'ryvion_authz_postgres_pool_max',
+    help: 'Connections the Postgres pool may open (DATABASE_POOL_MAX).',
+    registers: [this.registry],
+    collect: () => {
+      if (this.pool) this.postgresPoolMax.set(this.pool.max);
+    },
+  });
+
+  readonly postgresPoolInUse = new client.Gauge({
+    name: 'ryvion_authz_postgres_pool_in_use',
+    help: 'Postgres pool connections checked out by a query right now.',
+    registers: [this.registry],
+    collect: () => {
+      if (this.pool) {
+        const s = this.pool.stats();
+        this.postgresPoolInUse.set(s.total - s.idle);
+      }
+    },
+  });
+
+  readonly postgresPoolWaiting = new client.Gauge({
+    name: 'ryvion_authz_postgres_pool_waiting',
+    help: 'Queries waiting for a free Postgres pool connection right now (above 0: the pool is saturated).',
+    registers: [this.registry],
+    collect: () => {
+      if (this.pool) this.postgresPoolWaiting.set(this.pool.stats().waiting);
+    },
+  });
+
+  /** Exports the pool's state on every scrape. */
+  observePostgresPool(max: number, stats: () => { total: number; idle: number; waiting: number }): void {
+    this.pool = { max, stats };
+  }
+
   /** Counts one answered management call; `route` is the matched route template (Fastify's routeOptions.url). */
   recordManagementRequest(method: string, route: string | undefined, status: number): void {
     this.managementRequests.labels(managementOperation(method, route), statusClass(status)).inc();

@@ -1,9 +1,17 @@
 // Per-key and per-account limits: shared in Redis, answered from memory when already over, local when Redis is down.
+//
+// The local limiter keeps one state per limit across calls, fed by every shared decision: its TAT
+// is the shared TAT, which at a share s of the limit means the same fraction of the bucket used
+// (rate and burst both scale by s). So a Redis timeout or outage continues from where the shared
+// count was instead of handing out a fresh burst, and N replicas at a share of 1/N admit about the
+// limit together. A replica whose traffic is uneven under-admits (its state says it used more than
+// its share); that is the price of never over-admitting by more than one burst.
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../time/clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';
+import { CircuitBreaker } from './breaker.js';
 import { gcra, tolerance, type GcraResult, type Limit, type LimitState } from './gcra.js';
 import type { RedisGcra } from './redis-gcra.js';
 
@@ -16,10 +24,19 @@ export interface RateLimitOutcome {
   states: LimitState[];
 }
 
+/** The lowest derived share: beyond 20 live replicas each still admits 5% of each limit (and at least one request). */
+export const MIN_LOCAL_SHARE = 0.05;
+
+/** Consecutive Redis failures that open the breaker, and how long it stays open between probes. */
+const BREAKER_FAILURES = 3;
+const BREAKER_OPEN_MS = 1000;
+
 export interface RateLimiterOptions {
   redis: RedisGcra | undefined;
-  /** Share of each limit a replica allows on its own while Redis is unreachable. */
-  localShare: number;
+  /** Fixed share of each limit a replica allows on its own while Redis is not asked (RATE_LIMIT_LOCAL_SHARE); unset: 1 / liveReplicas(). */
+  localShare?: number | undefined;
+  /** Live replicas of this deployment, this one included (the lease registry's count). */
+  liveReplicas: () => number;
   clock: Clock;
   metrics: Metrics;
   logger: Logger;
@@ -31,16 +48,25 @@ export class RateLimiter {
   // Subjects known to be over their limit, until when: a client hammering past
   // its limit costs no Redis call (the way envoyproxy/ratelimit does it).
   // Both allocated on first write: lru-cache preallocates all `max` slots, which costs start-up
-  // time and memory (about 60 ms and 9 MB for these two) that most replicas never use.
+  // time and memory (about 60 ms and 9 MB for these two) that a replica without limits never uses.
   private overUntil: LRUCache<string, number> | undefined;
   private localTats: LRUCache<string, number> | undefined;
   private degraded = false;
+  private readonly breaker: CircuitBreaker;
   // Counted on every allowed check: plain-number cells (hot-metrics.ts).
   private readonly allowedCells: Record<'shared' | 'local', HotCounterCell>;
 
   constructor(private readonly opts: RateLimiterOptions) {
     const m = opts.metrics.rateLimitDecisions;
     this.allowedCells = { shared: hotCounter(m, { outcome: 'allowed', mode: 'shared' }), local: hotCounter(m, { outcome: 'allowed', mode: 'local' }) };
+    this.breaker = new CircuitBreaker({ failureThreshold: BREAKER_FAILURES, openMs: BREAKER_OPEN_MS, now: () => opts.clock.now() });
+    opts.metrics.rateLimitLocalShare.set(this.share());
+  }
+
+  /** The share of each limit this replica admits alone while Redis is not asked. */
+  share(): number {
+    if (this.opts.localShare !== undefined) return this.opts.localShare;
+    return Math.max(MIN_LOCAL_SHARE, 1 / Math.max(1, this.opts.liveReplicas()));
   }
 
   async check(limits: readonly Limit[], accountId: string, keyId: string): Promise<RateLimitOutcome> {
@@ -62,15 +88,21 @@ export class RateLimiter {
       return { allowed: false, retryAfterMs: Math.ceil(blockedFor), deniedBy, states: limits.map((limit) => ({ limit, remaining: 0, resetMs: blockedFor })) };
     }
 
-    let result: GcraResult;
+    let result: GcraResult | undefined;
     let mode: 'shared' | 'local' = 'shared';
     if (this.opts.redis) {
-      try {
-        result = await this.opts.redis.check(limits, accountId, keyId);
-        this.setDegraded(false);
-      } catch {
-        this.setDegraded(true);
-        result = this.local(limits, accountId, keyId, now, this.opts.localShare);
+      if (this.breaker.allow()) {
+        try {
+          result = await this.opts.redis.check(limits, accountId, keyId);
+          this.breaker.success();
+          this.mirror(limits, accountId, keyId, now, result);
+        } catch {
+          this.breaker.failure();
+        }
+        this.setDegraded(this.breaker.open);
+      }
+      if (!result) {
+        result = this.local(limits, accountId, keyId, now, this.share());
         mode = 'local';
       }
     } else {
@@ -96,6 +128,12 @@ export class RateLimiter {
     return { allowed: false, retryAfterMs: result.retryAfterMs, deniedBy: deniedBy ?? limits[0]!.name, states: result.states };
   }
 
+  /** The shared TATs become the local ones (see the top of this file). */
+  private mirror(limits: readonly Limit[], accountId: string, keyId: string, now: number, result: GcraResult): void {
+    const tats = (this.localTats ??= new LRUCache<string, number>({ max: 200_000 }));
+    for (let i = 0; i < limits.length; i++) tats.set(subject(limits[i]!, accountId, keyId), now + result.states[i]!.resetMs);
+  }
+
   private local(limits: readonly Limit[], accountId: string, keyId: string, now: number, share: number): GcraResult {
     const scaled = limits.map((l) => ({ ...l, requests: Math.max(1, Math.floor(l.requests * share)), burst: Math.max(1, Math.floor(l.burst * share)) }));
     const ids = limits.map((l) => subject(l, accountId, keyId));
@@ -109,7 +147,8 @@ export class RateLimiter {
     if (on === this.degraded) return;
     this.degraded = on;
     this.opts.metrics.degraded.labels('ratelimit').set(on ? 1 : 0);
-    if (on) this.opts.logger.warn({ share: this.opts.localShare }, 'redis unreachable: rate limits fall back to this replica, at a share of each limit');
+    this.opts.metrics.rateLimitLocalShare.set(this.share());
+    if (on) this.opts.logger.warn({ share: this.share() }, 'redis unreachable: rate limits fall back to this replica, at a share of each limit');
     else this.opts.logger.info('redis reachable again: rate limits are shared');
   }
 }

@@ -1,6 +1,8 @@
 // Redis clients (single node, Sentinel or Cluster) with settings that fail fast instead of queueing.
+import { readFileSync } from 'node:fs';
+import type { ConnectionOptions } from 'node:tls';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
-import type { Config } from '../config.js';
+import { ConfigError, type Config } from '../config.js';
 
 export type RedisClient = Redis | Cluster;
 
@@ -29,20 +31,52 @@ function optionsFor(role: RedisRole, timeoutMs: number, name: string): RedisOpti
   return { ...base, enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: timeoutMs, enableAutoPipelining: true };
 }
 
+/**
+ * TLS options, or undefined for plain TCP. The certificate is always verified (never
+ * `rejectUnauthorized: false`): against REDIS_TLS_SERVER_NAME when set, else against the address
+ * connected to, so nodes announced by IP need certificates with IP SANs or a server name.
+ */
+export function redisTls(config: Config): ConnectionOptions | undefined {
+  if (!config.REDIS_TLS && !config.REDIS_URL?.startsWith('rediss://')) return undefined;
+  const tls: ConnectionOptions = { rejectUnauthorized: true };
+  if (config.REDIS_TLS_CA_FILE) {
+    try {
+      tls.ca = readFileSync(config.REDIS_TLS_CA_FILE);
+    } catch (err) {
+      throw new ConfigError(`REDIS_TLS_CA_FILE: cannot read ${config.REDIS_TLS_CA_FILE} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
+  if (config.REDIS_TLS_SERVER_NAME) tls.servername = config.REDIS_TLS_SERVER_NAME;
+  return tls;
+}
+
 /** Builds a client from REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES (ioredis reads only the first from a URL). */
 export function createRedis(config: Config, role: RedisRole, name = `ryvion-authz-${role}`): RedisClient | undefined {
   const opts = optionsFor(role, config.STORE_TIMEOUT_MS, name);
+  const tls = redisTls(config);
+  // The data nodes' ACL user (Redis 6+) or plain `requirepass`; with REDIS_URL the URL carries them.
+  const auth: RedisOptions = { username: config.REDIS_USERNAME, password: config.REDIS_PASSWORD };
   let client: RedisClient;
   if (config.REDIS_CLUSTER_NODES) {
     client = new Cluster(config.REDIS_CLUSTER_NODES, {
-      redisOptions: opts,
+      redisOptions: { ...opts, ...auth, ...(tls ? { tls } : {}) },
       enableOfflineQueue: opts.enableOfflineQueue,
       clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
     });
   } else if (config.REDIS_SENTINELS) {
-    client = new Redis({ ...opts, sentinels: config.REDIS_SENTINELS, name: config.REDIS_SENTINEL_NAME });
+    client = new Redis({
+      ...opts,
+      ...auth,
+      sentinels: config.REDIS_SENTINELS,
+      name: config.REDIS_SENTINEL_NAME,
+      // Sentinel's own credentials: separate from the data nodes' (Sentinel has its own `requirepass` / ACL users).
+      sentinelUsername: config.REDIS_SENTINEL_USERNAME,
+      sentinelPassword: config.REDIS_SENTINEL_PASSWORD,
+      // REDIS_TLS covers both the Sentinels and the master they name.
+      ...(tls ? { tls, sentinelTLS: tls, enableTLSForSentinelMode: true } : {}),
+    });
   } else if (config.REDIS_URL) {
-    client = new Redis(config.REDIS_URL, opts);
+    client = new Redis(config.REDIS_URL, tls ? { ...opts, tls } : opts);
   } else {
     return undefined;
   }

@@ -66,6 +66,7 @@ const container = (objects: K8sObject[]) => deploymentSpec(objects).template.spe
 
 const SECRET_SAMPLES: Record<string, string> = {
   DATABASE_URL: 'postgres://ryvion:secret@postgres.ryvion.svc:5432/ryvion',
+  DATABASE_LISTEN_URL: 'postgres://ryvion:secret@postgres-direct.ryvion.svc:5432/ryvion',
   REDIS_URL: 'redis://redis.ryvion.svc:6379',
   KEY_PEPPER: 'p'.repeat(48),
   KEY_PEPPER_PREVIOUS: 'q'.repeat(48),
@@ -95,12 +96,27 @@ const VALUE_SETS: Record<string, object> = {
     ...REDIS,
     autoscaling: { enabled: true, minReplicas: 3, maxReplicas: 12, targetCPUUtilizationPercentage: 60, targetMemoryUtilizationPercentage: 80 },
     podDisruptionBudget: { enabled: true, minAvailable: 2 },
+    // (12 + 1) x (10 + 1) + 1 + 3 + 3 = 150 connections
+    database: { maxConnections: 200 },
+  },
+  'Redis Sentinel with ACL users and TLS': {
+    redis: {
+      sentinel: { addresses: ['redis-sentinel-0.redis:26379', 'redis-sentinel-1.redis:26379'], masterName: 'main', username: 'watcher', existingSecret: 'redis-sentinel' },
+      auth: { username: 'ryvion', existingSecret: 'redis-data' },
+      tls: { enabled: true, caExistingSecret: 'redis-ca', serverName: 'redis.internal' },
+    },
+    replicaCount: 3,
+  },
+  'Redis Cluster with a password': {
+    redis: { cluster: { nodes: ['10.0.0.1:6379', '10.0.0.2:6379', '10.0.0.3:6379'] }, auth: { existingSecret: 'redis-data', existingSecretKey: 'password' } },
+    replicaCount: 3,
   },
   'all optional resources on': {
     ...REDIS,
     image: { repository: 'registry.example.com/ryvion/ryvion-authz', digest: `sha256:${'a'.repeat(64)}` },
     imagePullSecrets: [{ name: 'registry' }],
     keyPepper: { existingSecret: 'ryvion-authz-pepper', version: 2, previousSecretKey: 'KEY_PEPPER_PREVIOUS' },
+    database: { listenUrl: { existingSecretKey: 'DATABASE_LISTEN_URL' } },
     config: { KEY_ENVIRONMENT: 'test', LOG_LEVEL: 'debug', STORE_TIMEOUT_MS: 80, UNAVAILABLE_MODE: 'rpc_error', RATE_LIMIT_LOCAL_SHARE: 0.25, TRUSTED_PROXIES: '10.20.0.0/16' },
     extraEnv: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=256' }],
     podAnnotations: { 'example.com/team': 'platform' },
@@ -118,6 +134,7 @@ const VALUE_SETS: Record<string, object> = {
       egress: { postgres: { to: [{ ipBlock: { cidr: '10.20.0.0/16' } }] } },
     },
     policy: { content: `# site policy\n${readFileSync(join(ROOT, 'policy', 'default.yaml'), 'utf8')}` },
+    proxyExamples: { enabled: true },
   },
   'existing policy ConfigMap, no migration Job': {
     policy: { existingConfigMap: 'my-policy' },
@@ -156,11 +173,11 @@ describe('helm chart: lint and render', () => {
 
   it('renders the optional resources only when asked', () => {
     const kinds = (name: string) => rendered[name]!.map((o) => o.kind).sort();
-    expect(kinds('defaults')).toEqual(['ConfigMap', 'Deployment', 'Job', 'Service', 'ServiceAccount']);
+    expect(kinds('defaults')).toEqual(['ConfigMap', 'Deployment', 'Job', 'Service', 'Service', 'ServiceAccount']);
     expect(kinds('all optional resources on')).toEqual(
-      ['ConfigMap', 'ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Job', 'NetworkPolicy', 'PodDisruptionBudget', 'PrometheusRule', 'Service', 'ServiceAccount', 'ServiceMonitor'].sort(),
+      ['ConfigMap', 'ConfigMap', 'ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'Job', 'NetworkPolicy', 'PodDisruptionBudget', 'PrometheusRule', 'Service', 'Service', 'ServiceAccount', 'ServiceMonitor'].sort(),
     );
-    expect(kinds('existing policy ConfigMap, no migration Job')).toEqual(['Deployment', 'Service']);
+    expect(kinds('existing policy ConfigMap, no migration Job')).toEqual(['Deployment', 'Service', 'Service']);
   });
 });
 
@@ -225,7 +242,7 @@ describe('helm chart: wiring to the service', () => {
   it('passes secrets only by reference to existing Secrets, never as values', () => {
     for (const objects of Object.values(rendered)) {
       const env = container(objects).env ?? [];
-      for (const secret of ['DATABASE_URL', 'REDIS_URL', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS']) {
+      for (const secret of ['DATABASE_URL', 'DATABASE_LISTEN_URL', 'REDIS_URL', 'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS']) {
         const e = env.find((v) => v.name === secret);
         if (!e) continue;
         expect(e.value, `${secret} has no plain value`).toBeUndefined();
@@ -246,9 +263,14 @@ describe('helm chart: wiring to the service', () => {
     };
     const settable = schema.properties.config.propertyNames.enum;
     for (const n of settable) expect(CONFIG_VARIABLES, `values.schema.json config.${n}`).toContain(n);
-    const setByChart = new Set((container(rendered['all optional resources on']!).env ?? []).map((e) => e.name));
-    const configKeys = Object.keys((VALUE_SETS['all optional resources on'] as { config: object }).config);
-    for (const k of configKeys) setByChart.delete(k);
+    const defaultConfigKeys = Object.keys((parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8')) as { config: object }).config);
+    // What the chart sets from its own values, over every value set (the Redis topologies differ).
+    const setByChart = new Set<string>();
+    for (const [name, objects] of Object.entries(rendered)) {
+      const configKeys = [...defaultConfigKeys, ...Object.keys((VALUE_SETS[name] as { config?: object }).config ?? {})];
+      for (const e of container(objects).env ?? []) if (!configKeys.includes(e.name)) setByChart.add(e.name);
+    }
+    setByChart.delete('NODE_OPTIONS'); // extraEnv in one value set: Node's own
     // A variable added to src/config.ts needs a place here: add it to values.schema.json
     // (config.propertyNames.enum) or have the chart set it from its own values.
     const unreachable = CONFIG_VARIABLES.filter((v) => !settable.includes(v) && !setByChart.has(v));
@@ -269,7 +291,7 @@ describe('helm chart: wiring to the service', () => {
     expect(portNumber(c, c.readinessProbe!.httpGet!.port)).toBe(config.OPS_PORT);
     if (c.startupProbe?.httpGet) expect(portNumber(c, c.startupProbe.httpGet.port)).toBe(config.OPS_PORT);
 
-    const service = findObject(objects, 'Service').spec as { selector: Record<string, string>; ports: ServicePort[] };
+    const service = findObject(objects, 'Service', 'ryvion-authz').spec as { selector: Record<string, string>; ports: ServicePort[] };
     const byName = Object.fromEntries(service.ports.map((p) => [p.name, p]));
     expect(Object.keys(byName).sort()).toEqual(['grpc', 'http', 'metrics']);
     expect(byName.grpc!.appProtocol).toBe('grpc');
@@ -397,7 +419,7 @@ describe('helm chart: wiring to the service', () => {
     const egressPorts = np.egress.flatMap((r) => r.ports.map((p) => `${p.protocol}/${p.port}`));
     expect(egressPorts).toEqual(expect.arrayContaining(['UDP/53', 'TCP/53', 'TCP/5432', 'TCP/6379']));
 
-    const service = findObject(objects, 'Service');
+    const service = findObject(objects, 'Service', 'ryvion-authz');
     const sm = findObject(objects, 'ServiceMonitor');
     const smSpec = sm.spec as { selector: { matchLabels: Record<string, string> }; endpoints: Array<{ port: string; path: string }>; namespaceSelector: { matchNames: string[] } };
     expect(service.metadata.labels).toMatchObject(smSpec.selector.matchLabels);
@@ -460,5 +482,114 @@ describe('helm chart: monitoring files (copies of deploy/prometheus and deploy/g
     expect(cm!.metadata.annotations?.grafana_folder).toBe('Ryvion');
     const json = (cm!.data as Record<string, string>)['ryvion-authz.json']!;
     expect(JSON.parse(json)).toEqual(JSON.parse(source));
+  });
+});
+
+describe('helm chart: Postgres connection budget', () => {
+  it('refuses the autoscaler at 10 with Redis and the default pool, naming the formula and its terms', async () => {
+    const r = await helmTemplate({ values: { ...REDIS, autoscaling: { enabled: true } } });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(
+      'Postgres connection budget (autoscaling.maxReplicas 10 + surge 1) x (DATABASE_POOL_MAX 10 + listener 1) + migration Job 1 + CLI 3 + reserved 3 + other 0 = 128 exceeds database.maxConnections (100)',
+    );
+    expect(r.stderr).toContain('docs/production.md');
+  });
+
+  it('renders when the budget fits: a smaller pool, a larger max_connections, or the pool behind PgBouncer with a direct listener', async () => {
+    const hpa = { ...REDIS, autoscaling: { enabled: true } };
+    const results = await Promise.all([
+      helmTemplate({ values: { ...hpa, config: { DATABASE_POOL_MAX: 6 } } }), // 11 x 7 + 7 = 84
+      helmTemplate({ values: { ...hpa, database: { maxConnections: 200 } } }),
+      helmTemplate({ values: { ...hpa, database: { behindPooler: true, listenUrl: { existingSecretKey: 'DATABASE_LISTEN_URL' } } } }), // 11 x 1 + 7
+    ]);
+    for (const r of results) expect(r.code, r.stderr).toBe(0);
+  });
+
+  it('counts the pool against the pooler, not Postgres: behind PgBouncer only the listeners reach the server', async () => {
+    const r = await helmTemplate({
+      values: { ...REDIS, autoscaling: { enabled: true, maxReplicas: 200 }, database: { behindPooler: true, listenUrl: { existingSecretKey: 'LISTEN' } } },
+    });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('(autoscaling.maxReplicas 200 + surge 1) x (DATABASE_POOL_MAX 0 + listener 1) + migration Job 1 + CLI 3 + reserved 3 + other 0 = 208');
+  });
+
+  it('passes DATABASE_LISTEN_URL from a Secret (the database Secret unless another is named), never as a value', async () => {
+    const [same, other] = await Promise.all([
+      renderChart({ values: { database: { listenUrl: { existingSecretKey: 'DATABASE_LISTEN_URL' } } } }),
+      renderChart({ values: { database: { listenUrl: { existingSecret: 'pg-direct', existingSecretKey: 'url' } } } }),
+    ]);
+    const listen = (objects: K8sObject[]) => container(objects).env!.find((e) => e.name === 'DATABASE_LISTEN_URL')!;
+    expect(listen(same).value).toBeUndefined();
+    expect(listen(same).valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-db', key: 'DATABASE_LISTEN_URL' });
+    expect(listen(other).valueFrom!.secretKeyRef).toEqual({ name: 'pg-direct', key: 'url' });
+    expect(container(rendered.defaults!).env!.some((e) => e.name === 'DATABASE_LISTEN_URL')).toBe(false);
+  });
+});
+
+describe('helm chart: Redis Sentinel and Cluster', () => {
+  it('sets the Sentinel topology, both users, passwords by Secret reference and TLS with a mounted CA', () => {
+    const objects = rendered['Redis Sentinel with ACL users and TLS']!;
+    const c = container(objects);
+    const env = Object.fromEntries((c.env ?? []).map((e) => [e.name, e]));
+    expect(env.REDIS_SENTINELS!.value).toBe('redis-sentinel-0.redis:26379,redis-sentinel-1.redis:26379');
+    expect(env.REDIS_SENTINEL_NAME!.value).toBe('main');
+    expect(env.REDIS_SENTINEL_USERNAME!.value).toBe('watcher');
+    expect(env.REDIS_SENTINEL_PASSWORD!.valueFrom!.secretKeyRef).toEqual({ name: 'redis-sentinel', key: 'REDIS_SENTINEL_PASSWORD' });
+    expect(env.REDIS_USERNAME!.value).toBe('ryvion');
+    expect(env.REDIS_PASSWORD!.valueFrom!.secretKeyRef).toEqual({ name: 'redis-data', key: 'REDIS_PASSWORD' });
+    expect(env.REDIS_TLS!.value).toBe('true');
+    expect(env.REDIS_TLS_SERVER_NAME!.value).toBe('redis.internal');
+    expect(env.REDIS_URL).toBeUndefined();
+    const caFile = env.REDIS_TLS_CA_FILE!.value!;
+    const spec = deploymentSpec(objects).template.spec;
+    const mount = c.volumeMounts!.find((m) => caFile.startsWith(`${m.mountPath}/`))!;
+    expect(mount.readOnly).toBe(true);
+    const volume = spec.volumes!.find((v) => v.name === mount.name) as { secret?: { secretName: string; items: Array<{ key: string; path: string }> } };
+    expect(volume.secret).toEqual({ secretName: 'redis-ca', items: [{ key: 'ca.crt', path: caFile.slice(mount.mountPath.length + 1) }] });
+    expect(deploymentSpec(objects).replicas).toBe(3);
+  });
+
+  it('sets the Cluster nodes and the data password', () => {
+    const env = Object.fromEntries((container(rendered['Redis Cluster with a password']!).env ?? []).map((e) => [e.name, e]));
+    expect(env.REDIS_CLUSTER_NODES!.value).toBe('10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379');
+    expect(env.REDIS_PASSWORD!.valueFrom!.secretKeyRef).toEqual({ name: 'redis-data', key: 'password' });
+    expect(env.REDIS_TLS).toBeUndefined();
+  });
+
+  it('refuses two modes at once, credentials the URL should carry, and credentials without their mode', async () => {
+    const [twoModes, authWithUrl, sentinelAuthAlone, oldSetting] = await Promise.all([
+      helmTemplate({ values: { ...REDIS, redis: { existingSecret: 'r', cluster: { nodes: ['a:6379'] } } } }),
+      helmTemplate({ values: { redis: { existingSecret: 'r', auth: { existingSecret: 'p' } } } }),
+      helmTemplate({ values: { redis: { cluster: { nodes: ['a:6379'] }, sentinel: { existingSecret: 's' } } } }),
+      helmTemplate({ values: { config: { REDIS_SENTINELS: 'a:26379' } } }),
+    ]);
+    expect(twoModes.stderr).toMatch(/set only one of redis.existingSecret/);
+    expect(authWithUrl.stderr).toMatch(/put the credentials in the URL/);
+    expect(sentinelAuthAlone.stderr).toMatch(/redis.sentinel credentials need redis.sentinel.addresses/);
+    // The topology moved to `redis.*`: the schema names the old key.
+    expect(oldSetting.stderr).toMatch(/REDIS_SENTINELS/);
+    for (const r of [twoModes, authWithUrl, sentinelAuthAlone, oldSetting]) expect(r.code).not.toBe(0);
+  });
+});
+
+describe('helm chart: headless Service and alerts per release', () => {
+  it('adds a headless Service for per-request balancing: same pods, grpc and http only, no metrics port to scrape twice', async () => {
+    const objects = rendered.defaults!;
+    const main = findObject(objects, 'Service', 'ryvion-authz').spec as { selector: Record<string, string> };
+    const headless = findObject(objects, 'Service', 'ryvion-authz-headless').spec as { clusterIP: string; selector: Record<string, string>; ports: ServicePort[]; publishNotReadyAddresses?: boolean };
+    expect(headless.clusterIP).toBe('None');
+    expect(headless.publishNotReadyAddresses).toBe(false);
+    expect(headless.selector).toEqual(main.selector);
+    expect(headless.ports.map((p) => `${p.name}:${p.port}`)).toEqual(['grpc:9191', 'http:8080']);
+    const off = await renderChart({ values: { service: { headless: { enabled: false } } } });
+    expect(off.filter((o) => o.kind === 'Service').map((o) => o.metadata.name)).toEqual(['ryvion-authz']);
+  });
+
+  it("points the gate-down alerts at the release's scrape job (the ServiceMonitor's job is the Service name)", async () => {
+    const objects = await renderChart({ release: 'edge', values: { metrics: { prometheusRule: { enabled: true }, serviceMonitor: { enabled: true } } } });
+    const rules = (findObject(objects, 'PrometheusRule').spec as { groups: Array<{ rules: Array<{ alert?: string; expr: string }> }> }).groups.flatMap((g) => g.rules);
+    const service = findObject(objects, 'Service', 'edge-ryvion-authz');
+    expect(rules.find((r) => r.alert === 'RyvionAuthzDown')!.expr).toContain(`absent(up{job="${service.metadata.name}"} == 1)`);
+    expect(rules.find((r) => r.alert === 'RyvionAuthzTargetDown')!.expr).toContain(`up{job="${service.metadata.name}"} == 0`);
   });
 });

@@ -10,6 +10,7 @@ import { parse, parseAllDocuments } from 'yaml';
 import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/transport/grpc/check.js';
 import { checkEnvoyConfig } from './envoy-proto.js';
 import { ROOT, findObject, renderChart } from './helm.js';
+import { renderProxyExamples } from './proxy-examples.js';
 
 const IDENTITY = Object.values(IDENTITY_HEADERS).sort();
 
@@ -17,6 +18,8 @@ interface ChartService {
   name: string;
   namespace: string;
   fqdn: string;
+  /** The headless Service: one address per ready pod. */
+  headlessFqdn: string;
   grpcPort: number;
   httpPort: number;
 }
@@ -25,13 +28,15 @@ let svc: ChartService;
 
 beforeAll(async () => {
   const objects = await renderChart({ release: 'ryvion-authz', namespace: 'ryvion' });
-  const service = findObject(objects, 'Service');
+  const service = findObject(objects, 'Service', 'ryvion-authz');
+  const headless = objects.find((o) => o.kind === 'Service' && (o.spec as { clusterIP?: string }).clusterIP === 'None')!;
   const ports = (service.spec as { ports: Array<{ name: string; port: number }> }).ports;
   const namespace = service.metadata.namespace!;
   svc = {
     name: service.metadata.name,
     namespace,
     fqdn: `${service.metadata.name}.${namespace}.svc.cluster.local`,
+    headlessFqdn: `${headless.metadata.name}.${namespace}.svc.cluster.local`,
     grpcPort: ports.find((p) => p.name === 'grpc')!.port,
     httpPort: ports.find((p) => p.name === 'http')!.port,
   };
@@ -77,7 +82,7 @@ describe('deploy/envoy/envoy.yaml', () => {
     expect(checkEnvoyConfig(bootstrap)).toEqual([]);
   });
 
-  it('calls the chart Service over HTTP/2 on the gRPC port, fail-closed, with a short timeout and 503 on error', () => {
+  it('calls the chart headless Service over HTTP/2 on the gRPC port, fail-closed, with a short timeout and 503 on error', () => {
     const cfg = extAuthz.typed_config;
     expect(cfg['@type']).toBe('type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz');
     expect(cfg.transport_api_version).toBe('V3');
@@ -94,9 +99,12 @@ describe('deploy/envoy/envoy.yaml', () => {
     expect(hcm.http_filters.at(-1).name).toBe('envoy.filters.http.router');
 
     const authz = cluster(cfg.grpc_service.envoy_grpc.cluster_name);
-    expect(addressOf(authz)).toEqual({ address: svc.fqdn, port_value: svc.grpcPort });
+    // Per-request balancing: STRICT_DNS over the headless Service makes one endpoint per pod.
+    expect(authz.type).toBe('STRICT_DNS');
+    expect(addressOf(authz)).toEqual({ address: svc.headlessFqdn, port_value: svc.grpcPort });
+    expect(seconds(authz.dns_refresh_rate)).toBeLessThanOrEqual(10);
     const http = authz.typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'];
-    expect(http.explicit_http_config.http2_protocol_options).toBeDefined();
+    expect(http.explicit_http_config.http2_protocol_options.connection_keepalive).toEqual({ interval: '30s', timeout: '5s' });
   });
 
   it('normalises paths before routing and ext_authz', () => {
@@ -142,6 +150,8 @@ describe('deploy/istio', () => {
     expect(provider.envoyExtAuthzGrpc.failOpen).toBe(false);
     expect(provider.envoyExtAuthzGrpc.statusOnError).toBe('503');
     expect(['MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES']).toContain(operator.spec.meshConfig.pathNormalization.normalization);
+    // The normalisation applies to every workload of the mesh: the file says so where it is set.
+    expect(readFileSync(join(ROOT, 'deploy', 'istio', 'mesh-config.yaml'), 'utf8')).toMatch(/MESH-WIDE/);
 
     const policy = byKind('AuthorizationPolicy').find((p) => p.spec.action === 'CUSTOM');
     expect(policy.spec.provider.name).toBe(provider.name);
@@ -180,11 +190,12 @@ describe('deploy/envoy-gateway', () => {
     }
   });
 
-  it('attaches a SecurityPolicy to the API route: the chart Service on 9191, fail closed, short timeout', () => {
+  it('attaches a SecurityPolicy to the API route: the chart Service on 9191, fail closed, short timeout, 503 when unreachable', () => {
     expect(policies).toHaveLength(1);
     const ext = policies[0].spec.extAuth;
     expect(ext.grpc.backendRefs).toEqual([{ name: svc.name, namespace: svc.namespace, port: svc.grpcPort }]);
     expect(ext.failOpen).toBe(false);
+    expect(ext.statusOnError).toBe(503);
     expect(seconds(ext.timeout)).toBeLessThanOrEqual(1);
     for (const h of CREDENTIAL_HEADERS) expect(ext.headersToExtAuth).toContain(h);
     const target = policies[0].spec.targetRefs[0];
@@ -211,5 +222,61 @@ describe('deploy/envoy-gateway', () => {
     expect(ctp.spec.path.escapedSlashesAction).toBe('RejectRequest');
     expect(ctp.spec.path.disableMergeSlashes).toBe(false);
     expect(ctp.spec.headers.withUnderscoresAction).toBe('RejectRequest');
+  });
+});
+
+describe('deploy/envoy-gateway: the EnvoyPatchPolicy fallback for Envoy Gateway v1.6 and v1.7', () => {
+  const docs = readDirDocuments(join('deploy', 'envoy-gateway')) as Loose[];
+  const patch = docs.find((d) => d.kind === 'EnvoyPatchPolicy');
+  const policy = docs.find((d) => d.kind === 'SecurityPolicy');
+  const apiRoute = docs.find((d) => d.kind === 'HTTPRoute' && d.metadata.name === policy.spec.targetRefs[0].name);
+  const text = readFileSync(join(ROOT, 'deploy', 'envoy-gateway', 'status-on-error-patch.yaml'), 'utf8');
+
+  it("patches status_on_error 503 onto the filter generated from the SecurityPolicy, on the API route's Gateway", () => {
+    expect(patch.apiVersion).toBe('gateway.envoyproxy.io/v1alpha1');
+    expect(patch.metadata.namespace).toBe(policy.metadata.namespace);
+    expect(patch.spec.targetRef).toEqual({ group: 'gateway.networking.k8s.io', kind: 'Gateway', name: apiRoute.spec.parentRefs[0].name });
+    expect(patch.spec.type).toBe('JSONPatch');
+    const [p] = patch.spec.jsonPatches;
+    expect(p.type).toBe('type.googleapis.com/envoy.config.listener.v3.Listener');
+    // Envoy Gateway's listener name (before XDSNameSchemeV2): <namespace>/<gateway>/<listener section>.
+    expect(p.name).toMatch(new RegExp(`^${policy.metadata.namespace}/${apiRoute.spec.parentRefs[0].name}/[a-z0-9-]+$`));
+    // The filter name Envoy Gateway gives a SecurityPolicy's ext_authz.
+    expect(p.operation.jsonPath).toContain(`'envoy.filters.http.ext_authz/securitypolicy/${policy.metadata.namespace}/${policy.metadata.name}'`);
+    expect(p.operation).toMatchObject({ op: 'add', path: 'status_on_error', value: { code: 'ServiceUnavailable' } });
+    // The value is a valid ext_authz status_on_error by Envoy's protos.
+    expect(checkEnvoyConfig({ status_on_error: p.operation.value }, 'envoy.extensions.filters.http.ext_authz.v3.ExtAuthz')).toEqual([]);
+  });
+
+  it('says which versions need it, that it needs enableEnvoyPatchPolicy, and that it depends on generated names', () => {
+    expect(text).toMatch(/v1\.6 and v1\.7/);
+    expect(text).toMatch(/enableEnvoyPatchPolicy: true/);
+    expect(text).toMatch(/depends on names Envoy Gateway generates/);
+    expect(readFileSync(join(ROOT, 'deploy', 'envoy-gateway', 'ryvion-api.yaml'), 'utf8')).toMatch(/Envoy Gateway v1\.8 and later/);
+  });
+});
+
+describe('deploy/: rendered from the chart', () => {
+  it('every proxy file equals what the chart renders for release ryvion-authz in namespace ryvion (npm run deploy:render)', async () => {
+    const files = await renderProxyExamples('ryvion-authz', 'ryvion');
+    expect(Object.keys(files).sort()).toEqual([
+      'envoy-gateway/ryvion-api.yaml', 'envoy-gateway/status-on-error-patch.yaml', 'envoy/envoy.yaml', 'envoy/http-ext-authz.yaml', 'istio/mesh-config.yaml', 'istio/ryvion-api.yaml',
+    ]);
+    for (const [path, text] of Object.entries(files)) expect(readFileSync(join(ROOT, 'deploy', path), 'utf8'), path).toBe(text);
+  });
+
+  it("another release and namespace get their own names everywhere, and the Envoy bootstrap stays valid", async () => {
+    const files = await renderProxyExamples('edge', 'gateway-system');
+    for (const [path, text] of Object.entries(files)) {
+      expect(text, path).not.toMatch(/ryvion-authz\.ryvion\.svc|namespace: ryvion\b|name: ryvion-authz\n/);
+    }
+    const envoy = parse(files['envoy/envoy.yaml']!) as Loose;
+    expect(checkEnvoyConfig(envoy)).toEqual([]);
+    const grpc = envoy.static_resources.clusters.find((c: Loose) => c.name === 'ryvion_authz');
+    expect(grpc.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address).toBe('edge-ryvion-authz-headless.gateway-system.svc.cluster.local');
+    const eg = parseAllDocuments(files['envoy-gateway/ryvion-api.yaml']!).map((d) => d.toJS() as Loose);
+    expect(eg.find((d) => d.kind === 'SecurityPolicy').spec.extAuth.grpc.backendRefs).toEqual([{ name: 'edge-ryvion-authz', namespace: 'gateway-system', port: 9191 }]);
+    const mesh = parse(files['istio/mesh-config.yaml']!) as Loose;
+    expect(mesh.spec.meshConfig.extensionProviders[0].envoyExtAuthzGrpc.service).toBe('edge-ryvion-authz.gateway-system.svc.cluster.local');
   });
 });

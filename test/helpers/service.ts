@@ -19,12 +19,13 @@ export function testConfig(env: Record<string, string>): Config {
 
 export async function startTestService(
   env: Record<string, string>,
-  opts: { clock?: Clock; logger?: Logger; defaultMetrics?: boolean; postgresProbeIntervalMs?: number } = {},
+  opts: { clock?: Clock; logger?: Logger; defaultMetrics?: boolean; postgresProbeIntervalMs?: number; liveReplicasIntervalMs?: number } = {},
 ): Promise<RunningService> {
   return startService(testConfig(env), opts.logger ?? createLogger(env.LOG_LEVEL ?? 'silent'), {
     defaultMetrics: opts.defaultMetrics ?? false,
     clock: opts.clock,
     postgresProbeIntervalMs: opts.postgresProbeIntervalMs,
+    liveReplicasIntervalMs: opts.liveReplicasIntervalMs,
   });
 }
 

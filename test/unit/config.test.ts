@@ -51,3 +51,56 @@ describe('configuration', () => {
     expect(c.REDIS_URL).toBeUndefined();
   });
 });
+
+describe('configuration: Redis credentials and TLS', () => {
+  const sentinel = { REDIS_SENTINELS: '10.0.0.1:26379,10.0.0.2:26379', REDIS_SENTINEL_NAME: 'main' };
+
+  it('accepts data-node and Sentinel credentials apart, and TLS with a CA file and a server name', () => {
+    const c = loadConfig({
+      ...sentinel,
+      REDIS_USERNAME: 'ryvion', REDIS_PASSWORD: 'data-pass', REDIS_SENTINEL_USERNAME: 'watcher', REDIS_SENTINEL_PASSWORD: 'sentinel-pass',
+      REDIS_TLS: 'true', REDIS_TLS_CA_FILE: '/etc/redis/ca.crt', REDIS_TLS_SERVER_NAME: 'redis.internal',
+    });
+    expect(c).toMatchObject({ REDIS_USERNAME: 'ryvion', REDIS_PASSWORD: 'data-pass', REDIS_SENTINEL_USERNAME: 'watcher', REDIS_TLS: true, REDIS_TLS_SERVER_NAME: 'redis.internal' });
+    expect(loadConfig({}).REDIS_TLS).toBe(false);
+    // A rediss:// URL is TLS already: its CA file is accepted.
+    expect(loadConfig({ REDIS_URL: 'rediss://redis:6380', REDIS_TLS_CA_FILE: '/ca.crt' }).REDIS_TLS_CA_FILE).toBe('/ca.crt');
+  });
+
+  it.each([
+    [{ REDIS_URL: 'redis://redis:6379', REDIS_PASSWORD: 'x' }, /^REDIS_PASSWORD: not used with REDIS_URL: put credentials in the URL/],
+    [{ REDIS_URL: 'redis://redis:6379', REDIS_TLS: 'true' }, /^REDIS_TLS: not used with REDIS_URL: .*rediss:\/\//],
+    [{ REDIS_CLUSTER_NODES: 'a:6379', REDIS_SENTINEL_PASSWORD: 'x' }, /^REDIS_SENTINEL_PASSWORD: only used with REDIS_SENTINELS/],
+    [{ ...sentinel, REDIS_USERNAME: 'ryvion' }, /^REDIS_PASSWORD: required with REDIS_USERNAME/],
+    [{ ...sentinel, REDIS_SENTINEL_USERNAME: 'watcher' }, /^REDIS_SENTINEL_PASSWORD: required with REDIS_SENTINEL_USERNAME/],
+    [{ ...sentinel, REDIS_TLS_CA_FILE: '/ca.crt' }, /^REDIS_TLS_CA_FILE: needs TLS: set REDIS_TLS=true/],
+    [{ REDIS_URL: 'redis://redis:6379', REDIS_TLS_SERVER_NAME: 'redis.internal' }, /^REDIS_TLS_SERVER_NAME: needs TLS/],
+  ])('refuses %o, naming the setting, without echoing a password', (env, message) => {
+    expect(() => loadConfig(env)).toThrow(message);
+    try {
+      loadConfig(env);
+    } catch (err) {
+      expect((err as Error).message).not.toMatch(/data-pass|sentinel-pass/);
+    }
+  });
+});
+
+describe('configuration: Postgres look-up cap within the pool', () => {
+  it('defaults the cap to the pool size less two (at least one), leaving room for lease renewals', () => {
+    expect(loadConfig({}).POSTGRES_LOOKUP_CONCURRENCY).toBe(8);
+    expect(loadConfig({ DATABASE_POOL_MAX: '20' }).POSTGRES_LOOKUP_CONCURRENCY).toBe(18);
+    expect(loadConfig({ DATABASE_POOL_MAX: '2' }).POSTGRES_LOOKUP_CONCURRENCY).toBe(1);
+    expect(loadConfig({ POSTGRES_LOOKUP_CONCURRENCY: '10' }).POSTGRES_LOOKUP_CONCURRENCY).toBe(10);
+  });
+
+  it('refuses a cap above the pool: those look-ups would queue inside the pool instead of answering 503', () => {
+    expect(() => loadConfig({ POSTGRES_LOOKUP_CONCURRENCY: '32' })).toThrow(
+      'POSTGRES_LOOKUP_CONCURRENCY: must be at most DATABASE_POOL_MAX (10): look-ups beyond the pool would queue inside it instead of answering 503',
+    );
+  });
+
+  it('leaves RATE_LIMIT_LOCAL_SHARE unset by default (the share follows the live replicas), and takes a fixed one', () => {
+    expect(loadConfig({}).RATE_LIMIT_LOCAL_SHARE).toBeUndefined();
+    expect(loadConfig({ RATE_LIMIT_LOCAL_SHARE: '0.25' }).RATE_LIMIT_LOCAL_SHARE).toBe(0.25);
+  });
+});

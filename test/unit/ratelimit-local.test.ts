@@ -1,0 +1,90 @@
+// The local fallback of the rate limiter: its share follows the live replicas, its state follows the
+// shared count, and a circuit breaker decides when to stop asking Redis.
+import { systemClock } from '../../src/time/clock.js';
+import { describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/observability/logger.js';
+import { Metrics } from '../../src/observability/metrics.js';
+import { gcra, type GcraResult, type Limit } from '../../src/ratelimit/gcra.js';
+import { MIN_LOCAL_SHARE, RateLimiter } from '../../src/ratelimit/limiter.js';
+import type { RedisGcra } from '../../src/ratelimit/redis-gcra.js';
+
+const LIMIT: Limit = { name: 'account', requests: 60, windowMs: 60_000, burst: 10 };
+
+/** A Redis stand-in running the same GCRA; `down` makes every call fail as a timeout would. */
+class FakeRedis {
+  calls = 0;
+  down = false;
+  private tat: number | undefined;
+  constructor(private readonly clock: { now(): number }) {}
+  async check(limits: readonly Limit[]): Promise<GcraResult> {
+    this.calls++;
+    if (this.down) throw new Error('Command timed out');
+    const r = gcra(limits, [this.tat], this.clock.now());
+    if (r.allowed) this.tat = r.newTats[0];
+    return r;
+  }
+}
+
+function limiter(opts: { replicas?: number; localShare?: number } = {}) {
+  // Time moves only when a test sets `t`; no timer is scheduled on this path.
+  const clock = { t: 1_000_000, now() { return this.t; }, setTimer: systemClock.setTimer };
+  const redis = new FakeRedis(clock);
+  const rl = new RateLimiter({
+    redis: redis as unknown as RedisGcra,
+    localShare: opts.localShare,
+    liveReplicas: () => opts.replicas ?? 1,
+    clock,
+    metrics: new Metrics({ defaultMetrics: false }),
+    logger: createLogger('silent'),
+  });
+  const admitted = async (n: number): Promise<number> => {
+    let ok = 0;
+    for (let i = 0; i < n; i++) if ((await rl.check([LIMIT], 'acct', 'key')).allowed) ok++;
+    return ok;
+  };
+  return { rl, redis, clock, admitted };
+}
+
+describe('local rate-limit share', () => {
+  it('is 1/N of the live replicas, never below the floor, unless fixed by RATE_LIMIT_LOCAL_SHARE', () => {
+    expect(limiter({ replicas: 1 }).rl.share()).toBe(1);
+    expect(limiter({ replicas: 3 }).rl.share()).toBeCloseTo(1 / 3);
+    expect(limiter({ replicas: 1000 }).rl.share()).toBe(MIN_LOCAL_SHARE);
+    expect(limiter({ replicas: 3, localShare: 0.25 }).rl.share()).toBe(0.25);
+  });
+
+  it('a Redis timeout right after the burst was used up denies: no fresh local burst', async () => {
+    const { redis, admitted } = limiter({ replicas: 1 });
+    expect(await admitted(10)).toBe(10);
+    redis.down = true;
+    expect(await admitted(5)).toBe(0);
+  });
+
+  it('after the outage the local limiter admits at the replica share of the rate, from where the shared count was', async () => {
+    const { redis, clock, admitted } = limiter({ replicas: 2 });
+    expect(await admitted(4)).toBe(4); // 4 of 10 used: 60% of the bucket left
+    redis.down = true;
+    // At a share of 1/2: a burst of 5, of which 60% is left: 3 at once.
+    expect(await admitted(10)).toBe(3);
+    // Then one per 2 s (30 per minute).
+    clock.t += 2000;
+    expect(await admitted(3)).toBe(1);
+  });
+});
+
+describe('circuit breaker in front of Redis', () => {
+  it('stops asking Redis after three failures in a row, then probes it once per second', async () => {
+    const { redis, clock, admitted } = limiter({ replicas: 1 });
+    redis.down = true;
+    await admitted(20);
+    expect(redis.calls).toBe(3);
+    clock.t += 1000;
+    await admitted(20);
+    expect(redis.calls).toBe(4);
+    redis.down = false;
+    clock.t += 1000;
+    await admitted(5);
+    // The probe succeeded: every later decision asks Redis again.
+    expect(redis.calls).toBe(9);
+  });
+});
