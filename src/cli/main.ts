@@ -32,9 +32,9 @@ async function withRepository<T>(config: Config, fn: (repo: KeyRepository) => Pr
   }
 }
 
-/** The key service the HTTP API uses, connected for one command. */
-async function withKeyService<T>(config: Config, fn: (keys: KeyService) => Promise<T>): Promise<T> {
-  const { keys, close } = await connectKeyService(config, { clock: systemClock, logger: createLogger('silent') });
+/** The key service the HTTP API uses, connected for one command (with the invalidation channels only to revoke). */
+async function withKeyService<T>(config: Config, fn: (keys: KeyService) => Promise<T>, revocations = false): Promise<T> {
+  const { keys, close } = await connectKeyService(config, { clock: systemClock, logger: createLogger('silent'), revocations });
   try {
     return await fn(keys);
   } finally {
@@ -197,7 +197,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .action(async (keyId: string, o: { json?: boolean }) => {
       if (!isKeyId(keyId)) throw new UsageError(`"${keyId}" is not a key id (key_...)`);
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
-      const result = await withKeyService(config, (keys) => keys.revoke(keyId, undefined, { keyId: null, via: 'cli' }));
+      const result = await withKeyService(config, (keys) => keys.revoke(keyId, undefined, { keyId: null, via: 'cli' }), true);
       if (!result) throw new NotFoundError(`no key ${keyId}`);
       print(!!o.json, { ...keyView(result.key), cache: result.cache }, `revoked ${keyId} at ${result.key.revokedAt?.toISOString()}`);
       // Revoked, but not everything could be done: say what holds, and fail.

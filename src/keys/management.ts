@@ -87,7 +87,8 @@ export interface RevokeOutcome {
 
 export interface KeyServiceDeps {
   repository: KeyRepository;
-  channel: RevocationChannel;
+  /** Needed by revoke only: a service opened to list or create has none. */
+  channel: RevocationChannel | undefined;
   redis: SharedTier | undefined;
   /** The longest lease a replica may hold: how long to wait when the live replicas cannot be read. */
   leaseMs: number;
@@ -136,6 +137,7 @@ export class KeyService {
    */
   async revoke(keyId: string, accountId: string | undefined, actor: AuditActor): Promise<RevokeOutcome | null> {
     const { repository, channel, metrics, logger } = this.deps;
+    if (!channel) throw new Error('KeyService.revoke needs the invalidation channel: open the service with revocations');
     const rid = randomUUID();
     const acks = channel.expectAcks(rid);
     try {
@@ -194,12 +196,20 @@ export function redisTierFor(config: Config, client: RedisClient): RedisTier {
 
 /**
  * The key service for a process that is not a replica (the CLI): its own
- * small pool, Redis for the marker, and a bus that only collects acknowledgements.
+ * small pool and, with `revocations`, Redis for the marker and a bus that only
+ * collects acknowledgements (listing and creating need neither).
  */
-export async function connectKeyService(config: Config, deps: { clock: Clock; logger: Logger }): Promise<{ keys: KeyService; close(): Promise<void> }> {
+export async function connectKeyService(
+  config: Config,
+  deps: { clock: Clock; logger: Logger; revocations: boolean },
+): Promise<{ keys: KeyService; close(): Promise<void> }> {
   if (!config.DATABASE_URL) throw new ConfigError('DATABASE_URL: required but not set');
   const pool = createPool({ connectionString: config.DATABASE_URL, max: 2, timeoutMs: config.MANAGEMENT_WRITE_TIMEOUT_MS, applicationName: 'ryvion-authz-cli' });
   const repository = new KeyRepository(pool, keyHasherFrom(config), config.KEY_ENVIRONMENT, config.MANAGEMENT_WRITE_TIMEOUT_MS);
+  if (!deps.revocations) {
+    const keys = new KeyService({ repository, channel: undefined, redis: undefined, leaseMs: config.INVALIDATION_LEASE_MS, clock: deps.clock, logger: deps.logger });
+    return { keys, close: () => pool.end().catch(() => undefined) };
+  }
   const redisPub = createRedis(config, 'command', 'ryvion-authz-cli');
   const redisSub = redisPub ? createRedis(config, 'subscriber', 'ryvion-authz-cli-sub') : undefined;
   const bus = new InvalidationBus({
