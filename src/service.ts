@@ -23,9 +23,23 @@ import { startPostgresProbe } from './observability/store-probe.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile, PolicyError, type CompiledPolicy } from './policy/policy.js';
 import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
+import { asPostgresUnavailable } from './store/errors.js';
 import { GrpcCheckServer } from './transport/grpc/server.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
 import { TrustedProxies } from './transport/http/client-address.js';
+
+/** Start-up waits this many attempts for a Postgres that is slow to accept connections (each up to the pool's connect timeout). */
+const STARTUP_POSTGRES_ATTEMPTS = 3;
+
+async function patiently<T>(work: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await work();
+    } catch (err) {
+      if (attempt >= STARTUP_POSTGRES_ATTEMPTS || !asPostgresUnavailable(err)) throw err;
+    }
+  }
+}
 
 /** A start-up failure the operator can fix; the message is the one line to print. */
 export class StartupError extends Error {
@@ -88,7 +102,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
   const pool = createPool({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_MAX, timeoutMs: config.STORE_TIMEOUT_MS });
   metrics.observePostgresPool(config.DATABASE_POOL_MAX, () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }));
   try {
-    const schema = await schemaState(pool);
+    const schema = await patiently(() => schemaState(pool));
     if (!schema.ok) {
       throw new StartupError(
         `database schema is older than this version needs (missing ${schema.missing.join(', ')}): run \`ryvion-authz migrate\` or set MIGRATE_ON_START=true`,

@@ -18,7 +18,10 @@ export function createPool(opts: PoolOptions): pg.Pool {
   const pool = new pg.Pool({
     connectionString: opts.connectionString,
     max: opts.max,
-    connectionTimeoutMillis: Math.max(opts.timeoutMs, 1000),
+    // Look-ups on the Check path carry their own deadline (STORE_TIMEOUT_MS + a margin, in the
+    // resolver), so a slow new connection can be waited for here: on a loaded machine Postgres
+    // took seconds to accept one, and signals, writes and start-up must not fail for that.
+    connectionTimeoutMillis: Math.max(opts.timeoutMs, 5000),
     query_timeout: opts.timeoutMs,
     idleTimeoutMillis: 30_000,
     application_name: opts.applicationName ?? 'ryvion-authz',

@@ -185,13 +185,13 @@ describe('a store that hangs', () => {
     const k = await r.service.repository.createKey({ accountId, name: 'k', scope: 'buyer', expiresAt: null });
 
     // Open connections are cut and new ones never answered: every look-up needs a new connection,
-    // which pg would wait for up to its 1 s connection timeout.
+    // which pg would wait for up to its connection timeout (seconds).
     proxy.hang();
     const t0 = performance.now();
     expect(status(await check(r, k.secret))).toBe(503);
     const waited = performance.now() - t0;
     console.log(`Check of an uncached key with Postgres hung: ${waited.toFixed(0)} ms (STORE_TIMEOUT_MS 100)`);
-    // One generous ceiling for a busy machine, still below the 1 s a new connection may take.
+    // One generous ceiling for a busy machine, still below the 1 s a new connection took before the deadline.
     expect(waited).toBeLessThan(800);
   });
 });
