@@ -20,7 +20,7 @@ import { startPostgresProbe } from './observability/store-probe.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile, PolicyError, type CompiledPolicy } from './policy/policy.js';
 import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
-import { GrpcCheckServer } from './transport/grpc/server.js';
+import { GrpcCheckServer, routeGrpcLogs } from './transport/grpc/server.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
 
 /** A start-up failure the operator can fix; the message is the one line to print. */
@@ -142,6 +142,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     },
   });
 
+  routeGrpcLogs(logger);
   const grpcServer = new GrpcCheckServer(pipeline, recorder, {
     stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
     mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,

@@ -12,6 +12,7 @@ import { parse as parseYaml } from 'yaml';
 import { sendCheck } from '../../src/cli/check-client.js';
 import { postmasterPid } from '../../src/dev/embedded-postgres.js';
 import { freePort } from '../helpers/redis-server.js';
+import { runCliProcess } from '../helpers/cli.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const KEY_RE = /ryv_live_[0-9A-Za-z]{49}/g;
@@ -219,6 +220,11 @@ describe('ryvion-authz dev', () => {
     await expectKeyWorks(p, key1);
     expect(await stopGroup(first)).toBe(0);
     await expectNothingRunning(dataDir);
+    // Admin commands without DATABASE_URL find the dev store in DATA_DIR, and say when it is not running.
+    const accountId = /Created account (acct_\w+)/.exec(first.output())![1]!;
+    const stopped = await runCliProcess(['keys', 'list', '--account', accountId], { DATA_DIR: dataDir });
+    expect(stopped).toMatchObject({ code: 2, stdout: '' });
+    expect(stopped.stderr).toMatch(/is not running: run `npm start` first/);
 
     // 2. restart: same keys, nothing printed
     const second = await start(cli[0], [...cli[1]], env);
@@ -227,6 +233,14 @@ describe('ryvion-authz dev', () => {
     expect(second.output()).not.toContain('ryvion-authz dev: first start');
     await expectKeyWorks(p, key1);
     await expectKeyWorks(p, key2);
+    const usingDevStore = `ryvion-authz: DATABASE_URL is unset: using the running dev store in ${dataDir}\n`;
+    const listed = await runCliProcess(['keys', 'list', '--account', accountId, '--json'], { DATA_DIR: dataDir });
+    expect(listed).toMatchObject({ code: 0, stderr: usingDevStore });
+    expect((JSON.parse(listed.stdout) as { id: string }[]).map((k) => k.id).sort()).toEqual([who.body.key!.id, created.body.id].sort());
+    expect(await runCliProcess(['accounts', 'set-limit', '--account', accountId, '--rpm', '120'], { DATA_DIR: dataDir })).toMatchObject({ code: 0, stderr: usingDevStore });
+    const audit = await runCliProcess(['audit', '--account', accountId, '--json'], { DATA_DIR: dataDir });
+    expect(audit).toMatchObject({ code: 0, stderr: usingDevStore });
+    expect((JSON.parse(audit.stdout) as { action: string }[]).map((e) => e.action)).toContain('key.created');
 
     // 3. the process dies (SIGKILL, no handler runs): its Postgres stops by itself
     const pm = postmasterPid(dataDir);
