@@ -1,8 +1,6 @@
 // CommonJS on purpose: Vite loads an ESM config through a temporary file in node_modules/.vite-temp,
 // and any write under node_modules makes npm (npx) reread the whole tree on every call.
-import type { ViteUserConfig } from 'vitest/config';
-
-const config: ViteUserConfig = {
+const config: import('vitest/config').ViteUserConfig = {
   // Not node_modules/.vite, for the same reason.
   cacheDir: '.cache/vite',
   test: {
@@ -15,4 +13,4 @@ const config: ViteUserConfig = {
   },
 };
 
-export default config;
+export = config;
