@@ -13,6 +13,7 @@ import { sendCheck } from '../../src/cli/check-client.js';
 import { postmasterPid } from '../../src/dev/embedded-postgres.js';
 import { freePort } from '../helpers/redis-server.js';
 import { runCliProcess } from '../helpers/cli.js';
+import { ensureBuilt } from '../helpers/build.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const KEY_RE = /ryv_live_[0-9A-Za-z]{49}/g;
@@ -289,22 +290,6 @@ describe('ryvion-authz dev', () => {
   });
 });
 
-/** dist/ is what `npm start` runs (bin/ryvion-authz.js imports it); `npm ci` builds it, a stale one is rebuilt here. */
-function ensureBuilt(): void {
-  const entry = path.join(ROOT, 'dist', 'cli', 'entry.js');
-  const newestSource = (dir: string): number =>
-    Math.max(
-      0,
-      ...readdirSync(dir, { withFileTypes: true }).map((e) =>
-        e.isDirectory() ? newestSource(path.join(dir, e.name)) : e.name.endsWith('.ts') ? statSync(path.join(dir, e.name)).mtimeMs : 0,
-      ),
-    );
-  const built = existsSync(entry) && existsSync(path.join(ROOT, 'dist', 'dev', 'command.js')) ? statSync(entry).mtimeMs : 0;
-  if (built >= newestSource(path.join(ROOT, 'src'))) return;
-  // tsc emits even when another file has a type error; the type check is CI's job, not this test's.
-  spawnSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'ignore', timeout: 180_000 });
-  if (!existsSync(path.join(ROOT, 'dist', 'dev', 'command.js'))) throw new Error('npm run build did not produce dist/dev/command.js');
-}
 
 describe('npm start', () => {
   beforeAll(() => ensureBuilt(), 200_000);
