@@ -3,7 +3,7 @@
 // (Check) and HTTP; restarts keep every key and never print one again; a killed process leaves no
 // Postgres behind. Start-to-ready times are printed (the README quotes them).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';

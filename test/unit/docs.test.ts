@@ -3,6 +3,8 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { welcomeText } from '../../src/dev/bootstrap.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 // Written on other branches at the same time as this test (issue 15: revocation; production topology).
@@ -30,5 +32,19 @@ describe('documentation', () => {
       }
     }
     expect(broken).toEqual([]);
+  });
+
+  it('gives Envoy the same ext_authz timeout everywhere: docs/proxies/envoy.md, deploy/envoy/envoy.yaml and the dev banner', () => {
+    type Filter = { name: string; typed_config: { grpc_service?: { timeout: string } } };
+    const timeoutIn = (filters: Filter[]): string | undefined => filters.find((f) => f.name === 'envoy.filters.http.ext_authz')?.typed_config.grpc_service?.timeout;
+    const doc = readFileSync(path.join(ROOT, 'docs/proxies/envoy.md'), 'utf8');
+    const snippet = parseYaml(/```yaml\n([\s\S]*?)```/.exec(doc)![1]!) as { http_filters: Filter[] };
+    const shipped = readFileSync(path.join(ROOT, 'deploy/envoy/envoy.yaml'), 'utf8');
+    const shippedFilters = [...shipped.matchAll(/^\s*- name: envoy\.filters\.http\.ext_authz[\s\S]*?timeout: (\S+)/gm)].map((m) => m[1]);
+    const banner = welcomeText({ secret: 'ryv_live_x', keyId: 'key_x', accountId: 'acct_x', httpPort: 8080, grpcPort: 9191, dataDir: '/tmp/x' });
+    const bannerYaml = parseYaml(banner.slice(banner.indexOf('http_filters:'), banner.indexOf('\nData, pepper'))) as { http_filters: Filter[] };
+    expect(shippedFilters).toEqual(['0.25s']);
+    expect(timeoutIn(snippet.http_filters)).toBe('0.25s');
+    expect(timeoutIn(bannerYaml.http_filters)).toBe('0.25s');
   });
 });
