@@ -11,11 +11,12 @@
 #            (package.json "files": bin, dist, proto, migrations, policy), owned by root and run
 #            as an unprivileged numeric user, so it works with a read-only root filesystem and
 #            Kubernetes can verify runAsNonRoot.
-# The code runs on Node 20 too (package.json engines); the image uses Node 22, an LTS line that
-# still receives security fixes. Pin the base by digest in your own registry if you need
+# Node 20, the major every test runs on (test/deploy/dockerfile.test.ts holds the image to the
+# suite's Node). package.json engines (^20.19 || ^22.13 || >=24) is what the dependencies need;
+# only Node 20 is tested here. Pin the base by digest in your own registry if you need
 # reproducible builds.
 
-FROM node:22-bookworm-slim AS build
+FROM node:20-bookworm-slim AS build
 WORKDIR /src
 # Dependencies first: this layer is reused while package*.json do not change.
 COPY package.json package-lock.json ./
@@ -26,7 +27,7 @@ COPY tsconfig.json ./
 COPY src ./src
 RUN npm run build
 
-FROM node:22-bookworm-slim AS runtime
+FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./

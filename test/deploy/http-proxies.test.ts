@@ -3,7 +3,7 @@
 // in Debian: parsed and checked against the options Traefik documents). Each must send what the
 // /authz endpoint reads, pass back every header its answers carry, fail closed, and serve
 // /api/v1/auth/ without authorization while stripping the identity headers there.
-// deploy/nginx/nginx.conf runs for real in test/e2e/nginx.test.ts.
+// deploy/nginx (nginx.local.conf with ryvion-http.conf) runs for real in test/e2e/nginx.test.ts.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';

@@ -1,4 +1,4 @@
-// End to end through Debian's nginx running the shipped deploy/nginx/nginx.conf, with ryvion-authz
+// End to end through Debian's nginx running the shipped deploy/nginx/nginx.local.conf (the set-up of nginx.conf on 127.0.0.1), with ryvion-authz
 // (real Postgres and Redis) as its auth_request endpoint and a small upstream, driven by clients
 // nobody here wrote: the official openai SDK, the official MCP SDK, and the documentation's curl.
 import { spawn } from 'node:child_process';
@@ -17,7 +17,7 @@ import { z } from 'zod';
 import { denialResponse } from '../../src/check/outcomes.js';
 import { generateKey } from '../../src/keys/format.js';
 import type { RunningService } from '../../src/service.js';
-import { TestNginx, requireNginx } from '../helpers/nginx.js';
+import { TestNginx, checkKubernetesConfig, requireNginx } from '../helpers/nginx.js';
 import { freePort } from '../helpers/redis-server.js';
 import { metricValue, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
@@ -376,5 +376,12 @@ describe('ryvion-authz unable to decide, through nginx', () => {
     expect((err as InternalServerError).status).toBe(503);
     expect((err as InternalServerError).code).toBe('auth_unavailable');
     expect((err as InternalServerError).headers.get('retry-after')).toBe('1');
+  });
+});
+
+describe('the shipped nginx configurations', () => {
+  it('nginx.conf (Kubernetes names) passes nginx -t with the same ryvion-http.conf the local variant runs', () => {
+    const { ok, stderr } = checkKubernetesConfig();
+    expect(ok, stderr).toBe(true);
   });
 });

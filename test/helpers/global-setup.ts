@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { Redis } from 'ioredis';
+import { probePostgres, probeRedis, storeWaitMs, type ProbeResult } from './store-probe.js';
 import type { TestProject } from 'vitest/node';
 import { migrate } from '../../src/store/postgres.js';
 
@@ -18,32 +19,6 @@ declare module 'vitest' {
 const LOCAL_PG = 'postgres://postgres@127.0.0.1:5432/postgres';
 const LOCAL_REDIS = 'redis://127.0.0.1:6379';
 const HOW = 'set TEST_DATABASE_URL (a Postgres server where tests may create databases) and TEST_REDIS_URL, or run Postgres on 127.0.0.1:5432 and Redis on 127.0.0.1:6379, or start a Docker engine';
-
-async function pgAnswers(url: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
-async function redisAnswers(url: string): Promise<boolean> {
-  const r = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  r.on('error', () => undefined);
-  try {
-    await r.connect();
-    return (await r.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    r.disconnect();
-  }
-}
 
 /** Last resort when neither the environment nor local services answer. */
 async function fromContainers(): Promise<{ pg: string; redis: string; stop: () => Promise<void> } | undefined> {
@@ -79,13 +54,20 @@ export default async function setup(project: TestProject): Promise<() => Promise
   let redisUrl = process.env.TEST_REDIS_URL;
   let stopContainers: (() => Promise<void>) | undefined;
 
-  if (pgUrl && !(await pgAnswers(pgUrl))) fail(`TEST_DATABASE_URL does not answer; ${HOW}`);
-  if (redisUrl && !(await redisAnswers(redisUrl))) fail(`TEST_REDIS_URL does not answer; ${HOW}`);
-  if (!pgUrl && (await pgAnswers(LOCAL_PG))) pgUrl = LOCAL_PG;
-  if (!redisUrl && (await redisAnswers(LOCAL_REDIS))) redisUrl = LOCAL_REDIS;
+  const waitMs = storeWaitMs();
+  const [pgProbe, redisProbe] = await Promise.all([
+    probePostgres(pgUrl ?? LOCAL_PG, waitMs),
+    probeRedis(redisUrl ?? LOCAL_REDIS, waitMs),
+  ]);
+  const why = (p: ProbeResult): string => (p.ok ? '' : p.why);
+  if (pgUrl && !pgProbe.ok) fail(`TEST_DATABASE_URL does not answer (${why(pgProbe)}); ${HOW}`);
+  if (redisUrl && !redisProbe.ok) fail(`TEST_REDIS_URL does not answer (${why(redisProbe)}); ${HOW}`);
+  if (!pgUrl && pgProbe.ok) pgUrl = LOCAL_PG;
+  if (!redisUrl && redisProbe.ok) redisUrl = LOCAL_REDIS;
   if (!pgUrl || !redisUrl) {
     const containers = await fromContainers();
-    if (!containers) fail(`no Postgres or Redis to test against: ${HOW}`);
+    const missing = [pgProbe, redisProbe].filter((p) => !p.ok).map(why).join('; ');
+    if (!containers) fail(`no store to test against (${missing}; no Docker engine for testcontainers either): ${HOW}`);
     pgUrl ??= containers.pg;
     redisUrl ??= containers.redis;
     stopContainers = containers.stop;

@@ -1,5 +1,5 @@
-// Runs Debian's nginx as a test process with the shipped deploy/nginx/nginx.conf, only its
-// addresses (and the paths a test process needs) replaced.
+// Runs Debian's nginx as a test process with the shipped deploy/nginx/nginx.local.conf and the
+// ryvion-http.conf it shares with nginx.conf, only their three ports and the access log replaced.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { freePort } from './redis-server.js';
 
-export const SHIPPED_NGINX_CONF = path.resolve(import.meta.dirname, '../../deploy/nginx/nginx.conf');
+const SHIPPED = path.resolve(import.meta.dirname, '../../deploy/nginx');
 
 /** The one line a test fails with when nginx is not installed. */
 export function requireNginx(): string {
@@ -17,21 +17,44 @@ export function requireNginx(): string {
 }
 
 /** Replaces `from` by `to`, insisting it occurs exactly once, so a changed shipped file fails loudly. */
-function replaceOnce(text: string, from: string, to: string): string {
+function replaceOnce(file: string, text: string, from: string, to: string): string {
   const at = text.indexOf(from);
-  if (at === -1 || text.indexOf(from, at + 1) !== -1) throw new Error(`deploy/nginx/nginx.conf: expected exactly one "${from}"`);
+  if (at === -1 || text.indexOf(from, at + 1) !== -1) throw new Error(`deploy/nginx/${file}: expected exactly one "${from}"`);
   return text.slice(0, at) + to + text.slice(at + from.length);
 }
 
-/** The shipped configuration pointed at test addresses, with its files under `dir`. */
-export function nginxConfigFor(opts: { listenPort: number; authz: string; api: string; dir: string }): string {
-  let conf = readFileSync(SHIPPED_NGINX_CONF, 'utf8');
-  conf = replaceOnce(conf, 'listen 10000;', `listen 127.0.0.1:${opts.listenPort};`);
-  conf = replaceOnce(conf, 'server ryvion-authz:8080;', `server ${opts.authz};`);
-  conf = replaceOnce(conf, 'server ryvion-api:8000;', `server ${opts.api};`);
-  conf = replaceOnce(conf, 'access_log /dev/stdout ryvion;', `access_log ${opts.dir}/access.log ryvion;`);
-  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `    ${t}_temp_path ${opts.dir}/${t}_temp;`).join('\n');
-  return replaceOnce(conf, 'http {\n', `http {\n${temp}\n`);
+/** The shipped local configuration pointed at test ports, written into `dir` (nginx's prefix). */
+export function writeNginxConfig(opts: { listenPort: number; authz: string; api: string; dir: string }): void {
+  let local = readFileSync(path.join(SHIPPED, 'nginx.local.conf'), 'utf8');
+  local = replaceOnce('nginx.local.conf', local, 'server 127.0.0.1:8080;', `server ${opts.authz};`);
+  local = replaceOnce('nginx.local.conf', local, 'server 127.0.0.1:8000;', `server ${opts.api};`);
+  let http = readFileSync(path.join(SHIPPED, 'ryvion-http.conf'), 'utf8');
+  http = replaceOnce('ryvion-http.conf', http, 'listen 10000;', `listen 127.0.0.1:${opts.listenPort};`);
+  http = replaceOnce('ryvion-http.conf', http, 'access_log /dev/stdout ryvion;', `access_log ${opts.dir}/access.log ryvion;`);
+  writeFileSync(path.join(opts.dir, 'nginx.local.conf'), local);
+  writeFileSync(path.join(opts.dir, 'ryvion-http.conf'), http);
+}
+
+/**
+ * `nginx -t` on the shipped Kubernetes nginx.conf (with ryvion-http.conf beside it), its two
+ * upstream hosts pointed at 127.0.0.1 so that they resolve here. Returns nginx's error output.
+ */
+export function checkKubernetesConfig(): { ok: boolean; stderr: string } {
+  const bin = requireNginx();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ryvion-nginx-k8s-'));
+  try {
+    let conf = readFileSync(path.join(SHIPPED, 'nginx.conf'), 'utf8');
+    conf = replaceOnce('nginx.conf', conf, 'server ryvion-authz:8080;', 'server 127.0.0.1:8080;');
+    conf = replaceOnce('nginx.conf', conf, 'server ryvion-api:8000;', 'server 127.0.0.1:8000;');
+    writeFileSync(path.join(dir, 'nginx.conf'), conf);
+    // A test's stdout may be a socket, which nginx cannot open as /dev/stdout.
+    const http = replaceOnce('ryvion-http.conf', readFileSync(path.join(SHIPPED, 'ryvion-http.conf'), 'utf8'), 'access_log /dev/stdout ryvion;', `access_log ${dir}/access.log ryvion;`);
+    writeFileSync(path.join(dir, 'ryvion-http.conf'), http);
+    const r = spawnSync(bin, ['-t', '-q', '-p', `${dir}/`, '-c', 'nginx.conf', '-e', 'stderr', '-g', `pid ${dir}/nginx.pid;`], { encoding: 'utf8' });
+    return { ok: r.status === 0, stderr: r.stderr };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 export class TestNginx {
@@ -64,10 +87,10 @@ export class TestNginx {
     this.port = await freePort();
     // Workers run as an unprivileged user when the tests run as root: they must reach the temp paths.
     chmodSync(this.dir, 0o755);
-    writeFileSync(path.join(this.dir, 'nginx.conf'), nginxConfigFor({ listenPort: this.port, dir: this.dir, ...this.addresses }));
-    const check = spawnSync(bin, ['-t', '-q', '-p', `${this.dir}/`, '-c', 'nginx.conf', '-e', 'stderr', '-g', `pid ${this.dir}/nginx.pid;`], { encoding: 'utf8' });
+    writeNginxConfig({ listenPort: this.port, dir: this.dir, ...this.addresses });
+    const check = spawnSync(bin, ['-t', '-q', '-p', `${this.dir}/`, '-c', 'nginx.local.conf', '-e', 'stderr'], { encoding: 'utf8' });
     if (check.status !== 0) throw new Error(`nginx -t rejected the generated configuration:\n${check.stderr}`);
-    this.child = spawn(bin, ['-p', `${this.dir}/`, '-c', 'nginx.conf', '-e', 'stderr', '-g', `daemon off; pid ${this.dir}/nginx.pid;`], {
+    this.child = spawn(bin, ['-p', `${this.dir}/`, '-c', 'nginx.local.conf', '-e', 'stderr', '-g', 'daemon off;'], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     this.child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));

@@ -4,6 +4,7 @@ import net from 'node:net';
 export class TcpProxy {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
+  private holdMs = 0;
   private holding = false;
   private readonly flows = new Set<{ client: net.Socket; upstream: net.Socket }>();
   port = 0;
@@ -23,22 +24,45 @@ export class TcpProxy {
         client.resume();
         return;
       }
-      const upstream = net.connect(this.targetPort, this.targetHost);
-      for (const s of [client, upstream]) {
-        this.sockets.add(s);
-        s.on('close', () => this.sockets.delete(s));
-        s.on('error', () => s.destroy());
+      const hold = this.holdMs;
+      this.holdMs = 0;
+      if (hold > 0) {
+        // Accepted but silent, as a store on a loaded machine: what the client sends waits in the socket.
+        this.sockets.add(client);
+        client.on('error', () => client.destroy());
+        const timer = setTimeout(() => this.connect(client), hold);
+        client.on('close', () => {
+          clearTimeout(timer);
+          this.sockets.delete(client);
+        });
+        return;
       }
-      const flow = { client, upstream };
-      this.flows.add(flow);
-      client.on('close', () => this.flows.delete(flow));
-      client.pipe(upstream).pipe(client);
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
+      this.connect(client);
     });
     await new Promise<void>((resolve) => this.server!.listen(port, '127.0.0.1', resolve));
     this.port = (this.server.address() as net.AddressInfo).port;
     return this.port;
+  }
+
+  /** The next connection is accepted, then held `ms` before it reaches the store. */
+  holdNextConnection(ms: number): void {
+    this.holdMs = ms;
+  }
+
+  private connect(client: net.Socket): void {
+    if (client.destroyed) return;
+    const upstream = net.connect(this.targetPort, this.targetHost);
+    for (const s of [client, upstream]) {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+      s.on('error', () => s.destroy());
+    }
+    const flow = { client, upstream };
+    this.flows.add(flow);
+    client.on('close', () => this.flows.delete(flow));
+    client.pipe(upstream).pipe(client);
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
   }
 
   /** Refuses new connections and cuts the open ones: the store is "down". */

@@ -1,4 +1,8 @@
 // The ryvion-authz command line against a real Postgres: output shapes, exit codes, one-line errors.
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCliProcess, startCliProcess, waitForExit } from '../helpers/cli.js';
@@ -132,7 +136,8 @@ describe('accounts, keys and check, end to end', () => {
   it('check against nothing listening exits 1 with one line', async () => {
     const r = await runCliProcess(['check', '--key', 'x', '--target', '127.0.0.1:1', '--timeout-ms', '1000'], {});
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^ryvion-authz: cannot reach 127\.0\.0\.1:1/);
+    expect(r.stderr).toMatch(/^ryvion-authz: cannot reach 127\.0\.0\.1:1: .*ECONNREFUSED 127\.0\.0\.1:1\n$/);
+    expect(r.stderr).not.toMatch(/Resolution note/);
     oneLine(r.stderr);
   });
 });
@@ -191,7 +196,65 @@ describe('bad arguments exit 2 and write nothing', () => {
   });
 });
 
+describe('version and store hints', () => {
+  it('--version prints the package version', async () => {
+    const r = await runCliProcess(['--version'], {});
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    expect(r).toMatchObject({ code: 0, stdout: `${pkg.version}\n`, stderr: '' });
+  });
+
+  it('keys list on a database that was never migrated says to run migrate', async () => {
+    const empty = await freshDatabase({ empty: true });
+    try {
+      const r = await runCliProcess(['keys', 'list', '--account', 'acct_00000000000000000000'], { ...env, DATABASE_URL: empty.url });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe('ryvion-authz: the database has no ryvion-authz tables yet: run `ryvion-authz migrate` first\n');
+    } finally {
+      await empty.drop();
+    }
+  });
+
+  it('admin commands without DATABASE_URL: a stopped dev store in DATA_DIR says to run npm start; no dev store, DATABASE_URL is required', async () => {
+    const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ryvion-cli-'));
+    try {
+      const noStore = await runCliProcess(['keys', 'list', '--account', 'acct_00000000000000000000'], { DATA_DIR: dataDir });
+      expect(noStore.code).toBe(2);
+      expect(noStore.stderr).toMatch(/^ryvion-authz: DATABASE_URL: required but not set/);
+      // What a dev store leaves when it is stopped: its data directory, no running postmaster.
+      mkdirSync(path.join(dataDir, 'postgres'));
+      writeFileSync(path.join(dataDir, 'postgres', 'PG_VERSION'), '18\n');
+      for (const args of [['accounts', 'create', '--email', 'a@example.com'], ['audit', '--account', 'acct_00000000000000000000']]) {
+        const stopped = await runCliProcess(args, { DATA_DIR: dataDir });
+        expect(stopped.code).toBe(2);
+        expect(stopped.stderr).toBe(`ryvion-authz: DATABASE_URL: not set, and the dev store in ${dataDir} is not running: run \`npm start\` first (or set DATABASE_URL)\n`);
+      }
+      // serve and migrate never look there.
+      for (const cmd of ['serve', 'migrate']) {
+        const r = await runCliProcess([cmd], { DATA_DIR: dataDir, KEY_PEPPER: testPepper() });
+        expect(r.code).toBe(2);
+        expect(r.stderr).toMatch(/^ryvion-authz: DATABASE_URL: required but not set/);
+      }
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('serve refuses to start wrongly configured', () => {
+  it('on a port already taken: exit 1 with one line, nothing from grpc-js', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (taken.address() as net.AddressInfo).port;
+      const r = await runCliProcess(['serve'], { ...env, ...(await ports()), GRPC_PORT: String(port), BIND_ADDRESS: '127.0.0.1', MIGRATE_ON_START: 'true', LOG_LEVEL: 'error' });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^ryvion-authz: cannot listen: .*EADDRINUSE/);
+      oneLine(r.stderr);
+    } finally {
+      taken.close();
+    }
+  });
+
   it('without DATABASE_URL: exit 2, one line, no embedded fallback', async () => {
     const r = await runCliProcess(['serve'], { KEY_PEPPER: testPepper() });
     expect(r.code).toBe(2);

@@ -3,7 +3,7 @@
 // (Check) and HTTP; restarts keep every key and never print one again; a killed process leaves no
 // Postgres behind. Start-to-ready times are printed (the README quotes them).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,6 +12,8 @@ import { parse as parseYaml } from 'yaml';
 import { sendCheck } from '../../src/cli/check-client.js';
 import { postmasterPid } from '../../src/dev/embedded-postgres.js';
 import { freePort } from '../helpers/redis-server.js';
+import { runCliProcess } from '../helpers/cli.js';
+import { ensureBuilt } from '../helpers/build.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const KEY_RE = /ryv_live_[0-9A-Za-z]{49}/g;
@@ -219,6 +221,11 @@ describe('ryvion-authz dev', () => {
     await expectKeyWorks(p, key1);
     expect(await stopGroup(first)).toBe(0);
     await expectNothingRunning(dataDir);
+    // Admin commands without DATABASE_URL find the dev store in DATA_DIR, and say when it is not running.
+    const accountId = /Created account (acct_\w+)/.exec(first.output())![1]!;
+    const stopped = await runCliProcess(['keys', 'list', '--account', accountId], { DATA_DIR: dataDir });
+    expect(stopped).toMatchObject({ code: 2, stdout: '' });
+    expect(stopped.stderr).toMatch(/is not running: run `npm start` first/);
 
     // 2. restart: same keys, nothing printed
     const second = await start(cli[0], [...cli[1]], env);
@@ -227,6 +234,14 @@ describe('ryvion-authz dev', () => {
     expect(second.output()).not.toContain('ryvion-authz dev: first start');
     await expectKeyWorks(p, key1);
     await expectKeyWorks(p, key2);
+    const usingDevStore = `ryvion-authz: DATABASE_URL is unset: using the running dev store in ${dataDir}\n`;
+    const listed = await runCliProcess(['keys', 'list', '--account', accountId, '--json'], { DATA_DIR: dataDir });
+    expect(listed).toMatchObject({ code: 0, stderr: usingDevStore });
+    expect((JSON.parse(listed.stdout) as { id: string }[]).map((k) => k.id).sort()).toEqual([who.body.key!.id, created.body.id].sort());
+    expect(await runCliProcess(['accounts', 'set-limit', '--account', accountId, '--rpm', '120'], { DATA_DIR: dataDir })).toMatchObject({ code: 0, stderr: usingDevStore });
+    const audit = await runCliProcess(['audit', '--account', accountId, '--json'], { DATA_DIR: dataDir });
+    expect(audit).toMatchObject({ code: 0, stderr: usingDevStore });
+    expect((JSON.parse(audit.stdout) as { action: string }[]).map((e) => e.action)).toContain('key.created');
 
     // 3. the process dies (SIGKILL, no handler runs): its Postgres stops by itself
     const pm = postmasterPid(dataDir);
@@ -275,22 +290,6 @@ describe('ryvion-authz dev', () => {
   });
 });
 
-/** dist/ is what `npm start` runs (bin/ryvion-authz.js imports it); `npm ci` builds it, a stale one is rebuilt here. */
-function ensureBuilt(): void {
-  const entry = path.join(ROOT, 'dist', 'cli', 'entry.js');
-  const newestSource = (dir: string): number =>
-    Math.max(
-      0,
-      ...readdirSync(dir, { withFileTypes: true }).map((e) =>
-        e.isDirectory() ? newestSource(path.join(dir, e.name)) : e.name.endsWith('.ts') ? statSync(path.join(dir, e.name)).mtimeMs : 0,
-      ),
-    );
-  const built = existsSync(entry) && existsSync(path.join(ROOT, 'dist', 'dev', 'command.js')) ? statSync(entry).mtimeMs : 0;
-  if (built >= newestSource(path.join(ROOT, 'src'))) return;
-  // tsc emits even when another file has a type error; the type check is CI's job, not this test's.
-  spawnSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'ignore', timeout: 180_000 });
-  if (!existsSync(path.join(ROOT, 'dist', 'dev', 'command.js'))) throw new Error('npm run build did not produce dist/dev/command.js');
-}
 
 describe('npm start', () => {
   beforeAll(() => ensureBuilt(), 200_000);

@@ -255,17 +255,24 @@ describe('when Redis goes away under load', () => {
   it('decisions continue from a local limiter, and shared limiting resumes once Redis is back', async () => {
     const redis = new ThrowawayRedis(await freePort());
     await redis.start();
+    let running = true;
+    let load: Promise<void> | undefined;
     try {
       const r = await replica({ REDIS_URL: redis.url, RATE_LIMIT_LOCAL_SHARE: '0.5' });
       const key = await keyOn(r.service, 'roomy');
       let errors = 0;
-      let running = true;
       const statuses: number[] = [];
-      const load = (async () => {
+      // A failed call counts as an error, never a rejection: the loop must not outlive the test
+      // and reject later, when the file's clients are closed ("Channel has been shut down").
+      load = (async () => {
         while (running) {
-          const s = status(await check(r.client, key));
-          statuses.push(s);
-          if (s !== 200 && s !== 429) errors++;
+          try {
+            const s = status(await check(r.client, key));
+            statuses.push(s);
+            if (s !== 200 && s !== 429) errors++;
+          } catch {
+            errors++;
+          }
         }
       })();
       await new Promise((res) => setTimeout(res, 200));
@@ -284,6 +291,9 @@ describe('when Redis goes away under load', () => {
       expect(errors).toBe(0);
       expect(statuses.length).toBeGreaterThan(20);
     } finally {
+      // Also when an assertion above failed: stop the load before the clients close.
+      running = false;
+      await load;
       await redis.dispose();
     }
   });

@@ -21,6 +21,9 @@ describe('configuration', () => {
     [{ DATABASE_URL: 'mysql://x' }, /^DATABASE_URL: must be a postgres/],
     [{ HTTP_PORT: '9191' }, /^GRPC_PORT: GRPC_PORT, HTTP_PORT and OPS_PORT must differ/],
     [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL: /],
+    [{ STORE_TIMEOUT_MS: 'abc' }, /^STORE_TIMEOUT_MS: must be a whole number of milliseconds$/],
+    [{ CACHE_MEMORY_MAX_KEYS: '1.5' }, /^CACHE_MEMORY_MAX_KEYS: must be a whole number of entries$/],
+    [{ GRPC_PORT: 'x' }, /^GRPC_PORT: must be a port number, 1-65535$/],
   ])('rejects %o with one line naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     try {

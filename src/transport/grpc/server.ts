@@ -3,12 +3,21 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import type { CheckPipeline } from '../../check/pipeline.js';
 import type { DecisionRecorder } from '../../observability/decision-log.js';
+import type { Logger } from '../../observability/logger.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from './proto.js';
 import { deniedResponse, newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
 import { withFastCheckResponse } from './wire.js';
 import { GrpcListener } from './listener.js';
 
 export const CHECK_SERVICE_NAME = 'envoy.service.auth.v3.Authorization';
+
+/**
+ * grpc-js writes its own `E ...` lines to stderr for failures it also hands to its caller (a port
+ * that cannot be bound, for one), which the service reports itself: keep them at debug, as JSON.
+ */
+export function routeGrpcLogs(logger: Logger): void {
+  grpc.setLogger({ error: (...args: unknown[]) => logger.debug({ component: 'grpc-js' }, args.map(String).join(' ')) });
+}
 
 export interface GrpcServerOptions extends ResponseOptions {
   /** `deny`: a store outage is a 503 denial. `rpc_error`: an UNAVAILABLE RPC error, so the proxy's failure_mode_allow decides. */
