@@ -117,6 +117,10 @@ const schema = z.object({
   MAX_KEYS_PER_ACCOUNT: positiveInt.default(100),
   // Each statement of a key create or revoke (not the Check path's STORE_TIMEOUT_MS), in milliseconds.
   MANAGEMENT_WRITE_TIMEOUT_MS: positiveInt.max(60_000, 'must be at most 60000').default(5000),
+  // The longest overlap a roll may give the old key, in seconds (default 7 days).
+  KEY_ROLL_MAX_OVERLAP_SECONDS: z.coerce.number().int('must be a whole number').min(0, 'must be 0 or more').max(366 * 86_400, 'must be at most 31622400').default(7 * 86_400),
+  // How often each replica marks rolled keys whose overlap ended as revoked (they are refused from the end of the overlap regardless).
+  KEY_ROLL_SWEEP_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(30_000),
 });
 
 type ParsedConfig = z.infer<typeof schema>;

@@ -171,6 +171,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     clock,
     options: {
       maxKeysPerAccount: config.MAX_KEYS_PER_ACCOUNT,
+      maxRollOverlapSeconds: config.KEY_ROLL_MAX_OVERLAP_SECONDS,
       mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,
       stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
       unavailableMode: config.UNAVAILABLE_MODE,

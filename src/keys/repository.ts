@@ -5,6 +5,7 @@ import { auditDetail, type AuditAction, type AuditActor, type AuditEvent } from 
 import { displayPrefix, generateKey, type KeyEnvironment } from './format.js';
 import type { KeyHash, KeyHasher } from './hash.js';
 import { newAccountId, newKeyId } from './ids.js';
+import type { Invalidation } from './invalidation/messages.js';
 
 /** What a decision needs to know about a key. */
 export interface KeyRecord {
@@ -55,7 +56,19 @@ export interface KeyInfo {
   expiresAt: Date | null;
   lastUsedAt: Date | null;
   revokedAt: Date | null;
+  /** The key this one was rolled from; null for a key made by create. */
+  successorOf: string | null;
+  /** Its own requests-per-minute limit; null: the plan's. */
+  rateLimitRpm: number | null;
 }
+
+/** What a roll did; `record` is the old key as it now is (shorter expiry, higher version). */
+export type RollResult =
+  | { kind: 'rolled'; old: KeyInfo; record: KeyRecord; successor: KeyInfo; secret: string }
+  /** The key is revoked or already expired: there is nothing to rotate away from. */
+  | { kind: 'not_live'; key: KeyInfo }
+  /** The key was rolled before; its successor is the one to roll. */
+  | { kind: 'already_rolled'; key: KeyInfo; successorId: string };
 
 export class NotFoundError extends Error {
   override name = 'NotFoundError';
@@ -111,9 +124,13 @@ interface KeyInfoRow {
   expires_at: Date | null;
   last_used_at: Date | null;
   revoked_at: Date | null;
+  successor_of: string | null;
+  rate_limit_rpm: number | null;
 }
 
-const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at';
+const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm';
+// The KeyInfo columns that KEY_RECORD_COLUMNS (from `api_keys k`) does not already hold.
+const KEY_INFO_EXTRA_COLUMNS = 'k.display_prefix, k.created_at, k.last_used_at, k.successor_of, k.rate_limit_rpm';
 
 const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   id: r.id,
@@ -125,6 +142,8 @@ const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   expiresAt: r.expires_at,
   lastUsedAt: r.last_used_at,
   revokedAt: r.revoked_at,
+  successorOf: r.successor_of,
+  rateLimitRpm: r.rate_limit_rpm,
 });
 
 /** A statement inside a management transaction, run with the write timeout. */
@@ -194,11 +213,16 @@ export class KeyRepository implements KeyLookup {
     return rows.map(toKeyInfo);
   }
 
-  /** Revocations since `sinceMs` ago, to replay into a Redis that may have missed them. */
+  /**
+   * Revocations and rolls (whose successor was made) since `sinceMs` ago, to replay into a Redis
+   * that may have missed them: both bumped the key's version and changed what it may do.
+   */
   async recentRevocations(sinceMs: number): Promise<KeyRecord[]> {
     const rows = await this.run<KeyRow>(
       `SELECT ${KEY_RECORD_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id
-        WHERE k.revoked_at > now() - ($1::double precision * interval '1 millisecond')`,
+        WHERE k.revoked_at > now() - ($1::double precision * interval '1 millisecond')
+           OR EXISTS (SELECT 1 FROM api_keys s
+                       WHERE s.successor_of = k.id AND s.created_at > now() - ($1::double precision * interval '1 millisecond'))`,
       [sinceMs],
     );
     return rows.map(toKeyRecord);
@@ -281,7 +305,7 @@ export class KeyRepository implements KeyLookup {
   ): Promise<{ key: KeyInfo; record: KeyRecord; changed: boolean } | null> {
     return this.transaction(async (tx) => {
       const found = await tx.query<KeyInfoRow & KeyRow>(
-        `SELECT k.display_prefix, k.created_at, k.last_used_at, ${KEY_RECORD_COLUMNS}
+        `SELECT ${KEY_INFO_EXTRA_COLUMNS}, ${KEY_RECORD_COLUMNS}
            FROM api_keys k JOIN accounts a ON a.id = k.account_id
           WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
         [keyId, accountId ?? null],
@@ -302,6 +326,75 @@ export class KeyRepository implements KeyLookup {
       await tx.query(`SELECT pg_notify($1, $2)`, [notify.channel, JSON.stringify(message)]);
       return { key: toKeyInfo(row), record, changed };
     });
+  }
+
+  /**
+   * Rolls a key in one transaction: a successor with the same name, scope, expiry and limit
+   * (`successor_of` naming the old key), the old key's expiry brought forward to
+   * `overlapEndsAt` (never pushed later) with its version bumped, a `key.rolled` audit row for
+   * the old key and a `key.created` one for the successor, and the NOTIFY (kind `changed`), so
+   * every replica re-reads the old key. Null when no such key (owned by `accountId`, when given).
+   */
+  async roll(
+    keyId: string,
+    accountId: string | undefined,
+    times: { now: Date; overlapEndsAt: Date },
+    actor: AuditActor,
+    notify: { channel: string; rid: string },
+  ): Promise<RollResult | null> {
+    const secret = generateKey(this.environment);
+    const { hash, pepperVersion } = this.hasher.hashForStorage(secret);
+    return this.transaction(async (tx) => {
+      const found = await tx.query<KeyInfoRow & KeyRow>(
+        `SELECT ${KEY_INFO_EXTRA_COLUMNS}, ${KEY_RECORD_COLUMNS}
+           FROM api_keys k JOIN accounts a ON a.id = k.account_id
+          WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
+        [keyId, accountId ?? null],
+      );
+      const row = found.rows[0];
+      if (!row) return null;
+      const { now, overlapEndsAt } = times;
+      if (row.revoked_at !== null || (row.expires_at !== null && row.expires_at <= now)) {
+        return { kind: 'not_live', key: toKeyInfo(row) };
+      }
+      // The row lock above serialises rolls of one key, so this sees any earlier successor.
+      const earlier = await tx.query<{ id: string }>(`SELECT id FROM api_keys WHERE successor_of = $1`, [keyId]);
+      if (earlier.rows[0]) return { kind: 'already_rolled', key: toKeyInfo(row), successorId: earlier.rows[0].id };
+      const inserted = await tx.query<KeyInfoRow>(
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${KEY_INFO_COLUMNS}`,
+        [newKeyId(), row.account_id, row.name, row.scope, hash, pepperVersion, displayPrefix(secret), row.expires_at, row.key_rpm, keyId],
+      );
+      const successor = toKeyInfo(inserted.rows[0]!);
+      // A key that already expires sooner keeps its sooner time.
+      const endsAt = row.expires_at !== null && row.expires_at < overlapEndsAt ? row.expires_at : overlapEndsAt;
+      const updated = await tx.query<{ expires_at: Date; version: string }>(
+        `UPDATE api_keys SET expires_at = $2, version = version + 1 WHERE id = $1 RETURNING expires_at, version`,
+        [keyId, endsAt],
+      );
+      const oldRow = { ...row, ...updated.rows[0]! };
+      await insertAudit(tx, row.account_id, actor, 'key.rolled', keyId, { successor_id: successor.id, expires_at: endsAt.toISOString() });
+      await insertAudit(tx, row.account_id, actor, 'key.created', successor.id, {
+        name: successor.name,
+        scope: successor.scope,
+        expires_at: successor.expiresAt?.toISOString() ?? null,
+        successor_of: keyId,
+      });
+      const record = toKeyRecord(oldRow);
+      const message: Invalidation = { rid: notify.rid, keyId, accountId: record.accountId, hash: record.hash, version: record.version, kind: 'changed' };
+      await tx.query(`SELECT pg_notify($1, $2)`, [notify.channel, JSON.stringify(message)]);
+      return { kind: 'rolled', old: toKeyInfo(oldRow), record, successor, secret };
+    });
+  }
+
+  /** Rolled keys whose overlap has ended but that are not yet marked revoked (the sweeper's work). */
+  async endedRollOverlaps(limit: number): Promise<string[]> {
+    const rows = await this.run<{ id: string }>(
+      `SELECT o.id FROM api_keys o JOIN api_keys s ON s.successor_of = o.id
+        WHERE o.revoked_at IS NULL AND o.expires_at <= now() ORDER BY o.expires_at LIMIT $1`,
+      [limit],
+    );
+    return rows.map((r) => r.id);
   }
 
   /** One key as listings show it; null when unknown. */

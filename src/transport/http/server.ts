@@ -30,6 +30,8 @@ export const DEFAULT_MAX_HEADERS = 100;
 export interface HttpServerOptions {
   /** Live keys an account may hold (MAX_KEYS_PER_ACCOUNT). */
   maxKeysPerAccount: number;
+  /** The longest overlap a roll may ask for (KEY_ROLL_MAX_OVERLAP_SECONDS); default 7 days. */
+  maxRollOverlapSeconds?: number;
   /** Larger bodies get 413. */
   bodyLimitBytes?: number;
   mcpResourceMetadataUrl?: string | undefined;
@@ -60,6 +62,7 @@ export interface HttpServerDeps {
 const PATHS: ReadonlyArray<{ pattern: RegExp; methods: readonly string[] }> = [
   { pattern: /^\/api\/v1\/auth\/api-keys$/, methods: ['GET', 'POST'] },
   { pattern: /^\/api\/v1\/auth\/api-keys\/[^/]+$/, methods: ['DELETE'] },
+  { pattern: /^\/api\/v1\/auth\/api-keys\/[^/]+\/roll$/, methods: ['POST'] },
   { pattern: /^\/api\/v1\/auth\/me$/, methods: ['GET'] },
 ];
 
@@ -71,6 +74,7 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     clock: deps.clock ?? systemClock,
     logger: deps.logger,
     maxKeysPerAccount: deps.options.maxKeysPerAccount,
+    maxRollOverlapSeconds: deps.options.maxRollOverlapSeconds ?? 7 * 86_400,
   });
   const callers = new WeakMap<FastifyRequest, Identity>();
   const trustedProxies = deps.options.trustedProxies ?? new TrustedProxies(DEFAULT_TRUSTED_PROXIES);
@@ -171,6 +175,9 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
   app.get(API_KEYS_PATH, { onRequest: authenticate }, async (req, reply) => sendJson(reply, 200, await management.list(caller(req))));
   app.delete<{ Params: { id: string } }>(API_KEY_PATH, { onRequest: authenticate }, async (req, reply) =>
     sendJson(reply, 200, await management.revoke(caller(req), req.params.id, req.id)),
+  );
+  app.post<{ Params: { id: string } }>(`${API_KEY_PATH}/roll`, { onRequest: authenticate }, async (req, reply) =>
+    sendJson(reply, 201, await management.roll(caller(req), req.params.id, req.body, req.id)),
   );
   app.get(ME_PATH, { onRequest: authenticate }, async (req, reply) => sendJson(reply, 200, await management.me(caller(req))));
 
