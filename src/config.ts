@@ -121,6 +121,17 @@ const schema = z.object({
   KEY_ROLL_MAX_OVERLAP_SECONDS: z.coerce.number().int('must be a whole number').min(0, 'must be 0 or more').max(366 * 86_400, 'must be at most 31622400').default(7 * 86_400),
   // How often each replica marks rolled keys whose overlap ended as revoked (they are refused from the end of the overlap regardless).
   KEY_ROLL_SWEEP_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(30_000),
+  // GitHub secret scanning: its signing keys pinned in a file (no fetching), or fetched from this URL and cached.
+  GITHUB_SECRET_SCANNING_KEYS_FILE: z.string().optional(),
+  GITHUB_SECRET_SCANNING_KEYS_URL: z.url({ error: 'must be an absolute URL' }).default('https://api.github.com/meta/public_keys/secret_scanning'),
+  // An unknown key identifier re-fetches GitHub's keys at most once per this many ms.
+  GITHUB_SECRET_SCANNING_REFETCH_MIN_MS: positiveInt.default(60_000),
+  // GitHub batches matches: this route's body limit, above the key API's 16 KiB.
+  SECRET_SCANNING_BODY_LIMIT_BYTES: positiveInt.max(16 * 1024 * 1024, 'must be at most 16777216').default(1024 * 1024),
+  // Owner notification about a leaked key: POSTed here, signed with OWNER_NOTIFICATION_WEBHOOK_SECRET, retried until 2xx.
+  OWNER_NOTIFICATION_WEBHOOK_URL: z.url({ error: 'must be an absolute URL' }).optional(),
+  OWNER_NOTIFICATION_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
+  OWNER_NOTIFICATION_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(5000),
 });
 
 type ParsedConfig = z.infer<typeof schema>;
@@ -163,6 +174,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSe
   if (redisModes > 1) throw new ConfigError('REDIS_URL: set only one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES');
   if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
     throw new ConfigError('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS (the name of the monitored master)');
+  }
+  if ((config.OWNER_NOTIFICATION_WEBHOOK_URL === undefined) !== (config.OWNER_NOTIFICATION_WEBHOOK_SECRET === undefined)) {
+    throw new ConfigError('OWNER_NOTIFICATION_WEBHOOK_SECRET: set both OWNER_NOTIFICATION_WEBHOOK_URL and OWNER_NOTIFICATION_WEBHOOK_SECRET, or neither');
   }
   checkRedisSecurity(config);
   const ports = [config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT];

@@ -150,12 +150,17 @@ export class KeyService {
    *
    * Idempotent: again on a revoked key, it redoes 2-4, which repairs the cache.
    */
-  async revoke(keyId: string, accountId: string | undefined, actor: AuditActor): Promise<RevokeOutcome | null> {
+  async revoke(
+    keyId: string,
+    accountId: string | undefined,
+    actor: AuditActor,
+    extra: { detail?: Record<string, string | null>; notification?: Record<string, unknown> } = {},
+  ): Promise<RevokeOutcome | null> {
     const rid = randomUUID();
     const acks = this.deps.channel.expectAcks(rid);
     try {
       const started = this.deps.clock.now();
-      const result = await this.deps.repository.revoke(keyId, accountId, actor, { channel: PG_INVALIDATE_CHANNEL, rid });
+      const result = await this.deps.repository.revoke(keyId, accountId, actor, { channel: PG_INVALIDATE_CHANNEL, rid }, extra);
       if (!result) return null;
       const { acknowledged, cache, replicas } = await this.propagate(rid, acks, result.record, 'revoked');
       const seconds = (this.deps.clock.now() - started) / 1000;
@@ -194,6 +199,16 @@ export class KeyService {
     } finally {
       acks.close();
     }
+  }
+
+  /**
+   * Revokes a key that secret scanning found in public: the audit row names the actor
+   * `secret_scanning` and where it was found; with `notify`, the owner's notification is queued
+   * in the same transaction (only when this call revoked it, so a replayed report queues nothing).
+   */
+  revokeLeaked(keyId: string, location: { url: string | null; source: string | null }, notify: boolean): Promise<RevokeOutcome | null> {
+    const notification = notify ? { event: 'api_key.leaked', key_id: keyId, url: location.url, source: location.source } : undefined;
+    return this.revoke(keyId, undefined, { keyId: null, via: 'secret_scanning' }, { detail: { url: location.url, source: location.source }, ...(notification ? { notification } : {}) });
   }
 
   /**

@@ -302,6 +302,7 @@ export class KeyRepository implements KeyLookup {
     accountId: string | undefined,
     actor: AuditActor,
     notify: { channel: string; rid: string },
+    extra: { detail?: Record<string, string | null>; notification?: Record<string, unknown> } = {},
   ): Promise<{ key: KeyInfo; record: KeyRecord; changed: boolean } | null> {
     return this.transaction(async (tx) => {
       const found = await tx.query<KeyInfoRow & KeyRow>(
@@ -319,7 +320,14 @@ export class KeyRepository implements KeyLookup {
           [keyId],
         );
         row = { ...row, ...updated.rows[0]! };
-        await insertAudit(tx, row.account_id, actor, 'key.revoked', keyId);
+        await insertAudit(tx, row.account_id, actor, 'key.revoked', keyId, extra.detail);
+        // The owner's notification exists exactly when the revocation does.
+        if (extra.notification) {
+          await tx.query(`INSERT INTO leak_notifications (account_id, payload) VALUES ($1, $2)`, [
+            row.account_id,
+            JSON.stringify({ ...extra.notification, account_id: row.account_id, revoked_at: row.revoked_at?.toISOString() ?? null }),
+          ]);
+        }
       }
       const record = toKeyRecord(row);
       const message = { rid: notify.rid, keyId: record.id, accountId: record.accountId, hash: record.hash, version: record.version };
@@ -395,6 +403,29 @@ export class KeyRepository implements KeyLookup {
       [limit],
     );
     return rows.map((r) => r.id);
+  }
+
+  /**
+   * Claims up to `limit` undelivered leak notifications that are due, pushing each one's next
+   * attempt `leaseMs` ahead, so replicas delivering at once never send the same one twice at once.
+   */
+  async claimLeakNotifications(limit: number, leaseMs: number): Promise<Array<{ id: string; accountId: string; payload: Record<string, unknown>; attempts: number }>> {
+    const rows = await this.run<{ id: string; account_id: string; payload: Record<string, unknown>; attempts: number }>(
+      `UPDATE leak_notifications SET next_attempt_at = now() + ($2::double precision * interval '1 millisecond'), attempts = attempts + 1
+        WHERE id IN (SELECT id FROM leak_notifications WHERE delivered_at IS NULL AND next_attempt_at <= now()
+                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+        RETURNING id, account_id, payload, attempts`,
+      [limit, leaseMs],
+    );
+    return rows.map((r) => ({ id: r.id, accountId: r.account_id, payload: r.payload, attempts: r.attempts }));
+  }
+
+  async leakNotificationDelivered(id: string): Promise<void> {
+    await this.run(`UPDATE leak_notifications SET delivered_at = now() WHERE id = $1`, [id]);
+  }
+
+  async leakNotificationFailed(id: string, retryInMs: number): Promise<void> {
+    await this.run(`UPDATE leak_notifications SET next_attempt_at = now() + ($2::double precision * interval '1 millisecond') WHERE id = $1`, [id, retryInMs]);
   }
 
   /** One key as listings show it; null when unknown. */
