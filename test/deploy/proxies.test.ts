@@ -114,9 +114,9 @@ describe('deploy/envoy/envoy.yaml', () => {
     expect(hcm.common_http_protocol_options.headers_with_underscores_action).toBe('REJECT_REQUEST');
   });
 
-  it('sends /api/v1/auth/ to the HTTP port without ext_authz and strips x-ryvion-* there', () => {
-    const auth = routes.find((r) => r.match.prefix === '/api/v1/auth/');
-    expect(auth, 'a /api/v1/auth/ route').toBeDefined();
+  it.each(['/api/v1/auth/', '/api/v1/secret-scanning/'])('sends %s to the HTTP port without ext_authz and strips x-ryvion-* there', (prefix) => {
+    const auth = routes.find((r) => r.match.prefix === prefix);
+    expect(auth, `a ${prefix} route`).toBeDefined();
     expect(routes.indexOf(auth)).toBeLessThan(routes.findIndex((r) => r.match.prefix === '/'));
     const perRoute = auth.typed_per_filter_config[extAuthz.name];
     expect(perRoute['@type']).toBe('type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute');
@@ -126,7 +126,7 @@ describe('deploy/envoy/envoy.yaml', () => {
   });
 
   it('keeps ext_authz on every other route (and never strips the identity the gate sets)', () => {
-    for (const r of routes.filter((r) => r.match.prefix !== '/api/v1/auth/')) {
+    for (const r of routes.filter((r) => r.match.prefix !== '/api/v1/auth/' && r.match.prefix !== '/api/v1/secret-scanning/')) {
       expect(r.typed_per_filter_config?.[extAuthz.name]).toBeUndefined();
       expect(r.request_headers_to_remove ?? []).not.toEqual(expect.arrayContaining(IDENTITY.slice(0, 1)));
       expect(cluster(r.route.cluster)).toBeDefined();
@@ -158,14 +158,16 @@ describe('deploy/istio', () => {
     expect(policy.spec.selector.matchLabels).toBeDefined();
     const notPaths = policy.spec.rules.flatMap((r: Loose) => r.to.flatMap((t: Loose) => t.operation.notPaths ?? []));
     expect(notPaths).toContain('/api/v1/auth/*');
+    expect(notPaths).toContain('/api/v1/secret-scanning/*');
   });
 
-  it('routes /api/v1/auth/ to the HTTP port and strips x-ryvion-* there', () => {
+  it('routes /api/v1/auth/ and /api/v1/secret-scanning/ to the HTTP port and strips x-ryvion-* there', () => {
     const vs = byKind('VirtualService')[0];
     const http: Loose[] = vs.spec.http;
     const auth = http.find((r) => r.match?.some((m: Loose) => m.uri?.prefix === '/api/v1/auth/'));
     expect(auth).toBeDefined();
     expect(http.indexOf(auth)).toBe(0);
+    expect(auth.match.map((m: Loose) => m.uri?.prefix)).toContain('/api/v1/secret-scanning/');
     expect([...auth.headers.request.remove].sort()).toEqual(IDENTITY);
     expect(auth.route[0].destination).toEqual({ host: svc.fqdn, port: { number: svc.httpPort } });
     for (const r of http.filter((r) => r !== auth)) expect(r.route[0].destination.host).not.toBe(svc.fqdn);
@@ -204,11 +206,12 @@ describe('deploy/envoy-gateway', () => {
     expect(apiRoute.spec.rules[0].matches[0].path).toEqual({ type: 'PathPrefix', value: '/' });
   });
 
-  it('serves /api/v1/auth/ from a route without the policy that strips x-ryvion-*', () => {
+  it('serves /api/v1/auth/ and /api/v1/secret-scanning/ from a route without the policy that strips x-ryvion-*', () => {
     const targeted = new Set(policies.flatMap((p) => p.spec.targetRefs.map((t: Loose) => t.name)));
     const auth = routes.find((r) => r.spec.rules.some((rule: Loose) => rule.matches.some((m: Loose) => m.path.value.startsWith('/api/v1/auth'))));
     expect(auth).toBeDefined();
     expect(targeted.has(auth.metadata.name)).toBe(false);
+    expect(auth.spec.rules[0].matches.map((m: Loose) => m.path.value)).toContain('/api/v1/secret-scanning/');
     // No policy on the Gateway either, which would cover this route too.
     for (const p of policies) for (const t of p.spec.targetRefs) expect(t.kind).not.toBe('Gateway');
     const rule = auth.spec.rules[0];

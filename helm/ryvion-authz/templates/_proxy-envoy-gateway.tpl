@@ -79,7 +79,8 @@ spec:
         # Streamed completions can run for minutes.
         request: 600s
 ---
-# The key management API: more specific than "/", so it wins for /api/v1/auth/...; no SecurityPolicy.
+# The key management API and GitHub's secret scanning reports: more specific than "/", so it wins
+# for /api/v1/auth/... and /api/v1/secret-scanning/...; no SecurityPolicy.
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
@@ -93,6 +94,10 @@ spec:
         - path:
             type: PathPrefix
             value: /api/v1/auth/
+        # GitHub secret scanning reports: verified by GitHub's signature, no API key.
+        - path:
+            type: PathPrefix
+            value: /api/v1/secret-scanning/
       filters:
         - type: RequestHeaderModifier
           requestHeaderModifier:

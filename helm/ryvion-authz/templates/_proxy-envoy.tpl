@@ -27,6 +27,7 @@ The Envoy bootstraps of deploy/envoy, for this release's Services (`npm run depl
 #   - /api/v1/auth/ (the key management API) goes to ryvion-authz's HTTP port with ext_authz
 #     disabled: that API checks the key itself, and ext_authz would strip the credential.
 #     Client-sent x-ryvion-* identity headers are removed there, since no Check overwrites them.
+#     /api/v1/secret-scanning/ (GitHub's signed leak reports, no API key) is routed the same way.
 #   - headers with underscores are rejected: some upstream frameworks read x_ryvion_scope as
 #     x-ryvion-scope, which would let a client smuggle an identity header past the gate.
 admin:
@@ -79,6 +80,20 @@ static_resources:
                         # and no client-supplied identity headers.
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
+                          route:
+                            cluster: ryvion_authz_http
+                            timeout: 10s
+                          request_headers_to_remove:
+                            - x-ryvion-account-id
+                            - x-ryvion-key-id
+                            - x-ryvion-scope
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              disabled: true
+                        # GitHub secret scanning reports: signed by GitHub, no API key, so no ext_authz either.
+                        - name: ryvion_authz_secret_scanning
+                          match: { prefix: /api/v1/secret-scanning/ }
                           route:
                             cluster: ryvion_authz_http
                             timeout: 10s
@@ -252,6 +267,20 @@ static_resources:
                         # and no client-supplied identity headers.
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
+                          route:
+                            cluster: ryvion_authz_http
+                            timeout: 10s
+                          request_headers_to_remove:
+                            - x-ryvion-account-id
+                            - x-ryvion-key-id
+                            - x-ryvion-scope
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              disabled: true
+                        # GitHub secret scanning reports: signed by GitHub, no API key, so no ext_authz either.
+                        - name: ryvion_authz_secret_scanning
+                          match: { prefix: /api/v1/secret-scanning/ }
                           route:
                             cluster: ryvion_authz_http
                             timeout: 10s

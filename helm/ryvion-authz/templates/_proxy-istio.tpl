@@ -58,8 +58,9 @@ spec:
 # {{ .Values.proxyExamples.istio.gateway }} for {{ .Values.proxyExamples.api.host }} (chart values proxyExamples.*).
 #
 #   - AuthorizationPolicy (CUSTOM): every request to the API workload is checked by
-#     ryvion-authz, except /api/v1/auth/* (the key management API authenticates keys itself).
-#   - VirtualService: /api/v1/auth/ goes to ryvion-authz's HTTP port, where no Check runs, so
+#     ryvion-authz, except /api/v1/auth/* (the key management API authenticates keys itself)
+#     and /api/v1/secret-scanning/* (GitHub's reports, verified by GitHub's signature).
+#   - VirtualService: /api/v1/auth/ and /api/v1/secret-scanning/ go to ryvion-authz's HTTP port, where no Check runs, so
 #     client-sent x-ryvion-* identity headers are removed on that route; everything else goes
 #     to the API, where the Check overwrites them on allow.
 apiVersion: security.istio.io/v1
@@ -77,7 +78,7 @@ spec:
   rules:
     - to:
         - operation:
-            notPaths: ["/api/v1/auth/*"]
+            notPaths: ["/api/v1/auth/*", "/api/v1/secret-scanning/*"]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -95,6 +96,8 @@ spec:
       match:
         - uri:
             prefix: /api/v1/auth/
+        - uri:
+            prefix: /api/v1/secret-scanning/
       headers:
         request:
           remove:
