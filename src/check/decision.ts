@@ -7,6 +7,8 @@ export const DenyReason = {
   missing_api_key: 'missing_api_key',
   /** Malformed, unknown, revoked, expired, conflicting or repeated credentials: one answer for all. */
   invalid_api_key: 'invalid_api_key',
+  /** Valid key used from an address outside its IP allow-list. */
+  ip_not_allowed: 'ip_not_allowed',
   /** Valid key whose scope does not grant the route's permission. */
   insufficient_scope: 'insufficient_scope',
   /** Valid key, but no policy rule matches the route and the policy denies by default. */
@@ -42,6 +44,8 @@ export interface Identity {
   /** The key's own expiry and per-key limit: a key it creates may not outlive or outrun it (keys/constraints.ts). */
   expiresAt: Date | null;
   keyRpm: number | null;
+  /** Its IP allow-list: a key it creates may not be usable from anywhere else (keys/constraints.ts). */
+  allowedCidrs?: readonly string[] | null;
 }
 
 export interface Allow {
@@ -59,6 +63,7 @@ export type Deny =
   | { allow: false; reason: 'missing_api_key' }
   | { allow: false; reason: 'invalid_api_key'; detail: InvalidDetail; identity?: Identity }
   | { allow: false; reason: 'insufficient_scope'; identity: Identity; permission: string }
+  | { allow: false; reason: 'ip_not_allowed'; identity: Identity }
   | { allow: false; reason: 'route_not_allowed'; identity: Identity }
   | { allow: false; reason: 'invalid_request'; detail: 'missing_method' | 'invalid_method' }
   | { allow: false; reason: 'invalid_path'; identity: Identity; detail: string }

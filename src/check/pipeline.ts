@@ -14,6 +14,7 @@ import { StoreUnavailableError } from '../store/errors.js';
 import { systemClock, type Clock } from '../time/clock.js';
 import { LookupThrottledError, type PostgresGuard } from '../keys/lookup-guard.js';
 import { canonicalMethod } from './method.js';
+import { ipAllowListDenial } from './ip-allow-list.js';
 
 
 /** The part of a compiled policy the pipeline uses; read per call so a reload takes effect at once. */
@@ -93,6 +94,8 @@ export class CheckPipeline {
     }
     const key = record!;
     const identity = identityOf(key);
+    const ipDenied = ipAllowListDenial(key, identity, attrs.sourceAddress);
+    if (ipDenied) return ipDenied;
 
     // 4. Route policy against the key's scope.
     const policy = this.deps.policy();
@@ -146,5 +149,5 @@ export class CheckPipeline {
 }
 
 function identityOf(key: KeyRecord): Identity {
-  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm };
+  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm, allowedCidrs: key.allowedCidrs ?? null };
 }

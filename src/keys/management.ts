@@ -15,7 +15,7 @@ import type { AckWait, LiveReplica } from './invalidation/acks.js';
 import { InvalidationBus } from './invalidation/bus.js';
 import { PgLeaseRegistry, pgNotifier } from './invalidation/lease.js';
 import { PG_INVALIDATE_CHANNEL, type Invalidation } from './invalidation/messages.js';
-import { KeyRepository, type Account, type KeyInfo, type KeyRecord } from './repository.js';
+import { KeyRepository, type Account, type CreateKeyFields, type KeyInfo, type KeyRecord } from './repository.js';
 
 export const NAME_MAX_CHARS = 128;
 // Control characters (NUL is refused by Postgres text) and lone surrogates have no place in a name.
@@ -31,7 +31,7 @@ export function keyNameProblem(name: string): string | undefined {
 }
 
 /** A key as the API and the CLI show it: never the secret, never the hash. */
-export function keyView(k: KeyInfo): Record<string, string | null> {
+export function keyView(k: KeyInfo): Record<string, string | string[] | null> {
   return {
     object: 'api_key',
     id: k.id,
@@ -44,6 +44,7 @@ export function keyView(k: KeyInfo): Record<string, string | null> {
     last_used_at: k.lastUsedAt?.toISOString() ?? null,
     revoked_at: k.revokedAt?.toISOString() ?? null,
     successor_of: k.successorOf,
+    allowed_cidrs: k.allowedCidrs,
   };
 }
 
@@ -114,7 +115,7 @@ export interface KeyServiceDeps {
   markerAttempts?: number;
 }
 
-export type CreateKeyInput = { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null };
+export type CreateKeyInput = CreateKeyFields;
 
 export class KeyService {
   constructor(private readonly deps: KeyServiceDeps) {}

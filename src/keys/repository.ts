@@ -23,6 +23,8 @@ export interface KeyRecord {
   /** Request-per-minute overrides of the plan's limits (null: the plan's). */
   accountRpm: number | null;
   keyRpm: number | null;
+  /** Canonical CIDR blocks the key may be used from; absent or null: any address. */
+  allowedCidrs?: readonly string[] | null;
 }
 
 export interface Account {
@@ -60,6 +62,8 @@ export interface KeyInfo {
   successorOf: string | null;
   /** Its own requests-per-minute limit; null: the plan's. */
   rateLimitRpm: number | null;
+  /** Canonical CIDR blocks it may be used from; null: any address. */
+  allowedCidrs: string[] | null;
 }
 
 /** What a roll did; `record` is the old key as it now is (shorter expiry, higher version). */
@@ -94,11 +98,12 @@ interface KeyRow {
   version: string;
   account_rpm: number | null;
   key_rpm: number | null;
+  allowed_cidrs: string[] | null;
 }
 
 // What a decision reads about a key, from `api_keys k JOIN accounts a`.
 const KEY_RECORD_COLUMNS =
-  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm';
+  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm, k.allowed_cidrs';
 
 const toKeyRecord = (r: KeyRow): KeyRecord => ({
   id: r.id,
@@ -112,6 +117,7 @@ const toKeyRecord = (r: KeyRow): KeyRecord => ({
   version: Number(r.version),
   accountRpm: r.account_rpm,
   keyRpm: r.key_rpm,
+  allowedCidrs: r.allowed_cidrs,
 });
 
 interface KeyInfoRow {
@@ -126,9 +132,10 @@ interface KeyInfoRow {
   revoked_at: Date | null;
   successor_of: string | null;
   rate_limit_rpm: number | null;
+  allowed_cidrs: string[] | null;
 }
 
-const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm';
+const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm, allowed_cidrs';
 // The KeyInfo columns that KEY_RECORD_COLUMNS (from `api_keys k`) does not already hold.
 const KEY_INFO_EXTRA_COLUMNS = 'k.display_prefix, k.created_at, k.last_used_at, k.successor_of, k.rate_limit_rpm';
 
@@ -144,7 +151,18 @@ const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   revokedAt: r.revoked_at,
   successorOf: r.successor_of,
   rateLimitRpm: r.rate_limit_rpm,
+  allowedCidrs: r.allowed_cidrs,
 });
+
+export interface CreateKeyFields {
+  accountId: string;
+  name: string;
+  scope: string;
+  expiresAt: Date | null;
+  rateLimitRpm?: number | null;
+  /** Canonical CIDR blocks (keys/cidr.ts); null or absent: any address. */
+  allowedCidrs?: string[] | null;
+}
 
 /** A statement inside a management transaction, run with the write timeout. */
 export interface Tx {
@@ -199,7 +217,7 @@ export class KeyRepository implements KeyLookup {
   }
 
   /** Creates a key as the operator would (audited as via the CLI); the secret is returned this once. */
-  async createKey(input: { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null }): Promise<{ key: KeyInfo; secret: string }> {
+  async createKey(input: CreateKeyFields): Promise<{ key: KeyInfo; secret: string }> {
     const created = await this.createKeyAudited(input, { keyId: null, via: 'cli' });
     if (created.kind !== 'created') throw new ConflictError('key limit reached');
     return { key: created.key, secret: created.secret };
@@ -256,7 +274,7 @@ export class KeyRepository implements KeyLookup {
    * account first, so concurrent calls cannot overshoot the cap.
    */
   async createKeyAudited(
-    input: { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null },
+    input: CreateKeyFields,
     actor: AuditActor,
     opts: { maxLiveKeys?: number } = {},
   ): Promise<{ kind: 'created'; key: KeyInfo; secret: string } | { kind: 'limit_reached'; limit: number }> {
@@ -274,9 +292,9 @@ export class KeyRepository implements KeyLookup {
         if (Number(live.rows[0]!.n) >= opts.maxLiveKeys) return { kind: 'limit_reached', limit: opts.maxLiveKeys };
       }
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ${KEY_INFO_COLUMNS}`,
-        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt, input.rateLimitRpm ?? null],
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, allowed_cidrs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${KEY_INFO_COLUMNS}`,
+        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt, input.rateLimitRpm ?? null, input.allowedCidrs ?? null],
       );
       const key = toKeyInfo(inserted.rows[0]!);
       await insertAudit(tx, key.accountId, actor, 'key.created', key.id, {
@@ -369,9 +387,9 @@ export class KeyRepository implements KeyLookup {
       const earlier = await tx.query<{ id: string }>(`SELECT id FROM api_keys WHERE successor_of = $1`, [keyId]);
       if (earlier.rows[0]) return { kind: 'already_rolled', key: toKeyInfo(row), successorId: earlier.rows[0].id };
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${KEY_INFO_COLUMNS}`,
-        [newKeyId(), row.account_id, row.name, row.scope, hash, pepperVersion, displayPrefix(secret), row.expires_at, row.key_rpm, keyId],
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of, allowed_cidrs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${KEY_INFO_COLUMNS}`,
+        [newKeyId(), row.account_id, row.name, row.scope, hash, pepperVersion, displayPrefix(secret), row.expires_at, row.key_rpm, keyId, row.allowed_cidrs],
       );
       const successor = toKeyInfo(inserted.rows[0]!);
       // A key that already expires sooner keeps its sooner time.

@@ -35,6 +35,7 @@ const createKeyBody = z.strictObject({
     .datetime({ offset: true, error: 'must be an ISO 8601 date-time with a time zone, e.g. 2030-01-31T00:00:00Z' })
     .nullable()
     .optional(),
+  allowed_cidrs: z.array(z.string()).nullable().optional(),
 });
 
 const rollKeyBody = (maxSeconds: number) =>
@@ -73,11 +74,11 @@ export class KeyManagement {
     }
     // The new key lives no longer, and runs no faster, than the key that makes it.
     const requestedExpiry = input.expires_at === undefined ? undefined : input.expires_at === null ? null : new Date(input.expires_at);
-    const constraints = effectiveConstraints(caller, { expiresAt: requestedExpiry }, this.deps.clock.now());
+    const constraints = effectiveConstraints(caller, { expiresAt: requestedExpiry, allowedCidrs: input.allowed_cidrs }, this.deps.clock.now());
     if (!constraints.ok) throw invalidRequest(ApiErrorCode.invalid_value, constraints.message, constraints.param);
 
     const created = await this.deps.keys.createKey(
-      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm },
+      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm, allowedCidrs: constraints.allowedCidrs },
       this.actor(caller, requestId),
       { maxLiveKeys: this.deps.maxKeysPerAccount },
     );
@@ -138,9 +139,12 @@ export class KeyManagement {
     // The successor keeps the old key's expiry and limit: no more than the caller may hand out.
     const now = this.deps.clock.now();
     if (target.revokedAt !== null || (target.expiresAt !== null && target.expiresAt.getTime() <= now)) throw keyNotLive(keyId);
-    const constraints = effectiveConstraints(caller, { expiresAt: target.expiresAt, keyRpm: target.rateLimitRpm }, now);
+    const constraints = effectiveConstraints(caller, { expiresAt: target.expiresAt, keyRpm: target.rateLimitRpm, allowedCidrs: target.allowedCidrs }, now);
     if (!constraints.ok) {
-      const what = constraints.param === 'expires_at' ? `expire later than the calling key (${caller.expiresAt?.toISOString()})` : `have a higher request limit than the calling key (${caller.keyRpm}/min)`;
+      const what =
+        constraints.param === 'expires_at' ? `expire later than the calling key (${caller.expiresAt?.toISOString()})`
+        : constraints.param === 'rate_limit_rpm' ? `have a higher request limit than the calling key (${caller.keyRpm}/min)`
+        : 'be usable from addresses outside the calling key\'s allowed_cidrs';
       throw new ApiError(403, 'permission_error', ApiErrorCode.scope_not_allowed, `This key cannot roll key ${keyId}: its successor would ${what}.`, 'id');
     }
 
