@@ -107,6 +107,11 @@ describe('deploy/envoy/envoy.yaml', () => {
     expect(http.explicit_http_config.http2_protocol_options.connection_keepalive).toEqual({ interval: '30s', timeout: '5s' });
   });
 
+  it('tells ext_authz the real client address (IP allow-lists): the peer, or the chart\'s trusted hops of x-forwarded-for', () => {
+    expect(hcm.use_remote_address).toBe(true);
+    expect(hcm.xff_num_trusted_hops).toBe(0);
+  });
+
   it('normalises paths before routing and ext_authz', () => {
     expect(hcm.normalize_path).toBe(true);
     expect(hcm.merge_slashes).toBe(true);
@@ -150,6 +155,8 @@ describe('deploy/istio', () => {
     expect(provider.envoyExtAuthzGrpc.failOpen).toBe(false);
     expect(provider.envoyExtAuthzGrpc.statusOnError).toBe('503');
     expect(['MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES']).toContain(operator.spec.meshConfig.pathNormalization.normalization);
+    // The client address the gateway reports (IP allow-lists): the chart's trusted hops.
+    expect(operator.spec.meshConfig.defaultConfig.gatewayTopology.numTrustedProxies).toBe(0);
     // The normalisation applies to every workload of the mesh: the file says so where it is set.
     expect(readFileSync(join(ROOT, 'deploy', 'istio', 'mesh-config.yaml'), 'utf8')).toMatch(/MESH-WIDE/);
 
@@ -222,6 +229,7 @@ describe('deploy/envoy-gateway', () => {
 
   it('rejects encoded slashes and underscore header names at the Gateway', () => {
     const ctp = docs.find((d) => d.kind === 'ClientTrafficPolicy');
+    expect(ctp.spec.clientIPDetection.xForwardedFor.numTrustedHops).toBe(0);
     expect(ctp.spec.path.escapedSlashesAction).toBe('RejectRequest');
     expect(ctp.spec.path.disableMergeSlashes).toBe(false);
     expect(ctp.spec.headers.withUnderscoresAction).toBe('RejectRequest');
@@ -281,5 +289,18 @@ describe('deploy/: rendered from the chart', () => {
     expect(eg.find((d) => d.kind === 'SecurityPolicy').spec.extAuth.grpc.backendRefs).toEqual([{ name: 'edge-ryvion-authz', namespace: 'gateway-system', port: 9191 }]);
     const mesh = parse(files['istio/mesh-config.yaml']!) as Loose;
     expect(mesh.spec.meshConfig.extensionProviders[0].envoyExtAuthzGrpc.service).toBe('edge-ryvion-authz.gateway-system.svc.cluster.local');
+  });
+
+  it('proxyExamples.trustedHops reaches the client-address setting of Envoy (gRPC and HTTP), Istio and Envoy Gateway', async () => {
+    const files = await renderProxyExamples('ryvion-authz', 'ryvion', ['--set', 'proxyExamples.trustedHops=1']);
+    for (const path of ['envoy/envoy.yaml', 'envoy/http-ext-authz.yaml']) {
+      const envoy = parse(files[path]!) as Loose;
+      const hcm = envoy.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+      expect(hcm, path).toMatchObject({ use_remote_address: true, xff_num_trusted_hops: 1 });
+    }
+    const mesh = parse(files['istio/mesh-config.yaml']!) as Loose;
+    expect(mesh.spec.meshConfig.defaultConfig.gatewayTopology.numTrustedProxies).toBe(1);
+    const eg = parseAllDocuments(files['envoy-gateway/ryvion-api.yaml']!).map((d) => d.toJS() as Loose);
+    expect(eg.find((d) => d.kind === 'ClientTrafficPolicy').spec.clientIPDetection.xForwardedFor.numTrustedHops).toBe(1);
   });
 });

@@ -129,6 +129,11 @@ spec:
     disableMergeSlashes: false
   headers:
     withUnderscoresAction: RejectRequest
+  # The client address ext_authz reports (per-key IP allow-lists): proxies in front of the Gateway
+  # that append X-Forwarded-For (values proxyExamples.trustedHops; 0: the peer is the client).
+  clientIPDetection:
+    xForwardedFor:
+      numTrustedHops: {{ .Values.proxyExamples.trustedHops }}
 {{- end }}
 
 {{- define "ryvion-authz.proxy.envoyGatewayPatch" -}}

@@ -46,8 +46,12 @@ static_resources:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: ryvion_api
                 codec_type: AUTO
-                # Edge proxy: the client address is the peer's (the gate limits failed attempts per source).
+                # Edge proxy: the client address is the peer's, or with proxies in front that append
+                # x-forwarded-for, the entry that many hops from the right. It becomes
+                # attributes.source.address, which per-key IP allow-lists and the per-source limit on
+                # failed keys judge (values proxyExamples.trustedHops).
                 use_remote_address: true
+                xff_num_trusted_hops: {{ .Values.proxyExamples.trustedHops }}
                 normalize_path: true
                 merge_slashes: true
                 path_with_escaped_slashes_action: REJECT_REQUEST
@@ -231,9 +235,12 @@ static_resources:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: ryvion_api
                 codec_type: AUTO
-                # Edge proxy: Envoy appends the peer to x-forwarded-for, the last entry ryvion-authz
-                # reads as the client address (its per-source limit on failed keys).
+                # Edge proxy: Envoy appends the client address to x-forwarded-for, the last entry
+                # ryvion-authz reads as the client (per-key IP allow-lists, the per-source limit on
+                # failed keys). With proxies in front that append x-forwarded-for, the client is the
+                # entry that many hops from the right (values proxyExamples.trustedHops).
                 use_remote_address: true
+                xff_num_trusted_hops: {{ .Values.proxyExamples.trustedHops }}
                 # The client gets the x-request-id that ryvion-authz logged the decision under.
                 always_set_request_id_in_response: true
                 normalize_path: true

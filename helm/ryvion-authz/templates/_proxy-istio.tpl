@@ -35,6 +35,12 @@ spec:
     # Mesh-wide (see above): every workload's paths are normalised this way.
     pathNormalization:
       normalization: MERGE_SLASHES
+    # The client address the ingress gateway reports to ext_authz (per-key IP allow-lists):
+    # proxies in front of it that append X-Forwarded-For (values proxyExamples.trustedHops;
+    # 0: the peer is the client). Also MESH-WIDE: every gateway's default.
+    defaultConfig:
+      gatewayTopology:
+        numTrustedProxies: {{ .Values.proxyExamples.trustedHops }}
     extensionProviders:
       - name: {{ include "ryvion-authz.fullname" . }}
         envoyExtAuthzGrpc:
