@@ -1,5 +1,6 @@
 // The Decision value every check ends in: an allow, or a denial with its reason.
 import type { LimitState } from '../ratelimit/gcra.js';
+import type { ForwardedField } from './metadata-forward.js';
 
 /** Error codes a client can see (OpenAI error shape `error.code`); also metric labels and log fields. */
 export const DenyReason = {
@@ -57,6 +58,8 @@ export interface Allow {
   shadowDenied?: string;
   /** The request limits that applied, for the x-ratelimit-* response headers. */
   rateLimit?: readonly LimitState[];
+  /** Key metadata the policy forwards upstream (check/metadata-forward.ts). */
+  metadata?: readonly ForwardedField[];
 }
 
 export type Deny =

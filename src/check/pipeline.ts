@@ -15,12 +15,14 @@ import { systemClock, type Clock } from '../time/clock.js';
 import { LookupThrottledError, type PostgresGuard } from '../keys/lookup-guard.js';
 import { canonicalMethod } from './method.js';
 import { ipAllowListDenial } from './ip-allow-list.js';
+import { forwardedMetadata } from './metadata-forward.js';
 
 
 /** The part of a compiled policy the pipeline uses; read per call so a reload takes effect at once. */
 export interface RouteAuthorizer {
   authorize(method: string, rawPath: string, scope: string): AuthorizeResult;
   limitsOf(plan: string): PlanLimits;
+  readonly forwardMetadata?: readonly string[];
 }
 
 /**
@@ -133,6 +135,8 @@ export class CheckPipeline {
     const allow: Decision = { allow: true, identity, permission };
     if (shadowDenied !== undefined) allow.shadowDenied = shadowDenied;
     if (rateLimit && rateLimit.length > 0) allow.rateLimit = rateLimit;
+    const forwarded = forwardedMetadata(key, policy.forwardMetadata);
+    if (forwarded.length > 0) allow.metadata = forwarded;
     return allow;
   }
 

@@ -31,7 +31,7 @@ export function keyNameProblem(name: string): string | undefined {
 }
 
 /** A key as the API and the CLI show it: never the secret, never the hash. */
-export function keyView(k: KeyInfo): Record<string, string | string[] | null> {
+export function keyView(k: KeyInfo): Record<string, unknown> {
   return {
     object: 'api_key',
     id: k.id,
@@ -45,6 +45,7 @@ export function keyView(k: KeyInfo): Record<string, string | string[] | null> {
     revoked_at: k.revokedAt?.toISOString() ?? null,
     successor_of: k.successorOf,
     allowed_cidrs: k.allowedCidrs,
+    metadata: k.metadata,
   };
 }
 

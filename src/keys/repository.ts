@@ -25,6 +25,8 @@ export interface KeyRecord {
   keyRpm: number | null;
   /** Canonical CIDR blocks the key may be used from; absent or null: any address. */
   allowedCidrs?: readonly string[] | null;
+  /** The key's metadata object; absent or null: none. */
+  metadata?: Readonly<Record<string, unknown>> | null;
 }
 
 export interface Account {
@@ -64,6 +66,7 @@ export interface KeyInfo {
   rateLimitRpm: number | null;
   /** Canonical CIDR blocks it may be used from; null: any address. */
   allowedCidrs: string[] | null;
+  metadata: Record<string, unknown> | null;
 }
 
 /** What a roll did; `record` is the old key as it now is (shorter expiry, higher version). */
@@ -99,11 +102,12 @@ interface KeyRow {
   account_rpm: number | null;
   key_rpm: number | null;
   allowed_cidrs: string[] | null;
+  metadata: Record<string, unknown> | null;
 }
 
 // What a decision reads about a key, from `api_keys k JOIN accounts a`.
 const KEY_RECORD_COLUMNS =
-  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm, k.allowed_cidrs';
+  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm, k.allowed_cidrs, k.metadata';
 
 const toKeyRecord = (r: KeyRow): KeyRecord => ({
   id: r.id,
@@ -118,6 +122,7 @@ const toKeyRecord = (r: KeyRow): KeyRecord => ({
   accountRpm: r.account_rpm,
   keyRpm: r.key_rpm,
   allowedCidrs: r.allowed_cidrs,
+  metadata: r.metadata,
 });
 
 interface KeyInfoRow {
@@ -133,9 +138,10 @@ interface KeyInfoRow {
   successor_of: string | null;
   rate_limit_rpm: number | null;
   allowed_cidrs: string[] | null;
+  metadata: Record<string, unknown> | null;
 }
 
-const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm, allowed_cidrs';
+const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm, allowed_cidrs, metadata';
 // The KeyInfo columns that KEY_RECORD_COLUMNS (from `api_keys k`) does not already hold.
 const KEY_INFO_EXTRA_COLUMNS = 'k.display_prefix, k.created_at, k.last_used_at, k.successor_of, k.rate_limit_rpm';
 
@@ -152,6 +158,7 @@ const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   successorOf: r.successor_of,
   rateLimitRpm: r.rate_limit_rpm,
   allowedCidrs: r.allowed_cidrs,
+  metadata: r.metadata,
 });
 
 export interface CreateKeyFields {
@@ -162,6 +169,8 @@ export interface CreateKeyFields {
   rateLimitRpm?: number | null;
   /** Canonical CIDR blocks (keys/cidr.ts); null or absent: any address. */
   allowedCidrs?: string[] | null;
+  /** A JSON object of at most 1 KiB (checked by the caller); null or absent: none. */
+  metadata?: Record<string, unknown> | null;
 }
 
 /** A statement inside a management transaction, run with the write timeout. */
@@ -292,9 +301,12 @@ export class KeyRepository implements KeyLookup {
         if (Number(live.rows[0]!.n) >= opts.maxLiveKeys) return { kind: 'limit_reached', limit: opts.maxLiveKeys };
       }
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, allowed_cidrs)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ${KEY_INFO_COLUMNS}`,
-        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt, input.rateLimitRpm ?? null, input.allowedCidrs ?? null],
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, allowed_cidrs, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${KEY_INFO_COLUMNS}`,
+        [
+          newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt,
+          input.rateLimitRpm ?? null, input.allowedCidrs ?? null, input.metadata ? JSON.stringify(input.metadata) : null,
+        ],
       );
       const key = toKeyInfo(inserted.rows[0]!);
       await insertAudit(tx, key.accountId, actor, 'key.created', key.id, {
@@ -387,9 +399,12 @@ export class KeyRepository implements KeyLookup {
       const earlier = await tx.query<{ id: string }>(`SELECT id FROM api_keys WHERE successor_of = $1`, [keyId]);
       if (earlier.rows[0]) return { kind: 'already_rolled', key: toKeyInfo(row), successorId: earlier.rows[0].id };
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of, allowed_cidrs)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${KEY_INFO_COLUMNS}`,
-        [newKeyId(), row.account_id, row.name, row.scope, hash, pepperVersion, displayPrefix(secret), row.expires_at, row.key_rpm, keyId, row.allowed_cidrs],
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of, allowed_cidrs, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ${KEY_INFO_COLUMNS}`,
+        [
+          newKeyId(), row.account_id, row.name, row.scope, hash, pepperVersion, displayPrefix(secret), row.expires_at, row.key_rpm, keyId,
+          row.allowed_cidrs, row.metadata ? JSON.stringify(row.metadata) : null,
+        ],
       );
       const successor = toKeyInfo(inserted.rows[0]!);
       // A key that already expires sooner keeps its sooner time.

@@ -23,6 +23,7 @@ interface WireRecord {
   ar?: number | null;
   kr?: number | null;
   c?: readonly string[] | null;
+  m?: Record<string, unknown> | null;
 }
 
 /** Compact JSON for Redis; `v` must stay a top-level number (the fill script reads it). */
@@ -40,6 +41,7 @@ export function encodeEntry(entry: CacheEntry): string {
     ar: r.accountRpm,
     kr: r.keyRpm,
     ...(r.allowedCidrs ? { c: r.allowedCidrs } : {}),
+    ...(r.metadata ? { m: r.metadata } : {}),
   };
   return JSON.stringify({ v: entry.version, k: wire });
 }
@@ -73,6 +75,7 @@ export function decodeEntry(hash: string, text: string): CacheEntry | undefined 
       accountRpm: typeof k.ar === 'number' ? k.ar : null,
       keyRpm: typeof k.kr === 'number' ? k.kr : null,
       ...(Array.isArray(k.c) && k.c.every((x) => typeof x === 'string') ? { allowedCidrs: k.c } : {}),
+      ...(typeof k.m === 'object' && k.m !== null && !Array.isArray(k.m) ? { metadata: k.m } : {}),
     },
   };
 }

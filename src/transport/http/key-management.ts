@@ -22,6 +22,9 @@ export interface KeyManagementDeps {
   maxRollOverlapSeconds: number;
 }
 
+/** The largest `metadata` object a key may carry, as JSON. */
+export const METADATA_MAX_BYTES = 1024;
+
 const createKeyBody = z.strictObject({
   name: z
     .string()
@@ -36,6 +39,11 @@ const createKeyBody = z.strictObject({
     .nullable()
     .optional(),
   allowed_cidrs: z.array(z.string()).nullable().optional(),
+  metadata: z
+    .record(z.string(), z.unknown())
+    .refine((m) => Buffer.byteLength(JSON.stringify(m), 'utf8') <= METADATA_MAX_BYTES, `must be at most ${METADATA_MAX_BYTES} bytes as JSON`)
+    .nullable()
+    .optional(),
 });
 
 const rollKeyBody = (maxSeconds: number) =>
@@ -78,7 +86,7 @@ export class KeyManagement {
     if (!constraints.ok) throw invalidRequest(ApiErrorCode.invalid_value, constraints.message, constraints.param);
 
     const created = await this.deps.keys.createKey(
-      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm, allowedCidrs: constraints.allowedCidrs },
+      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm, allowedCidrs: constraints.allowedCidrs, metadata: input.metadata ?? null },
       this.actor(caller, requestId),
       { maxLiveKeys: this.deps.maxKeysPerAccount },
     );
@@ -170,7 +178,7 @@ export class KeyManagement {
     return {
       object: 'auth.me',
       account: { id: account.id, email: account.email, plan: account.plan },
-      key: { id: key.id, name: key.name, scope: key.scope },
+      key: { id: key.id, name: key.name, scope: key.scope, metadata: key.metadata },
     };
   }
 
