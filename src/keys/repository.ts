@@ -248,8 +248,9 @@ export class KeyRepository implements KeyLookup {
     const rows = await this.run<KeyRow>(
       `SELECT ${KEY_RECORD_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id
         WHERE k.revoked_at > now() - ($1::double precision * interval '1 millisecond')
-           OR EXISTS (SELECT 1 FROM api_keys s
-                       WHERE s.successor_of = k.id AND s.created_at > now() - ($1::double precision * interval '1 millisecond'))`,
+       UNION
+       SELECT ${KEY_RECORD_COLUMNS} FROM api_keys s JOIN api_keys k ON k.id = s.successor_of JOIN accounts a ON a.id = k.account_id
+        WHERE s.successor_of IS NOT NULL AND s.created_at > now() - ($1::double precision * interval '1 millisecond')`,
       [sinceMs],
     );
     return rows.map(toKeyRecord);

@@ -149,6 +149,11 @@ describe('rolling a key', () => {
     expect(await bothAllow(second.body.key)).toEqual([true, true]);
     expect(await bothAllow(third.body.key)).toEqual([true, true]);
 
+    // A Redis that missed the rolls is repaired from Postgres with the old keys' new entries.
+    const replay = await a.repository.recentRevocations(60_000);
+    expect(replay.find((r) => r.id === first.id)?.expiresAt?.toISOString()).toBe(second.body.previous_key.expires_at);
+    expect(replay.find((r) => r.id === second.body.id)?.expiresAt?.toISOString()).toBe(third.body.previous_key.expires_at);
+
     const again = await roll(first.id, 600);
     expect(again.status).toBe(409);
     expect(again.body.error).toMatchObject({ code: 'key_already_rolled' });
