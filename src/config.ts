@@ -130,6 +130,15 @@ const schema = z.object({
   RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').optional().meta(doc({ description: 'share of each limit a replica allows alone while Redis is down', unit: 'fraction 0-1', default: '1 / live replicas, at least 0.05' })),
   MAX_KEYS_PER_ACCOUNT: positiveInt.default(100).meta(doc({ description: 'live (not revoked, not expired) keys an account may hold; one more is 409 `key_limit_reached` (API) or exit 1 (CLI)', unit: 'keys' })),
   MANAGEMENT_WRITE_TIMEOUT_MS: positiveInt.max(60_000, 'must be at most 60000').default(5000).meta(doc({ description: "each statement of a key create or revoke (not the Check path's `STORE_TIMEOUT_MS`); a COMMIT not confirmed in time answers 503 `outcome_unknown`", unit: 'milliseconds' })),
+  KEY_ROLL_MAX_OVERLAP_SECONDS: z.coerce.number().int('must be a whole number').min(0, 'must be 0 or more').max(366 * 86_400, 'must be at most 31622400').default(7 * 86_400).meta(doc({ description: 'the longest overlap a roll may give the old key (default 7 days)', unit: 'seconds' })),
+  KEY_ROLL_SWEEP_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(30_000).meta(doc({ description: 'how often each replica records rolled keys whose overlap ended as revoked (they are refused from the end of the overlap regardless)', unit: 'milliseconds' })),
+  GITHUB_SECRET_SCANNING_KEYS_FILE: z.string().optional().meta(doc({ description: "GitHub's secret-scanning signing keys pinned in a file (no fetching; air-gapped clusters, tests)", unit: 'path' })),
+  GITHUB_SECRET_SCANNING_KEYS_URL: z.url({ error: 'must be an absolute URL' }).default('https://api.github.com/meta/public_keys/secret_scanning').meta(doc({ description: "where GitHub's secret-scanning signing keys are fetched (and cached) from", unit: 'URL' })),
+  GITHUB_SECRET_SCANNING_REFETCH_MIN_MS: positiveInt.default(60_000).meta(doc({ description: "an unknown key identifier re-fetches GitHub's keys at most once per this long", unit: 'milliseconds' })),
+  SECRET_SCANNING_BODY_LIMIT_BYTES: positiveInt.max(16 * 1024 * 1024, 'must be at most 16777216').default(1024 * 1024).meta(doc({ description: "body limit of the secret-scanning route (GitHub batches matches; the key API's is 16 KiB)", unit: 'bytes' })),
+  OWNER_NOTIFICATION_WEBHOOK_URL: z.url({ error: 'must be an absolute URL' }).optional().meta(doc({ description: 'an account owner is notified of a leaked key by a POST here, signed with `OWNER_NOTIFICATION_WEBHOOK_SECRET`, retried until 2xx', unit: 'URL' })),
+  OWNER_NOTIFICATION_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional().meta(doc({ description: 'HMAC secret of the owner notifications (with `OWNER_NOTIFICATION_WEBHOOK_URL`)', unit: '≥ 16 characters' })),
+  OWNER_NOTIFICATION_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(5000).meta(doc({ description: 'how often the outbox of owner notifications is delivered', unit: 'milliseconds' })),
 });
 
 /** Each setting's name, reference text and the default an unset value gets (docs/configuration.md). */
@@ -183,6 +192,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSe
   if (redisModes > 1) throw new ConfigError('REDIS_URL: set only one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES');
   if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
     throw new ConfigError('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS (the name of the monitored master)');
+  }
+  if ((config.OWNER_NOTIFICATION_WEBHOOK_URL === undefined) !== (config.OWNER_NOTIFICATION_WEBHOOK_SECRET === undefined)) {
+    throw new ConfigError('OWNER_NOTIFICATION_WEBHOOK_SECRET: set both OWNER_NOTIFICATION_WEBHOOK_URL and OWNER_NOTIFICATION_WEBHOOK_SECRET, or neither');
   }
   checkRedisSecurity(config);
   const ports = [config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT];

@@ -25,6 +25,8 @@ import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
 import { asPostgresUnavailable } from './store/errors.js';
 import { GrpcCheckServer, routeGrpcLogs } from './transport/grpc/server.js';
+import { GithubKeySource, SecretScanning } from './keys/secret-scanning.js';
+import { LeakNotifier } from './keys/leak-notifier.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
 import { TrustedProxies } from './transport/http/client-address.js';
 
@@ -176,6 +178,43 @@ export async function startService(config: Config, logger: Logger, opts: Service
     idleTimeoutMs: config.GRPC_IDLE_TIMEOUT_MS,
   });
   health.onChange((ready) => grpcServer.setServing(ready));
+  let githubKeys: GithubKeySource;
+  try {
+    githubKeys = new GithubKeySource({
+      file: config.GITHUB_SECRET_SCANNING_KEYS_FILE,
+      url: config.GITHUB_SECRET_SCANNING_KEYS_URL,
+      refetchMinIntervalMs: config.GITHUB_SECRET_SCANNING_REFETCH_MIN_MS,
+      clock,
+      logger,
+    });
+  } catch (err) {
+    await keyStore.stop();
+    await pool.end().catch(() => undefined);
+    throw new StartupError(`GITHUB_SECRET_SCANNING_KEYS_FILE: ${(err as Error).message}`);
+  }
+  const secretScanning = new SecretScanning({
+    keySource: githubKeys,
+    keys: keyStore.keys,
+    lookup: repository,
+    hasher,
+    environment: config.KEY_ENVIRONMENT,
+    notifyOwners: config.OWNER_NOTIFICATION_WEBHOOK_URL !== undefined,
+    logger,
+    metrics,
+  });
+  const leakNotifier =
+    config.OWNER_NOTIFICATION_WEBHOOK_URL && config.OWNER_NOTIFICATION_WEBHOOK_SECRET
+      ? new LeakNotifier({
+          url: config.OWNER_NOTIFICATION_WEBHOOK_URL,
+          secret: config.OWNER_NOTIFICATION_WEBHOOK_SECRET,
+          intervalMs: config.OWNER_NOTIFICATION_INTERVAL_MS,
+          repository,
+          clock,
+          logger,
+          metrics,
+        })
+      : undefined;
+  leakNotifier?.start();
   const api = createHttpServer({
     pipeline,
     keys: keyStore.keys,
@@ -184,8 +223,10 @@ export async function startService(config: Config, logger: Logger, opts: Service
     logger,
     policy: () => policy,
     clock,
+    secretScanning: { handler: secretScanning, bodyLimitBytes: config.SECRET_SCANNING_BODY_LIMIT_BYTES },
     options: {
       maxKeysPerAccount: config.MAX_KEYS_PER_ACCOUNT,
+      maxRollOverlapSeconds: config.KEY_ROLL_MAX_OVERLAP_SECONDS,
       mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,
       stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
       unavailableMode: config.UNAVAILABLE_MODE,
@@ -209,6 +250,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     await grpcServer.shutdown(0);
     await api.close();
     await closeHttp(ops);
+    await leakNotifier?.stop();
     await keyStore.stop();
     await pool.end().catch(() => undefined);
     throw new StartupError(`cannot listen: ${(err as Error).message}`);
@@ -228,6 +270,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
       await closeHttp(ops);
       await postgresProbe.stop();
       liveReplicas?.stop();
+      await leakNotifier?.stop();
       await keyStore.stop();
       await pool.end().catch(() => undefined);
     })());

@@ -1,5 +1,6 @@
 // The Decision value every check ends in: an allow, or a denial with its reason.
 import type { LimitState } from '../ratelimit/gcra.js';
+import type { ForwardedField } from './metadata-forward.js';
 
 /** Error codes a client can see (OpenAI error shape `error.code`); also metric labels and log fields. */
 export const DenyReason = {
@@ -7,6 +8,8 @@ export const DenyReason = {
   missing_api_key: 'missing_api_key',
   /** Malformed, unknown, revoked, expired, conflicting or repeated credentials: one answer for all. */
   invalid_api_key: 'invalid_api_key',
+  /** Valid key used from an address outside its IP allow-list. */
+  ip_not_allowed: 'ip_not_allowed',
   /** Valid key whose scope does not grant the route's permission. */
   insufficient_scope: 'insufficient_scope',
   /** Valid key, but no policy rule matches the route and the policy denies by default. */
@@ -42,6 +45,8 @@ export interface Identity {
   /** The key's own expiry and per-key limit: a key it creates may not outlive or outrun it (keys/constraints.ts). */
   expiresAt: Date | null;
   keyRpm: number | null;
+  /** Its IP allow-list: a key it creates may not be usable from anywhere else (keys/constraints.ts). */
+  allowedCidrs?: readonly string[] | null;
 }
 
 export interface Allow {
@@ -53,12 +58,15 @@ export interface Allow {
   shadowDenied?: string;
   /** The request limits that applied, for the x-ratelimit-* response headers. */
   rateLimit?: readonly LimitState[];
+  /** Key metadata the policy forwards upstream (check/metadata-forward.ts). */
+  metadata?: readonly ForwardedField[];
 }
 
 export type Deny =
   | { allow: false; reason: 'missing_api_key' }
   | { allow: false; reason: 'invalid_api_key'; detail: InvalidDetail; identity?: Identity }
   | { allow: false; reason: 'insufficient_scope'; identity: Identity; permission: string }
+  | { allow: false; reason: 'ip_not_allowed'; identity: Identity }
   | { allow: false; reason: 'route_not_allowed'; identity: Identity }
   | { allow: false; reason: 'invalid_request'; detail: 'missing_method' | 'invalid_method' }
   | { allow: false; reason: 'invalid_path'; identity: Identity; detail: string }

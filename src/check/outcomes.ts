@@ -47,6 +47,9 @@ export function denialResponse(d: Deny, opts: OutcomeOptions = {}): DenialRespon
       return build(403, GrpcCode.PERMISSION_DENIED, 'permission_error', d.reason,
         `This API key has scope "${d.identity.scope}", which does not grant "${d.permission}" needed for this request.`,
         [['www-authenticate', `${REALM}, error="insufficient_scope", scope="${d.permission}"`]]);
+    case 'ip_not_allowed':
+      return build(403, GrpcCode.PERMISSION_DENIED, 'permission_error', d.reason,
+        'This API key cannot be used from your IP address. Check the key\'s allowed_cidrs.', []);
     case 'route_not_allowed':
       return build(403, GrpcCode.PERMISSION_DENIED, 'permission_error', d.reason,
         'This route is not open to API keys.', []);

@@ -14,12 +14,15 @@ import { StoreUnavailableError } from '../store/errors.js';
 import { systemClock, type Clock } from '../time/clock.js';
 import { LookupThrottledError, type PostgresGuard } from '../keys/lookup-guard.js';
 import { canonicalMethod } from './method.js';
+import { ipAllowListDenial } from './ip-allow-list.js';
+import { forwardedMetadata } from './metadata-forward.js';
 
 
 /** The part of a compiled policy the pipeline uses; read per call so a reload takes effect at once. */
 export interface RouteAuthorizer {
   authorize(method: string, rawPath: string, scope: string): AuthorizeResult;
   limitsOf(plan: string): PlanLimits;
+  readonly forwardMetadata?: readonly string[];
 }
 
 /**
@@ -93,6 +96,8 @@ export class CheckPipeline {
     }
     const key = record!;
     const identity = identityOf(key);
+    const ipDenied = ipAllowListDenial(key, identity, attrs.sourceAddress);
+    if (ipDenied) return ipDenied;
 
     // 4. Route policy against the key's scope.
     const policy = this.deps.policy();
@@ -130,6 +135,8 @@ export class CheckPipeline {
     const allow: Decision = { allow: true, identity, permission };
     if (shadowDenied !== undefined) allow.shadowDenied = shadowDenied;
     if (rateLimit && rateLimit.length > 0) allow.rateLimit = rateLimit;
+    const forwarded = forwardedMetadata(key, policy.forwardMetadata);
+    if (forwarded.length > 0) allow.metadata = forwarded;
     return allow;
   }
 
@@ -146,5 +153,5 @@ export class CheckPipeline {
 }
 
 function identityOf(key: KeyRecord): Identity {
-  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm };
+  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm, allowedCidrs: key.allowedCidrs ?? null };
 }

@@ -60,6 +60,17 @@ function requireAccountId(id: string): string {
   return id;
 }
 
+const OVERLAP_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+
+/** `--overlap`: whole seconds, or a number with s, m, h or d; at most `maxSeconds`. */
+function parseOverlap(value: string, maxSeconds: number): number {
+  const m = /^(\d{1,9})([smhd]?)$/.exec(value.trim());
+  if (!m) throw new UsageError(`--overlap: "${value}" is not a duration (e.g. 0, 90s, 30m, 1h, 7d)`);
+  const seconds = Number(m[1]) * OVERLAP_UNITS[m[2] || 's']!;
+  if (seconds > maxSeconds) throw new UsageError(`--overlap: at most ${maxSeconds} seconds (KEY_ROLL_MAX_OVERLAP_SECONDS)`);
+  return seconds;
+}
+
 function parseName(name: string): string {
   const problem = keyNameProblem(name);
   if (problem) throw new UsageError(`--name: ${problem}`);
@@ -194,7 +205,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
         return keys.listKeys(accountId);
       });
       const human = list.length
-        ? list.map((k) => `${k.id}  ${k.prefix}  ${k.scope.padEnd(10)}  ${k.revokedAt ? 'revoked' : k.expiresAt && k.expiresAt <= new Date() ? 'expired' : 'active '}  ${k.name}`).join('\n')
+        ? list.map((k) => `${k.id}  ${k.prefix}  ${k.scope.padEnd(10)}  ${k.revokedAt ? 'revoked' : k.expiresAt && k.expiresAt <= new Date() ? 'expired' : 'active '}  ${k.name}${k.successorOf ? `  (successor of ${k.successorOf})` : ''}  last used ${k.lastUsedAt?.toISOString() ?? 'never'}`).join('\n')
         : 'no keys';
       print(!!o.json, list.map(keyView), human);
     });
@@ -212,6 +223,28 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       print(!!o.json, { ...keyView(result.key), cache: result.cache }, `revoked ${keyId} at ${result.key.revokedAt?.toISOString()}`);
       // Revoked, but not everything could be done: say what holds, and fail.
       if (result.cache === 'not_updated') throw new RevokeIncomplete(REVOKED_CACHE_NOT_UPDATED);
+    });
+
+  keys
+    .command('roll')
+    .description('roll a key: a successor with the same name, scope and limits (its secret printed this once); the old key keeps working for the overlap')
+    .argument('<key-id>', 'key id (key_...)')
+    .requiredOption('--overlap <duration>', 'how long the old key keeps working: 0 (stops now), or e.g. 90s, 30m, 1h, 7d')
+    .option('--json', 'print JSON')
+    .action(async (keyId: string, o: { overlap: string; json?: boolean }) => {
+      if (!isKeyId(keyId)) throw new UsageError(`"${keyId}" is not a key id (key_...)`);
+      const config = adminConfig(env);
+      const overlapSeconds = parseOverlap(o.overlap, config.KEY_ROLL_MAX_OVERLAP_SECONDS);
+      const result = await withKeyService(config, (keys) => keys.roll(keyId, undefined, overlapSeconds * 1000, { keyId: null, via: 'cli' }), true);
+      if (!result) throw new NotFoundError(`no key ${keyId}`);
+      if (result.kind === 'not_live') throw new ConflictError(`key ${keyId} is revoked or expired; there is nothing to roll`);
+      if (result.kind === 'already_rolled') throw new ConflictError(`key ${keyId} was already rolled; roll its successor ${result.successorId} instead`);
+      const { successor, secret, old } = result;
+      print(
+        !!o.json,
+        { ...keyView(successor), key: secret, previous_key: keyView(old), cache: result.cache },
+        `created key ${successor.id} (${successor.scope}), successor of ${keyId}\n\n  ${secret}\n\nThis is the only time the key is shown. Store it now.\n${keyId} stops working at ${old.expiresAt?.toISOString()}.`,
+      );
     });
 
   program

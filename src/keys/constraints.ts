@@ -1,22 +1,30 @@
-// What a key may hand down to a key it creates: never a longer life or a higher per-key limit than its own.
+// What a key may hand down to a key it creates: never a longer life, a higher per-key limit or
+// a wider IP allow-list than its own.
+import { cidrContains, formatCidr, parseCidr } from './cidr.js';
 
 /** The creating key's own constraints. */
 export interface CallerConstraints {
   expiresAt: Date | null;
   /** Its per-key requests-per-minute limit; null: only the plan's limits apply. */
   keyRpm: number | null;
+  /** Its IP allow-list (canonical CIDRs); absent or null: any address. */
+  allowedCidrs?: readonly string[] | null;
 }
 
 /** What the request asked for; undefined: not given (inherits), null: explicitly none. */
 export interface RequestedConstraints {
   expiresAt?: Date | null;
   keyRpm?: number | null;
+  /** CIDR blocks or addresses as given; null: any address. */
+  allowedCidrs?: readonly string[] | null;
 }
 
 export type ConstraintsOutcome =
-  | { ok: true; expiresAt: Date | null; keyRpm: number | null }
+  | { ok: true; expiresAt: Date | null; keyRpm: number | null; allowedCidrs: string[] | null }
   /** A 400 naming the request field at fault. */
-  | { ok: false; param: 'expires_at' | 'rate_limit_rpm'; message: string };
+  | { ok: false; param: 'expires_at' | 'rate_limit_rpm' | 'allowed_cidrs'; message: string };
+
+export const MAX_ALLOWED_CIDRS = 64;
 
 /**
  * The new key's effective constraints. An omitted value inherits the caller's; an explicit one may
@@ -49,5 +57,36 @@ export function effectiveConstraints(caller: CallerConstraints, requested: Reque
     }
     keyRpm = requested.keyRpm;
   }
-  return { ok: true, expiresAt, keyRpm };
+  const cidrs = allowedCidrsFor(caller.allowedCidrs ?? null, requested.allowedCidrs);
+  if (!cidrs.ok) return { ok: false, param: 'allowed_cidrs', message: `Invalid value for 'allowed_cidrs': ${cidrs.problem}` };
+  return { ok: true, expiresAt, keyRpm, allowedCidrs: cidrs.value };
+}
+
+/**
+ * An omitted list inherits the caller's; a given one must lie inside it, block by block (CIDR
+ * containment: 10.1.0.0/16 is inside 10.0.0.0/8). Stored canonical: host bits cleared, IPv4-mapped
+ * IPv6 written as IPv4.
+ */
+function allowedCidrsFor(
+  caller: readonly string[] | null,
+  requested: readonly string[] | null | undefined,
+): { ok: true; value: string[] | null } | { ok: false; problem: string } {
+  if (requested === undefined) return { ok: true, value: caller === null ? null : [...caller] };
+  const own = (caller ?? []).map((c) => parseCidr(c)).filter((c) => c !== undefined);
+  if (requested === null) {
+    return caller === null ? { ok: true, value: null } : { ok: false, problem: `must not be null: the key making this request is limited to ${caller.join(', ')}.` };
+  }
+  if (requested.length === 0) return { ok: false, problem: 'must not be empty (omit it, or null for any address).' };
+  if (requested.length > MAX_ALLOWED_CIDRS) return { ok: false, problem: `at most ${MAX_ALLOWED_CIDRS} entries.` };
+  const out: string[] = [];
+  for (const text of requested) {
+    const c = parseCidr(text);
+    if (!c) return { ok: false, problem: `"${text.slice(0, 64)}" is not an IP address or CIDR block.` };
+    if (caller !== null && !own.some((o) => cidrContains(o, c))) {
+      return { ok: false, problem: `${formatCidr(c)} is not inside the allow-list of the key making this request (${caller.join(', ')}).` };
+    }
+    const canonical = formatCidr(c);
+    if (!out.includes(canonical)) out.push(canonical);
+  }
+  return { ok: true, value: out };
 }

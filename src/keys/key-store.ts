@@ -2,7 +2,7 @@
 // the invalidation bus, the key service and usage batching.
 import type pg from 'pg';
 import type { Config } from '../config.js';
-import type { Clock } from '../time/clock.js';
+import { every, type Clock } from '../time/clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { HealthState } from '../observability/health.js';
@@ -109,7 +109,8 @@ export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
     apply: async (m) => {
       memory.invalidate(m.hash, m.version);
       resolver.forget(m.hash);
-      if (redisTier && guard.redisReadable()) {
+      // A changed key is not revoked: the service wrote its new entry, and the tombstone keeps older ones out.
+      if (m.kind !== 'changed' && redisTier && guard.redisReadable()) {
         // A marker that cannot be written leaves Redis unproven: not read until replayed.
         await redisTier.fill(m.hash, entryFor(markerRecord(m))).catch(() => guard.markerFailed());
       }
@@ -128,6 +129,16 @@ export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
 
   const keys = new KeyService({ repository, channel: bus, redis: redisTier, leaseMs: config.INVALIDATION_LEASE_MS, clock, logger, metrics });
   const usage = new LastUsedRecorder(repository, config.LAST_USED_FLUSH_MS, () => clock.now());
+  // Rolled keys are refused from the end of their overlap by their expiry; the sweep records the revocation.
+  let sweeping = false;
+  const sweeper = every(clock, config.KEY_ROLL_SWEEP_INTERVAL_MS, () => {
+    if (sweeping) return;
+    sweeping = true;
+    keys
+      .sweepRolled()
+      .catch((err: unknown) => logger.warn({ problem: (err as Error).message }, 'sweeping rolled keys failed; retrying at the next interval'))
+      .finally(() => (sweeping = false));
+  });
 
   return {
     resolver,
@@ -138,6 +149,7 @@ export async function startKeyStore(deps: KeyStoreDeps): Promise<KeyStore> {
     memory,
     redis: redisClient,
     stop: async () => {
+      sweeper.cancel();
       await usage.stop();
       guard.stop();
       await bus.stop();

@@ -15,7 +15,7 @@ import type { AckWait, LiveReplica } from './invalidation/acks.js';
 import { InvalidationBus } from './invalidation/bus.js';
 import { PgLeaseRegistry, pgNotifier } from './invalidation/lease.js';
 import { PG_INVALIDATE_CHANNEL, type Invalidation } from './invalidation/messages.js';
-import { KeyRepository, type Account, type KeyInfo } from './repository.js';
+import { KeyRepository, type Account, type CreateKeyFields, type KeyInfo, type KeyRecord } from './repository.js';
 
 export const NAME_MAX_CHARS = 128;
 // Control characters (NUL is refused by Postgres text) and lone surrogates have no place in a name.
@@ -31,7 +31,7 @@ export function keyNameProblem(name: string): string | undefined {
 }
 
 /** A key as the API and the CLI show it: never the secret, never the hash. */
-export function keyView(k: KeyInfo): Record<string, string | null> {
+export function keyView(k: KeyInfo): Record<string, unknown> {
   return {
     object: 'api_key',
     id: k.id,
@@ -43,6 +43,9 @@ export function keyView(k: KeyInfo): Record<string, string | null> {
     expires_at: k.expiresAt?.toISOString() ?? null,
     last_used_at: k.lastUsedAt?.toISOString() ?? null,
     revoked_at: k.revokedAt?.toISOString() ?? null,
+    successor_of: k.successorOf,
+    allowed_cidrs: k.allowedCidrs,
+    metadata: k.metadata,
   };
 }
 
@@ -85,6 +88,21 @@ export interface RevokeOutcome {
   cache: 'updated' | 'not_updated' | 'not_configured';
 }
 
+export type RollOutcome =
+  | {
+      kind: 'rolled';
+      /** The old key, expiring at the end of the overlap. */
+      old: KeyInfo;
+      successor: KeyInfo;
+      /** The successor's secret: shown this once. */
+      secret: string;
+      acknowledged: boolean;
+      /** As for revoke: whether Redis holds the old key's new expiry. */
+      cache: RevokeOutcome['cache'];
+    }
+  | { kind: 'not_live'; key: KeyInfo }
+  | { kind: 'already_rolled'; key: KeyInfo; successorId: string };
+
 export interface KeyServiceDeps {
   repository: KeyRepository;
   /** Needed by revoke only: a service opened to list or create has none. */
@@ -99,7 +117,7 @@ export interface KeyServiceDeps {
   markerAttempts?: number;
 }
 
-export type CreateKeyInput = { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null };
+export type CreateKeyInput = CreateKeyFields;
 
 export class KeyService {
   constructor(private readonly deps: KeyServiceDeps) {}
@@ -135,37 +153,101 @@ export class KeyService {
    *
    * Idempotent: again on a revoked key, it redoes 2-4, which repairs the cache.
    */
-  async revoke(keyId: string, accountId: string | undefined, actor: AuditActor): Promise<RevokeOutcome | null> {
-    const { repository, channel, metrics, logger } = this.deps;
-    if (!channel) throw new Error('KeyService.revoke needs the invalidation channel: open the service with revocations');
+  async revoke(
+    keyId: string,
+    accountId: string | undefined,
+    actor: AuditActor,
+    extra: { detail?: Record<string, string | null>; notification?: Record<string, unknown> } = {},
+  ): Promise<RevokeOutcome | null> {
     const rid = randomUUID();
-    const acks = channel.expectAcks(rid);
+    const acks = this.channel().expectAcks(rid);
     try {
       const started = this.deps.clock.now();
-      const result = await repository.revoke(keyId, accountId, actor, { channel: PG_INVALIDATE_CHANNEL, rid });
+      const result = await this.deps.repository.revoke(keyId, accountId, actor, { channel: PG_INVALIDATE_CHANNEL, rid }, extra);
       if (!result) return null;
-      const { record } = result;
-      const cache = await this.writeMarker(record.hash, entryFor(record));
-      await channel
-        .publishRedis({ rid, keyId: record.id, accountId: record.accountId, hash: record.hash, version: record.version })
-        .catch(() => undefined);
-      let replicas: LiveReplica[];
-      try {
-        replicas = await channel.liveReplicas();
-      } catch {
-        // Cannot see who is live: wait out any lease that may be running.
-        replicas = [{ id: '*unknown*', remainingMs: this.deps.leaseMs }];
-      }
-      const acknowledged = await acks.wait(replicas);
+      const { acknowledged, cache, replicas } = await this.propagate(rid, acks, result.record, 'revoked');
       const seconds = (this.deps.clock.now() - started) / 1000;
-      metrics?.revocationDuration.labels(acknowledged ? 'acknowledged' : 'lease_expired').observe(seconds);
-      const line = { key_id: keyId, account_id: record.accountId, replicas: replicas.length, acknowledged, cache, seconds };
-      if (cache === 'not_updated') logger.error(line, 'key revoked, but the revoked marker could not be written to Redis; revoke again to repair');
-      else logger.info(line, 'key revoked');
+      this.deps.metrics?.revocationDuration.labels(acknowledged ? 'acknowledged' : 'lease_expired').observe(seconds);
+      const line = { key_id: keyId, account_id: result.record.accountId, replicas, acknowledged, cache, seconds, via: actor.via };
+      if (cache === 'not_updated') this.deps.logger.error(line, 'key revoked, but the revoked marker could not be written to Redis; revoke again to repair');
+      else this.deps.logger.info(line, 'key revoked');
       return { key: result.key, changed: result.changed, acknowledged, cache };
     } finally {
       acks.close();
     }
+  }
+
+  /**
+   * Rolls `keyId`: a successor that keeps its name, scope, expiry and limit, and the old key's
+   * expiry brought forward to now + `overlapMs` (an earlier expiry stays). The old key's change
+   * reaches every replica as a revocation does (version bump, invalidation, acknowledgements),
+   * so each enforces the new expiry from its cache. With `overlapMs` 0 the old key stops at once.
+   * The sweeper marks it revoked once the overlap is over. Null when no such key (for that account).
+   */
+  async roll(keyId: string, accountId: string | undefined, overlapMs: number, actor: AuditActor): Promise<RollOutcome | null> {
+    const rid = randomUUID();
+    const acks = this.channel().expectAcks(rid);
+    try {
+      const now = this.deps.clock.now();
+      const result = await this.deps.repository.roll(keyId, accountId, { now: new Date(now), overlapEndsAt: new Date(now + overlapMs) }, actor, {
+        channel: PG_INVALIDATE_CHANNEL,
+        rid,
+      });
+      if (!result || result.kind !== 'rolled') return result;
+      const { acknowledged, cache, replicas } = await this.propagate(rid, acks, result.record, 'changed');
+      const line = { key_id: keyId, successor_key_id: result.successor.id, account_id: result.old.accountId, expires_at: result.old.expiresAt?.toISOString(), replicas, acknowledged, cache, via: actor.via };
+      if (cache === 'not_updated') this.deps.logger.error(line, 'key rolled, but its new expiry could not be written to Redis; roll the successor or revoke the old key if it must stop at once');
+      else this.deps.logger.info(line, 'key rolled');
+      return { kind: 'rolled', old: result.old, successor: result.successor, secret: result.secret, acknowledged, cache };
+    } finally {
+      acks.close();
+    }
+  }
+
+  /**
+   * Revokes a key that secret scanning found in public: the audit row names the actor
+   * `secret_scanning` and where it was found; with `notify`, the owner's notification is queued
+   * in the same transaction (only when this call revoked it, so a replayed report queues nothing).
+   */
+  revokeLeaked(keyId: string, location: { url: string | null; source: string | null }, notify: boolean): Promise<RevokeOutcome | null> {
+    const notification = notify ? { event: 'api_key.leaked', key_id: keyId, url: location.url, source: location.source } : undefined;
+    return this.revoke(keyId, undefined, { keyId: null, via: 'secret_scanning' }, { detail: { url: location.url, source: location.source }, ...(notification ? { notification } : {}) });
+  }
+
+  /**
+   * Marks revoked (with its audit row) every rolled key whose overlap has ended; the key was
+   * already refused everywhere by its expiry. Several replicas may sweep at once: revoke is idempotent.
+   */
+  async sweepRolled(limit = 100): Promise<number> {
+    const ids = await this.deps.repository.endedRollOverlaps(limit);
+    for (const id of ids) await this.revoke(id, undefined, { keyId: null, via: 'sweeper' });
+    return ids.length;
+  }
+
+  /**
+   * After the commit: the key's new entry into Redis (retried), the same invalidation on Redis
+   * pub/sub, then the wait until every replica with a running lease acknowledged or its lease ran out.
+   */
+  private async propagate(rid: string, acks: AckWait, record: KeyRecord, kind: 'revoked' | 'changed') {
+    const channel = this.channel();
+    const cache = await this.writeMarker(record.hash, entryFor(record));
+    const message: Invalidation = { rid, keyId: record.id, accountId: record.accountId, hash: record.hash, version: record.version };
+    await channel.publishRedis(kind === 'changed' ? { ...message, kind } : message).catch(() => undefined);
+    let replicas: LiveReplica[];
+    try {
+      replicas = await channel.liveReplicas();
+    } catch {
+      // Cannot see who is live: wait out any lease that may be running.
+      replicas = [{ id: '*unknown*', remainingMs: this.deps.leaseMs }];
+    }
+    const acknowledged = await acks.wait(replicas);
+    return { acknowledged, cache, replicas: replicas.length };
+  }
+
+  /** The invalidation channel; a service opened only to list or create has none. */
+  private channel(): RevocationChannel {
+    if (!this.deps.channel) throw new Error('KeyService: revoking and rolling need the invalidation channel; open the service with revocations');
+    return this.deps.channel;
   }
 
   private async writeMarker(hash: string, entry: ReturnType<typeof entryFor>): Promise<RevokeOutcome['cache']> {

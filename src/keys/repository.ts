@@ -5,6 +5,7 @@ import { auditDetail, type AuditAction, type AuditActor, type AuditEvent } from 
 import { displayPrefix, generateKey, type KeyEnvironment } from './format.js';
 import type { KeyHash, KeyHasher } from './hash.js';
 import { newAccountId, newKeyId } from './ids.js';
+import type { Invalidation } from './invalidation/messages.js';
 
 /** What a decision needs to know about a key. */
 export interface KeyRecord {
@@ -22,6 +23,10 @@ export interface KeyRecord {
   /** Request-per-minute overrides of the plan's limits (null: the plan's). */
   accountRpm: number | null;
   keyRpm: number | null;
+  /** Canonical CIDR blocks the key may be used from; absent or null: any address. */
+  allowedCidrs?: readonly string[] | null;
+  /** The key's metadata object; absent or null: none. */
+  metadata?: Readonly<Record<string, unknown>> | null;
 }
 
 export interface Account {
@@ -55,7 +60,22 @@ export interface KeyInfo {
   expiresAt: Date | null;
   lastUsedAt: Date | null;
   revokedAt: Date | null;
+  /** The key this one was rolled from; null for a key made by create. */
+  successorOf: string | null;
+  /** Its own requests-per-minute limit; null: the plan's. */
+  rateLimitRpm: number | null;
+  /** Canonical CIDR blocks it may be used from; null: any address. */
+  allowedCidrs: string[] | null;
+  metadata: Record<string, unknown> | null;
 }
+
+/** What a roll did; `record` is the old key as it now is (shorter expiry, higher version). */
+export type RollResult =
+  | { kind: 'rolled'; old: KeyInfo; record: KeyRecord; successor: KeyInfo; secret: string }
+  /** The key is revoked or already expired: there is nothing to rotate away from. */
+  | { kind: 'not_live'; key: KeyInfo }
+  /** The key was rolled before; its successor is the one to roll. */
+  | { kind: 'already_rolled'; key: KeyInfo; successorId: string };
 
 export class NotFoundError extends Error {
   override name = 'NotFoundError';
@@ -81,11 +101,13 @@ interface KeyRow {
   version: string;
   account_rpm: number | null;
   key_rpm: number | null;
+  allowed_cidrs: string[] | null;
+  metadata: Record<string, unknown> | null;
 }
 
 // What a decision reads about a key, from `api_keys k JOIN accounts a`.
 const KEY_RECORD_COLUMNS =
-  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm';
+  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm, k.allowed_cidrs, k.metadata';
 
 const toKeyRecord = (r: KeyRow): KeyRecord => ({
   id: r.id,
@@ -99,6 +121,8 @@ const toKeyRecord = (r: KeyRow): KeyRecord => ({
   version: Number(r.version),
   accountRpm: r.account_rpm,
   keyRpm: r.key_rpm,
+  allowedCidrs: r.allowed_cidrs,
+  metadata: r.metadata,
 });
 
 interface KeyInfoRow {
@@ -111,9 +135,15 @@ interface KeyInfoRow {
   expires_at: Date | null;
   last_used_at: Date | null;
   revoked_at: Date | null;
+  successor_of: string | null;
+  rate_limit_rpm: number | null;
+  allowed_cidrs: string[] | null;
+  metadata: Record<string, unknown> | null;
 }
 
-const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at';
+const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm, allowed_cidrs, metadata';
+// The KeyInfo columns that KEY_RECORD_COLUMNS (from `api_keys k`) does not already hold.
+const KEY_INFO_EXTRA_COLUMNS = 'k.display_prefix, k.created_at, k.last_used_at, k.successor_of, k.rate_limit_rpm';
 
 const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   id: r.id,
@@ -125,7 +155,23 @@ const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   expiresAt: r.expires_at,
   lastUsedAt: r.last_used_at,
   revokedAt: r.revoked_at,
+  successorOf: r.successor_of,
+  rateLimitRpm: r.rate_limit_rpm,
+  allowedCidrs: r.allowed_cidrs,
+  metadata: r.metadata,
 });
+
+export interface CreateKeyFields {
+  accountId: string;
+  name: string;
+  scope: string;
+  expiresAt: Date | null;
+  rateLimitRpm?: number | null;
+  /** Canonical CIDR blocks (keys/cidr.ts); null or absent: any address. */
+  allowedCidrs?: string[] | null;
+  /** A JSON object of at most 1 KiB (checked by the caller); null or absent: none. */
+  metadata?: Record<string, unknown> | null;
+}
 
 /** A statement inside a management transaction, run with the write timeout. */
 export interface Tx {
@@ -180,7 +226,7 @@ export class KeyRepository implements KeyLookup {
   }
 
   /** Creates a key as the operator would (audited as via the CLI); the secret is returned this once. */
-  async createKey(input: { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null }): Promise<{ key: KeyInfo; secret: string }> {
+  async createKey(input: CreateKeyFields): Promise<{ key: KeyInfo; secret: string }> {
     const created = await this.createKeyAudited(input, { keyId: null, via: 'cli' });
     if (created.kind !== 'created') throw new ConflictError('key limit reached');
     return { key: created.key, secret: created.secret };
@@ -194,11 +240,17 @@ export class KeyRepository implements KeyLookup {
     return rows.map(toKeyInfo);
   }
 
-  /** Revocations since `sinceMs` ago, to replay into a Redis that may have missed them. */
+  /**
+   * Revocations and rolls (whose successor was made) since `sinceMs` ago, to replay into a Redis
+   * that may have missed them: both bumped the key's version and changed what it may do.
+   */
   async recentRevocations(sinceMs: number): Promise<KeyRecord[]> {
     const rows = await this.run<KeyRow>(
       `SELECT ${KEY_RECORD_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id
-        WHERE k.revoked_at > now() - ($1::double precision * interval '1 millisecond')`,
+        WHERE k.revoked_at > now() - ($1::double precision * interval '1 millisecond')
+       UNION
+       SELECT ${KEY_RECORD_COLUMNS} FROM api_keys s JOIN api_keys k ON k.id = s.successor_of JOIN accounts a ON a.id = k.account_id
+        WHERE s.successor_of IS NOT NULL AND s.created_at > now() - ($1::double precision * interval '1 millisecond')`,
       [sinceMs],
     );
     return rows.map(toKeyRecord);
@@ -232,7 +284,7 @@ export class KeyRepository implements KeyLookup {
    * account first, so concurrent calls cannot overshoot the cap.
    */
   async createKeyAudited(
-    input: { accountId: string; name: string; scope: string; expiresAt: Date | null; rateLimitRpm?: number | null },
+    input: CreateKeyFields,
     actor: AuditActor,
     opts: { maxLiveKeys?: number } = {},
   ): Promise<{ kind: 'created'; key: KeyInfo; secret: string } | { kind: 'limit_reached'; limit: number }> {
@@ -250,9 +302,12 @@ export class KeyRepository implements KeyLookup {
         if (Number(live.rows[0]!.n) >= opts.maxLiveKeys) return { kind: 'limit_reached', limit: opts.maxLiveKeys };
       }
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ${KEY_INFO_COLUMNS}`,
-        [newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt, input.rateLimitRpm ?? null],
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, allowed_cidrs, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${KEY_INFO_COLUMNS}`,
+        [
+          newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt,
+          input.rateLimitRpm ?? null, input.allowedCidrs ?? null, input.metadata ? JSON.stringify(input.metadata) : null,
+        ],
       );
       const key = toKeyInfo(inserted.rows[0]!);
       await insertAudit(tx, key.accountId, actor, 'key.created', key.id, {
@@ -278,10 +333,11 @@ export class KeyRepository implements KeyLookup {
     accountId: string | undefined,
     actor: AuditActor,
     notify: { channel: string; rid: string },
+    extra: { detail?: Record<string, string | null>; notification?: Record<string, unknown> } = {},
   ): Promise<{ key: KeyInfo; record: KeyRecord; changed: boolean } | null> {
     return this.transaction(async (tx) => {
       const found = await tx.query<KeyInfoRow & KeyRow>(
-        `SELECT k.display_prefix, k.created_at, k.last_used_at, ${KEY_RECORD_COLUMNS}
+        `SELECT ${KEY_INFO_EXTRA_COLUMNS}, ${KEY_RECORD_COLUMNS}
            FROM api_keys k JOIN accounts a ON a.id = k.account_id
           WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
         [keyId, accountId ?? null],
@@ -295,13 +351,115 @@ export class KeyRepository implements KeyLookup {
           [keyId],
         );
         row = { ...row, ...updated.rows[0]! };
-        await insertAudit(tx, row.account_id, actor, 'key.revoked', keyId);
+        await insertAudit(tx, row.account_id, actor, 'key.revoked', keyId, extra.detail);
+        // The owner's notification exists exactly when the revocation does.
+        if (extra.notification) {
+          await tx.query(`INSERT INTO leak_notifications (account_id, payload) VALUES ($1, $2)`, [
+            row.account_id,
+            JSON.stringify({ ...extra.notification, account_id: row.account_id, revoked_at: row.revoked_at?.toISOString() ?? null }),
+          ]);
+        }
       }
       const record = toKeyRecord(row);
       const message = { rid: notify.rid, keyId: record.id, accountId: record.accountId, hash: record.hash, version: record.version };
       await tx.query(`SELECT pg_notify($1, $2)`, [notify.channel, JSON.stringify(message)]);
       return { key: toKeyInfo(row), record, changed };
     });
+  }
+
+  /**
+   * Rolls a key in one transaction: a successor with the same name, scope, expiry and limit
+   * (`successor_of` naming the old key), the old key's expiry brought forward to
+   * `overlapEndsAt` (never pushed later) with its version bumped, a `key.rolled` audit row for
+   * the old key and a `key.created` one for the successor, and the NOTIFY (kind `changed`), so
+   * every replica re-reads the old key. Null when no such key (owned by `accountId`, when given).
+   */
+  async roll(
+    keyId: string,
+    accountId: string | undefined,
+    times: { now: Date; overlapEndsAt: Date },
+    actor: AuditActor,
+    notify: { channel: string; rid: string },
+  ): Promise<RollResult | null> {
+    const secret = generateKey(this.environment);
+    const { hash, pepperVersion } = this.hasher.hashForStorage(secret);
+    return this.transaction(async (tx) => {
+      const found = await tx.query<KeyInfoRow & KeyRow>(
+        `SELECT ${KEY_INFO_EXTRA_COLUMNS}, ${KEY_RECORD_COLUMNS}
+           FROM api_keys k JOIN accounts a ON a.id = k.account_id
+          WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
+        [keyId, accountId ?? null],
+      );
+      const row = found.rows[0];
+      if (!row) return null;
+      const { now, overlapEndsAt } = times;
+      if (row.revoked_at !== null || (row.expires_at !== null && row.expires_at <= now)) {
+        return { kind: 'not_live', key: toKeyInfo(row) };
+      }
+      // The row lock above serialises rolls of one key, so this sees any earlier successor.
+      const earlier = await tx.query<{ id: string }>(`SELECT id FROM api_keys WHERE successor_of = $1`, [keyId]);
+      if (earlier.rows[0]) return { kind: 'already_rolled', key: toKeyInfo(row), successorId: earlier.rows[0].id };
+      const inserted = await tx.query<KeyInfoRow>(
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of, allowed_cidrs, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ${KEY_INFO_COLUMNS}`,
+        [
+          newKeyId(), row.account_id, row.name, row.scope, hash, pepperVersion, displayPrefix(secret), row.expires_at, row.key_rpm, keyId,
+          row.allowed_cidrs, row.metadata ? JSON.stringify(row.metadata) : null,
+        ],
+      );
+      const successor = toKeyInfo(inserted.rows[0]!);
+      // A key that already expires sooner keeps its sooner time.
+      const endsAt = row.expires_at !== null && row.expires_at < overlapEndsAt ? row.expires_at : overlapEndsAt;
+      const updated = await tx.query<{ expires_at: Date; version: string }>(
+        `UPDATE api_keys SET expires_at = $2, version = version + 1 WHERE id = $1 RETURNING expires_at, version`,
+        [keyId, endsAt],
+      );
+      const oldRow = { ...row, ...updated.rows[0]! };
+      await insertAudit(tx, row.account_id, actor, 'key.rolled', keyId, { successor_id: successor.id, expires_at: endsAt.toISOString() });
+      await insertAudit(tx, row.account_id, actor, 'key.created', successor.id, {
+        name: successor.name,
+        scope: successor.scope,
+        expires_at: successor.expiresAt?.toISOString() ?? null,
+        successor_of: keyId,
+      });
+      const record = toKeyRecord(oldRow);
+      const message: Invalidation = { rid: notify.rid, keyId, accountId: record.accountId, hash: record.hash, version: record.version, kind: 'changed' };
+      await tx.query(`SELECT pg_notify($1, $2)`, [notify.channel, JSON.stringify(message)]);
+      return { kind: 'rolled', old: toKeyInfo(oldRow), record, successor, secret };
+    });
+  }
+
+  /** Rolled keys whose overlap has ended but that are not yet marked revoked (the sweeper's work). */
+  async endedRollOverlaps(limit: number): Promise<string[]> {
+    const rows = await this.run<{ id: string }>(
+      `SELECT o.id FROM api_keys o JOIN api_keys s ON s.successor_of = o.id
+        WHERE o.revoked_at IS NULL AND o.expires_at <= now() ORDER BY o.expires_at LIMIT $1`,
+      [limit],
+    );
+    return rows.map((r) => r.id);
+  }
+
+  /**
+   * Claims up to `limit` undelivered leak notifications that are due, pushing each one's next
+   * attempt `leaseMs` ahead, so replicas delivering at once never send the same one twice at once.
+   */
+  async claimLeakNotifications(limit: number, leaseMs: number): Promise<Array<{ id: string; accountId: string; payload: Record<string, unknown>; attempts: number }>> {
+    const rows = await this.run<{ id: string; account_id: string; payload: Record<string, unknown>; attempts: number }>(
+      `UPDATE leak_notifications SET next_attempt_at = now() + ($2::double precision * interval '1 millisecond'), attempts = attempts + 1
+        WHERE id IN (SELECT id FROM leak_notifications WHERE delivered_at IS NULL AND next_attempt_at <= now()
+                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+        RETURNING id, account_id, payload, attempts`,
+      [limit, leaseMs],
+    );
+    return rows.map((r) => ({ id: r.id, accountId: r.account_id, payload: r.payload, attempts: r.attempts }));
+  }
+
+  async leakNotificationDelivered(id: string): Promise<void> {
+    await this.run(`UPDATE leak_notifications SET delivered_at = now() WHERE id = $1`, [id]);
+  }
+
+  async leakNotificationFailed(id: string, retryInMs: number): Promise<void> {
+    await this.run(`UPDATE leak_notifications SET next_attempt_at = now() + ($2::double precision * interval '1 millisecond') WHERE id = $1`, [id, retryInMs]);
   }
 
   /** One key as listings show it; null when unknown. */

@@ -11,14 +11,16 @@ export function outcomeOf(reason: string): 'allow' | 'deny' {
   return reason === 'allowed' || reason === 'shadow_denied' ? 'allow' : 'deny';
 }
 
-export type ManagementOperation = 'create' | 'list' | 'revoke' | 'me' | 'other';
-export const MANAGEMENT_OPERATIONS: readonly ManagementOperation[] = ['create', 'list', 'revoke', 'me', 'other'];
+export type ManagementOperation = 'create' | 'list' | 'revoke' | 'roll' | 'me' | 'secret_scanning' | 'other';
+export const MANAGEMENT_OPERATIONS: readonly ManagementOperation[] = ['create', 'list', 'revoke', 'roll', 'me', 'secret_scanning', 'other'];
 
 // Route templates of the key management API (SPEC 6), so the label never carries a raw path or key id.
 const MANAGEMENT_ROUTES: Readonly<Record<string, ManagementOperation>> = {
   'POST /api/v1/auth/api-keys': 'create',
   'GET /api/v1/auth/api-keys': 'list',
   'DELETE /api/v1/auth/api-keys/:id': 'revoke',
+  'POST /api/v1/auth/api-keys/:id/roll': 'roll',
+  'POST /api/v1/secret-scanning/github': 'secret_scanning',
   'GET /api/v1/auth/me': 'me',
 };
 
@@ -196,6 +198,20 @@ export class Metrics {
   }
 
   /** Counts one answered management call; `route` is the matched route template (Fastify's routeOptions.url). */
+  readonly secretScanningTokens = new client.Counter({
+    name: 'ryvion_authz_secret_scanning_tokens_total',
+    help: 'Tokens reported by GitHub secret scanning, by label: true_positive (ours; revoked now or before) or false_positive',
+    labelNames: ['label'] as const,
+    registers: [this.registry],
+  });
+
+  readonly leakNotifications = new client.Counter({
+    name: 'ryvion_authz_leak_notifications_total',
+    help: 'Owner-notification webhook deliveries about leaked keys, by result (delivered, failed)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   recordManagementRequest(method: string, route: string | undefined, status: number): void {
     this.managementRequests.labels(managementOperation(method, route), statusClass(status)).inc();
   }
@@ -207,6 +223,8 @@ export class Metrics {
     for (const tier of ['memory', 'redis', 'postgres']) for (const r of ['hit', 'miss', 'error']) this.cacheRequests.labels(tier, r).inc(0);
     for (const r of ['bypass', 'coalesced']) this.cacheRequests.labels('memory', r).inc(0);
     this.cacheRequests.labels('postgres', 'overload').inc(0);
+    for (const label of ['true_positive', 'false_positive']) this.secretScanningTokens.labels(label).inc(0);
+    for (const result of ['delivered', 'failed']) this.leakNotifications.labels(result).inc(0);
     for (const operation of MANAGEMENT_OPERATIONS) for (const cls of ['2xx', '4xx', '5xx']) this.managementRequests.labels(operation, cls).inc(0);
     for (const store of ['postgres', 'redis']) {
       for (const kind of ['timeout', 'connection', 'overload', 'query']) this.storeErrors.labels(store, kind).inc(0);

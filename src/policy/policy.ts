@@ -33,6 +33,8 @@ export interface CompiledPolicy {
   permissionsOf(scope: string): ReadonlySet<Permission>;
   /** A plan's request limits (the default plan's for an unknown name); empty when the file defines no plans. */
   limitsOf(plan: string): PlanLimits;
+  /** Key metadata fields forwarded upstream on allow (`forward_metadata`). */
+  readonly forwardMetadata: readonly string[];
 }
 
 /** A limit of `requests` per `windowMs`, of which `burst` may arrive at once. */
@@ -143,6 +145,11 @@ const policySchema = z.strictObject({
   plans: z.record(nameSchema('plan'), planSchema).default({}),
   // The plan of an account whose plan the file does not name.
   default_plan: nameSchema('plan').default('free'),
+  // Key metadata fields sent upstream as x-ryvion-meta-<field> and dynamic metadata.
+  forward_metadata: z
+    .array(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a metadata field name: lower-case letters, digits, "_" and "-", at most 63'))
+    .max(16)
+    .default([]),
 });
 
 type PolicyDocument = z.infer<typeof policySchema>;
@@ -214,6 +221,7 @@ export function loadPolicyFile(path: string): CompiledPolicy {
 
 class RoutePolicy implements CompiledPolicy {
   readonly scopes: readonly string[];
+  readonly forwardMetadata: readonly string[];
   private readonly grants: ReadonlyMap<string, ReadonlySet<Permission>>;
   // Per method, the routes that apply to it in rule order; unknown methods only see `*` rules.
   private readonly routesByMethod: ReadonlyMap<string, readonly Route[]>;
@@ -227,6 +235,7 @@ class RoutePolicy implements CompiledPolicy {
     policy: PolicyDocument,
   ) {
     this.scopes = Object.freeze(Object.keys(policy.scopes));
+    this.forwardMetadata = Object.freeze([...new Set(policy.forward_metadata)]);
     this.grants = new Map(Object.entries(policy.scopes).map(([scope, permissions]) => [scope, new Set(permissions)]));
     this.unmatched = policy.default_action === 'allow' ? DEFAULT_ALLOW : NO_ROUTE;
     const toLimit = (l: { requests: number; window: number; burst?: number | undefined } | undefined): RequestLimit | undefined =>

@@ -117,13 +117,15 @@ describe('deploy/envoy/http-ext-authz.yaml', () => {
     expect(hcm.common_http_protocol_options.headers_with_underscores_action).toBe('REJECT_REQUEST');
   });
 
-  it('sends /api/v1/auth/ to the HTTP port without ext_authz and strips x-ryvion-* there; ext_authz everywhere else', () => {
-    const auth = routes.find((r) => r.match.prefix === '/api/v1/auth/');
-    expect(routes.indexOf(auth)).toBe(0);
-    expect(auth.typed_per_filter_config[extAuthz.name]).toEqual({ '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', disabled: true });
-    expect([...auth.request_headers_to_remove].sort()).toEqual(IDENTITY);
-    expect(auth.route.cluster).toBe(svc.server_uri.cluster);
-    for (const r of routes.slice(1)) {
+  it('sends /api/v1/auth/ and /api/v1/secret-scanning/ to the HTTP port without ext_authz and strips x-ryvion-* there; ext_authz everywhere else', () => {
+    for (const [i, prefix] of ['/api/v1/auth/', '/api/v1/secret-scanning/'].entries()) {
+      const auth = routes.find((r) => r.match.prefix === prefix);
+      expect(routes.indexOf(auth), prefix).toBe(i);
+      expect(auth.typed_per_filter_config[extAuthz.name]).toEqual({ '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', disabled: true });
+      expect([...auth.request_headers_to_remove].sort()).toEqual(IDENTITY);
+      expect(auth.route.cluster).toBe(svc.server_uri.cluster);
+    }
+    for (const r of routes.slice(2)) {
       expect(r.typed_per_filter_config?.[extAuthz.name]).toBeUndefined();
       expect(r.request_headers_to_remove).toBeUndefined();
       expect(cluster(r.route.cluster)).toBeDefined();
@@ -188,8 +190,8 @@ describe('deploy/traefik/dynamic.yaml (parse-checked: no Traefik binary here)', 
     expect(Object.values(strip.headers.customRequestHeaders)).toEqual(['', '']);
   });
 
-  it('/api/v1/auth/ goes to ryvion-authz without forwardAuth, with client-sent x-ryvion-* removed, and wins over /', () => {
-    const auth = byPrefix('/api/v1/auth/');
+  it.each(['/api/v1/auth/', '/api/v1/secret-scanning/'])('%s goes to ryvion-authz without forwardAuth, with client-sent x-ryvion-* removed, and wins over /', (prefix) => {
+    const auth = byPrefix(prefix);
     const api = byPrefix('/');
     expect(auth.priority).toBeGreaterThan(api.priority);
     expect(auth.middlewares.some((m: string) => middlewares[m].forwardAuth)).toBe(false);

@@ -107,6 +107,11 @@ describe('deploy/envoy/envoy.yaml', () => {
     expect(http.explicit_http_config.http2_protocol_options.connection_keepalive).toEqual({ interval: '30s', timeout: '5s' });
   });
 
+  it('tells ext_authz the real client address (IP allow-lists): the peer, or the chart\'s trusted hops of x-forwarded-for', () => {
+    expect(hcm.use_remote_address).toBe(true);
+    expect(hcm.xff_num_trusted_hops).toBe(0);
+  });
+
   it('normalises paths before routing and ext_authz', () => {
     expect(hcm.normalize_path).toBe(true);
     expect(hcm.merge_slashes).toBe(true);
@@ -114,9 +119,9 @@ describe('deploy/envoy/envoy.yaml', () => {
     expect(hcm.common_http_protocol_options.headers_with_underscores_action).toBe('REJECT_REQUEST');
   });
 
-  it('sends /api/v1/auth/ to the HTTP port without ext_authz and strips x-ryvion-* there', () => {
-    const auth = routes.find((r) => r.match.prefix === '/api/v1/auth/');
-    expect(auth, 'a /api/v1/auth/ route').toBeDefined();
+  it.each(['/api/v1/auth/', '/api/v1/secret-scanning/'])('sends %s to the HTTP port without ext_authz and strips x-ryvion-* there', (prefix) => {
+    const auth = routes.find((r) => r.match.prefix === prefix);
+    expect(auth, `a ${prefix} route`).toBeDefined();
     expect(routes.indexOf(auth)).toBeLessThan(routes.findIndex((r) => r.match.prefix === '/'));
     const perRoute = auth.typed_per_filter_config[extAuthz.name];
     expect(perRoute['@type']).toBe('type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute');
@@ -126,7 +131,7 @@ describe('deploy/envoy/envoy.yaml', () => {
   });
 
   it('keeps ext_authz on every other route (and never strips the identity the gate sets)', () => {
-    for (const r of routes.filter((r) => r.match.prefix !== '/api/v1/auth/')) {
+    for (const r of routes.filter((r) => r.match.prefix !== '/api/v1/auth/' && r.match.prefix !== '/api/v1/secret-scanning/')) {
       expect(r.typed_per_filter_config?.[extAuthz.name]).toBeUndefined();
       expect(r.request_headers_to_remove ?? []).not.toEqual(expect.arrayContaining(IDENTITY.slice(0, 1)));
       expect(cluster(r.route.cluster)).toBeDefined();
@@ -150,6 +155,8 @@ describe('deploy/istio', () => {
     expect(provider.envoyExtAuthzGrpc.failOpen).toBe(false);
     expect(provider.envoyExtAuthzGrpc.statusOnError).toBe('503');
     expect(['MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES']).toContain(operator.spec.meshConfig.pathNormalization.normalization);
+    // The client address the gateway reports (IP allow-lists): the chart's trusted hops.
+    expect(operator.spec.meshConfig.defaultConfig.gatewayTopology.numTrustedProxies).toBe(0);
     // The normalisation applies to every workload of the mesh: the file says so where it is set.
     expect(readFileSync(join(ROOT, 'deploy', 'istio', 'mesh-config.yaml'), 'utf8')).toMatch(/MESH-WIDE/);
 
@@ -158,14 +165,16 @@ describe('deploy/istio', () => {
     expect(policy.spec.selector.matchLabels).toBeDefined();
     const notPaths = policy.spec.rules.flatMap((r: Loose) => r.to.flatMap((t: Loose) => t.operation.notPaths ?? []));
     expect(notPaths).toContain('/api/v1/auth/*');
+    expect(notPaths).toContain('/api/v1/secret-scanning/*');
   });
 
-  it('routes /api/v1/auth/ to the HTTP port and strips x-ryvion-* there', () => {
+  it('routes /api/v1/auth/ and /api/v1/secret-scanning/ to the HTTP port and strips x-ryvion-* there', () => {
     const vs = byKind('VirtualService')[0];
     const http: Loose[] = vs.spec.http;
     const auth = http.find((r) => r.match?.some((m: Loose) => m.uri?.prefix === '/api/v1/auth/'));
     expect(auth).toBeDefined();
     expect(http.indexOf(auth)).toBe(0);
+    expect(auth.match.map((m: Loose) => m.uri?.prefix)).toContain('/api/v1/secret-scanning/');
     expect([...auth.headers.request.remove].sort()).toEqual(IDENTITY);
     expect(auth.route[0].destination).toEqual({ host: svc.fqdn, port: { number: svc.httpPort } });
     for (const r of http.filter((r) => r !== auth)) expect(r.route[0].destination.host).not.toBe(svc.fqdn);
@@ -204,11 +213,12 @@ describe('deploy/envoy-gateway', () => {
     expect(apiRoute.spec.rules[0].matches[0].path).toEqual({ type: 'PathPrefix', value: '/' });
   });
 
-  it('serves /api/v1/auth/ from a route without the policy that strips x-ryvion-*', () => {
+  it('serves /api/v1/auth/ and /api/v1/secret-scanning/ from a route without the policy that strips x-ryvion-*', () => {
     const targeted = new Set(policies.flatMap((p) => p.spec.targetRefs.map((t: Loose) => t.name)));
     const auth = routes.find((r) => r.spec.rules.some((rule: Loose) => rule.matches.some((m: Loose) => m.path.value.startsWith('/api/v1/auth'))));
     expect(auth).toBeDefined();
     expect(targeted.has(auth.metadata.name)).toBe(false);
+    expect(auth.spec.rules[0].matches.map((m: Loose) => m.path.value)).toContain('/api/v1/secret-scanning/');
     // No policy on the Gateway either, which would cover this route too.
     for (const p of policies) for (const t of p.spec.targetRefs) expect(t.kind).not.toBe('Gateway');
     const rule = auth.spec.rules[0];
@@ -219,6 +229,7 @@ describe('deploy/envoy-gateway', () => {
 
   it('rejects encoded slashes and underscore header names at the Gateway', () => {
     const ctp = docs.find((d) => d.kind === 'ClientTrafficPolicy');
+    expect(ctp.spec.clientIPDetection.xForwardedFor.numTrustedHops).toBe(0);
     expect(ctp.spec.path.escapedSlashesAction).toBe('RejectRequest');
     expect(ctp.spec.path.disableMergeSlashes).toBe(false);
     expect(ctp.spec.headers.withUnderscoresAction).toBe('RejectRequest');
@@ -278,5 +289,18 @@ describe('deploy/: rendered from the chart', () => {
     expect(eg.find((d) => d.kind === 'SecurityPolicy').spec.extAuth.grpc.backendRefs).toEqual([{ name: 'edge-ryvion-authz', namespace: 'gateway-system', port: 9191 }]);
     const mesh = parse(files['istio/mesh-config.yaml']!) as Loose;
     expect(mesh.spec.meshConfig.extensionProviders[0].envoyExtAuthzGrpc.service).toBe('edge-ryvion-authz.gateway-system.svc.cluster.local');
+  });
+
+  it('proxyExamples.trustedHops reaches the client-address setting of Envoy (gRPC and HTTP), Istio and Envoy Gateway', async () => {
+    const files = await renderProxyExamples('ryvion-authz', 'ryvion', ['--set', 'proxyExamples.trustedHops=1']);
+    for (const path of ['envoy/envoy.yaml', 'envoy/http-ext-authz.yaml']) {
+      const envoy = parse(files[path]!) as Loose;
+      const hcm = envoy.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+      expect(hcm, path).toMatchObject({ use_remote_address: true, xff_num_trusted_hops: 1 });
+    }
+    const mesh = parse(files['istio/mesh-config.yaml']!) as Loose;
+    expect(mesh.spec.meshConfig.defaultConfig.gatewayTopology.numTrustedProxies).toBe(1);
+    const eg = parseAllDocuments(files['envoy-gateway/ryvion-api.yaml']!).map((d) => d.toJS() as Loose);
+    expect(eg.find((d) => d.kind === 'ClientTrafficPolicy').spec.clientIPDetection.xForwardedFor.numTrustedHops).toBe(1);
   });
 });

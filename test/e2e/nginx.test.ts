@@ -298,6 +298,12 @@ describe('curl and plain HTTP through nginx', () => {
     expect(await errorCode(denied)).toBe('insufficient_scope');
   });
 
+  it('GitHub secret scanning reports go to ryvion-authz without auth_request: an unsigned one is its 401 invalid_signature', async () => {
+    const res = await fetch(`${nginx.url}/api/v1/secret-scanning/github`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[]' });
+    expect(res.status).toBe(401);
+    expect(await errorCode(res)).toBe('invalid_signature');
+  });
+
   it('the upstream receives the normalised path that was judged; an encoded ";" is refused', async () => {
     const before = upstream.seen.length;
     const res = await fetch(`${nginx.url}/v1//models/./x/%2e%2e?limit=1`, { headers: { 'x-api-key': readOnly } });

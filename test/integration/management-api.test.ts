@@ -185,6 +185,9 @@ describe('the public documentation\'s curl commands', () => {
       expires_at: null,
       last_used_at: null,
       revoked_at: null,
+      successor_of: null,
+      allowed_cidrs: null,
+      metadata: null,
       key: expect.stringMatching(/^ryv_live_[0-9A-Za-z]{49}$/),
     });
     const secret = r.body.key as string;
@@ -203,7 +206,9 @@ describe('the public documentation\'s curl commands', () => {
     expect(data.map((k) => k.id)).toEqual(stored);
     expect(data.filter((k) => k.name === 'my-new-key')).toHaveLength(2);
     for (const k of data) {
-      expect(Object.keys(k).sort()).toEqual(['account_id', 'created_at', 'expires_at', 'id', 'last_used_at', 'name', 'object', 'prefix', 'revoked_at', 'scope']);
+      expect(Object.keys(k).sort()).toEqual([
+        'account_id', 'allowed_cidrs', 'created_at', 'expires_at', 'id', 'last_used_at', 'metadata', 'name', 'object', 'prefix', 'revoked_at', 'scope', 'successor_of',
+      ]);
       expect(k.object).toBe('api_key');
     }
   });
@@ -215,7 +220,7 @@ describe('the public documentation\'s curl commands', () => {
       body: {
         object: 'auth.me',
         account: { id: accountA, email: 'a@example.com', plan: 'pro' },
-        key: { id: buyerA.id, name: 'main', scope: 'buyer' },
+        key: { id: buyerA.id, name: 'main', scope: 'buyer', metadata: null },
       },
     });
   });

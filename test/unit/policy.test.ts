@@ -48,6 +48,7 @@ const seed: Row[] = [
   ['GET', '/api/v1/auth/api-keys', 'keys.manage', A, D, D, D],
   ['POST', '/api/v1/auth/api-keys', 'keys.manage', A, D, D, D],
   ['DELETE', '/api/v1/auth/api-keys/key_1', 'keys.manage', A, D, D, D],
+  ['POST', '/api/v1/auth/api-keys/key_1/roll', 'keys.manage', A, D, D, D],
   ['POST', '/mcp', 'mcp', A, D, D, D],
   ['GET', '/mcp/sse', 'mcp', A, D, D, D],
   ['DELETE', '/mcp', 'mcp', A, D, D, D],

@@ -79,7 +79,8 @@ spec:
         # Streamed completions can run for minutes.
         request: 600s
 ---
-# The key management API: more specific than "/", so it wins for /api/v1/auth/...; no SecurityPolicy.
+# The key management API and GitHub's secret scanning reports: more specific than "/", so it wins
+# for /api/v1/auth/... and /api/v1/secret-scanning/...; no SecurityPolicy.
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
@@ -93,6 +94,10 @@ spec:
         - path:
             type: PathPrefix
             value: /api/v1/auth/
+        # GitHub secret scanning reports: verified by GitHub's signature, no API key.
+        - path:
+            type: PathPrefix
+            value: /api/v1/secret-scanning/
       filters:
         - type: RequestHeaderModifier
           requestHeaderModifier:
@@ -124,6 +129,11 @@ spec:
     disableMergeSlashes: false
   headers:
     withUnderscoresAction: RejectRequest
+  # The client address ext_authz reports (per-key IP allow-lists): proxies in front of the Gateway
+  # that append X-Forwarded-For (values proxyExamples.trustedHops; 0: the peer is the client).
+  clientIPDetection:
+    xForwardedFor:
+      numTrustedHops: {{ .Values.proxyExamples.trustedHops }}
 {{- end }}
 
 {{- define "ryvion-authz.proxy.envoyGatewayPatch" -}}

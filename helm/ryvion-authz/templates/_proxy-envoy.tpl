@@ -27,6 +27,7 @@ The Envoy bootstraps of deploy/envoy, for this release's Services (`npm run depl
 #   - /api/v1/auth/ (the key management API) goes to ryvion-authz's HTTP port with ext_authz
 #     disabled: that API checks the key itself, and ext_authz would strip the credential.
 #     Client-sent x-ryvion-* identity headers are removed there, since no Check overwrites them.
+#     /api/v1/secret-scanning/ (GitHub's signed leak reports, no API key) is routed the same way.
 #   - headers with underscores are rejected: some upstream frameworks read x_ryvion_scope as
 #     x-ryvion-scope, which would let a client smuggle an identity header past the gate.
 admin:
@@ -45,8 +46,12 @@ static_resources:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: ryvion_api
                 codec_type: AUTO
-                # Edge proxy: the client address is the peer's (the gate limits failed attempts per source).
+                # Edge proxy: the client address is the peer's, or with proxies in front that append
+                # x-forwarded-for, the entry that many hops from the right. It becomes
+                # attributes.source.address, which per-key IP allow-lists and the per-source limit on
+                # failed keys judge (values proxyExamples.trustedHops).
                 use_remote_address: true
+                xff_num_trusted_hops: {{ .Values.proxyExamples.trustedHops }}
                 normalize_path: true
                 merge_slashes: true
                 path_with_escaped_slashes_action: REJECT_REQUEST
@@ -79,6 +84,20 @@ static_resources:
                         # and no client-supplied identity headers.
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
+                          route:
+                            cluster: ryvion_authz_http
+                            timeout: 10s
+                          request_headers_to_remove:
+                            - x-ryvion-account-id
+                            - x-ryvion-key-id
+                            - x-ryvion-scope
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              disabled: true
+                        # GitHub secret scanning reports: signed by GitHub, no API key, so no ext_authz either.
+                        - name: ryvion_authz_secret_scanning
+                          match: { prefix: /api/v1/secret-scanning/ }
                           route:
                             cluster: ryvion_authz_http
                             timeout: 10s
@@ -216,9 +235,12 @@ static_resources:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: ryvion_api
                 codec_type: AUTO
-                # Edge proxy: Envoy appends the peer to x-forwarded-for, the last entry ryvion-authz
-                # reads as the client address (its per-source limit on failed keys).
+                # Edge proxy: Envoy appends the client address to x-forwarded-for, the last entry
+                # ryvion-authz reads as the client (per-key IP allow-lists, the per-source limit on
+                # failed keys). With proxies in front that append x-forwarded-for, the client is the
+                # entry that many hops from the right (values proxyExamples.trustedHops).
                 use_remote_address: true
+                xff_num_trusted_hops: {{ .Values.proxyExamples.trustedHops }}
                 # The client gets the x-request-id that ryvion-authz logged the decision under.
                 always_set_request_id_in_response: true
                 normalize_path: true
@@ -252,6 +274,20 @@ static_resources:
                         # and no client-supplied identity headers.
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
+                          route:
+                            cluster: ryvion_authz_http
+                            timeout: 10s
+                          request_headers_to_remove:
+                            - x-ryvion-account-id
+                            - x-ryvion-key-id
+                            - x-ryvion-scope
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              disabled: true
+                        # GitHub secret scanning reports: signed by GitHub, no API key, so no ext_authz either.
+                        - name: ryvion_authz_secret_scanning
+                          match: { prefix: /api/v1/secret-scanning/ }
                           route:
                             cluster: ryvion_authz_http
                             timeout: 10s

@@ -35,6 +35,12 @@ spec:
     # Mesh-wide (see above): every workload's paths are normalised this way.
     pathNormalization:
       normalization: MERGE_SLASHES
+    # The client address the ingress gateway reports to ext_authz (per-key IP allow-lists):
+    # proxies in front of it that append X-Forwarded-For (values proxyExamples.trustedHops;
+    # 0: the peer is the client). Also MESH-WIDE: every gateway's default.
+    defaultConfig:
+      gatewayTopology:
+        numTrustedProxies: {{ .Values.proxyExamples.trustedHops }}
     extensionProviders:
       - name: {{ include "ryvion-authz.fullname" . }}
         envoyExtAuthzGrpc:
@@ -58,8 +64,9 @@ spec:
 # {{ .Values.proxyExamples.istio.gateway }} for {{ .Values.proxyExamples.api.host }} (chart values proxyExamples.*).
 #
 #   - AuthorizationPolicy (CUSTOM): every request to the API workload is checked by
-#     ryvion-authz, except /api/v1/auth/* (the key management API authenticates keys itself).
-#   - VirtualService: /api/v1/auth/ goes to ryvion-authz's HTTP port, where no Check runs, so
+#     ryvion-authz, except /api/v1/auth/* (the key management API authenticates keys itself)
+#     and /api/v1/secret-scanning/* (GitHub's reports, verified by GitHub's signature).
+#   - VirtualService: /api/v1/auth/ and /api/v1/secret-scanning/ go to ryvion-authz's HTTP port, where no Check runs, so
 #     client-sent x-ryvion-* identity headers are removed on that route; everything else goes
 #     to the API, where the Check overwrites them on allow.
 apiVersion: security.istio.io/v1
@@ -77,7 +84,7 @@ spec:
   rules:
     - to:
         - operation:
-            notPaths: ["/api/v1/auth/*"]
+            notPaths: ["/api/v1/auth/*", "/api/v1/secret-scanning/*"]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -95,6 +102,8 @@ spec:
       match:
         - uri:
             prefix: /api/v1/auth/
+        - uri:
+            prefix: /api/v1/secret-scanning/
       headers:
         request:
           remove:

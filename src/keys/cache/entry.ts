@@ -22,6 +22,8 @@ interface WireRecord {
   r: number | null;
   ar?: number | null;
   kr?: number | null;
+  c?: readonly string[] | null;
+  m?: Record<string, unknown> | null;
 }
 
 /** Compact JSON for Redis; `v` must stay a top-level number (the fill script reads it). */
@@ -38,6 +40,8 @@ export function encodeEntry(entry: CacheEntry): string {
     r: r.revokedAt ? r.revokedAt.getTime() : null,
     ar: r.accountRpm,
     kr: r.keyRpm,
+    ...(r.allowedCidrs ? { c: r.allowedCidrs } : {}),
+    ...(r.metadata ? { m: r.metadata } : {}),
   };
   return JSON.stringify({ v: entry.version, k: wire });
 }
@@ -70,6 +74,8 @@ export function decodeEntry(hash: string, text: string): CacheEntry | undefined 
       version: v,
       accountRpm: typeof k.ar === 'number' ? k.ar : null,
       keyRpm: typeof k.kr === 'number' ? k.kr : null,
+      ...(Array.isArray(k.c) && k.c.every((x) => typeof x === 'string') ? { allowedCidrs: k.c } : {}),
+      ...(typeof k.m === 'object' && k.m !== null && !Array.isArray(k.m) ? { metadata: k.m } : {}),
     },
   };
 }

@@ -11,6 +11,11 @@ export interface Invalidation {
   accountId: string;
   hash: string;
   version: number;
+  /**
+   * `revoked` (the default, and what older publishers meant): replicas may write a revoked marker.
+   * `changed` (a roll shortened its expiry): replicas drop what they hold and re-read it.
+   */
+  kind?: 'revoked' | 'changed';
 }
 
 export interface Ack {
@@ -24,7 +29,8 @@ export function parseInvalidation(payload: string): Invalidation | undefined {
   try {
     const m = JSON.parse(payload) as Partial<Invalidation>;
     if (typeof m.rid !== 'string' || typeof m.keyId !== 'string' || typeof m.hash !== 'string' || typeof m.version !== 'number') return undefined;
-    return { rid: m.rid, keyId: m.keyId, accountId: typeof m.accountId === 'string' ? m.accountId : '', hash: m.hash, version: m.version };
+    const base = { rid: m.rid, keyId: m.keyId, accountId: typeof m.accountId === 'string' ? m.accountId : '', hash: m.hash, version: m.version };
+    return m.kind === 'changed' ? { ...base, kind: 'changed' } : base;
   } catch {
     return undefined;
   }

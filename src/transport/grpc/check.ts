@@ -116,8 +116,10 @@ function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckRe
       key_id: str(d.identity.keyId),
       scope: str(d.identity.scope),
       ...(d.permission !== null ? { permission: str(d.permission) } : {}),
+      ...Object.fromEntries((d.metadata ?? []).flatMap((m) => (m.value === undefined ? [] : [[`meta_${m.field}`, str(m.value)]]))),
     },
   };
+  const meta = d.metadata ?? [];
   return {
     status: { code: GrpcCode.OK },
     ok_response: {
@@ -125,8 +127,10 @@ function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckRe
         overwrite(IDENTITY_HEADERS.accountId, d.identity.accountId),
         overwrite(IDENTITY_HEADERS.keyId, d.identity.keyId),
         overwrite(IDENTITY_HEADERS.scope, d.identity.scope),
+        ...meta.flatMap((m) => (m.value === undefined ? [] : [overwrite(m.header, m.value)])),
       ],
-      headers_to_remove: opts.stripCredentialHeaders ? [...CREDENTIAL_HEADERS] : [],
+      // A field the key lacks is removed, so a client-sent x-ryvion-meta-* never reaches the upstream.
+      headers_to_remove: [...(opts.stripCredentialHeaders ? CREDENTIAL_HEADERS : []), ...meta.flatMap((m) => (m.value === undefined ? [m.header] : []))],
       response_headers_to_add: [
         overwrite('x-request-id', requestId),
         ...rateLimitHeaders(d.rateLimit ?? []).map(([k, v]) => overwrite(k, v)),

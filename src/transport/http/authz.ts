@@ -138,8 +138,14 @@ function allow(res: ServerResponse, d: Allow, options: AuthzOptions): void {
   res.setHeader(IDENTITY_HEADERS.accountId, d.identity.accountId);
   res.setHeader(IDENTITY_HEADERS.keyId, d.identity.keyId);
   res.setHeader(IDENTITY_HEADERS.scope, d.identity.scope);
-  // Envoy http_service removes the headers named here from the upstream request.
-  if (options.stripCredentialHeaders) res.setHeader('x-envoy-auth-headers-to-remove', CREDENTIAL_HEADERS.join(', '));
+  const absent: string[] = [];
+  for (const m of d.metadata ?? []) {
+    if (m.value === undefined) absent.push(m.header);
+    else res.setHeader(m.header, m.value);
+  }
+  // Envoy http_service removes the headers named here from the upstream request (metadata fields the key lacks too).
+  const remove = [...(options.stripCredentialHeaders ? CREDENTIAL_HEADERS : []), ...absent];
+  if (remove.length > 0) res.setHeader('x-envoy-auth-headers-to-remove', remove.join(', '));
   for (const [name, value] of rateLimitHeaders(d.rateLimit ?? [])) res.setHeader(name, value);
   // Exactly 200: Envoy treats any other status, 204 included, as a denial.
   res.writeHead(200, { 'content-length': '0' }).end();

@@ -21,6 +21,12 @@ export const ApiErrorCode = {
   key_limit_reached: 'key_limit_reached',
   /** No key with that id in the caller's account; another account's key gets the same answer. */
   key_not_found: 'key_not_found',
+  /** The key to roll is revoked or expired. */
+  key_not_live: 'key_not_live',
+  /** The key was rolled before: roll its successor (named in the message) instead. */
+  key_already_rolled: 'key_already_rolled',
+  /** Secret scanning: the GitHub signature headers are missing, name an unknown key, or do not verify. */
+  invalid_signature: 'invalid_signature',
   /** No route at this path. */
   not_found: 'not_found',
   /** The path exists, but not with this method (`allow` lists the methods). */

@@ -18,7 +18,12 @@ export interface KeyManagementDeps {
   logger: Logger;
   /** Live (not revoked, not expired) keys an account may hold; creation beyond it is refused. */
   maxKeysPerAccount: number;
+  /** The longest overlap a roll may ask for (KEY_ROLL_MAX_OVERLAP_SECONDS). */
+  maxRollOverlapSeconds: number;
 }
+
+/** The largest `metadata` object a key may carry, as JSON. */
+export const METADATA_MAX_BYTES = 1024;
 
 const createKeyBody = z.strictObject({
   name: z
@@ -33,11 +38,29 @@ const createKeyBody = z.strictObject({
     .datetime({ offset: true, error: 'must be an ISO 8601 date-time with a time zone, e.g. 2030-01-31T00:00:00Z' })
     .nullable()
     .optional(),
+  allowed_cidrs: z.array(z.string()).nullable().optional(),
+  metadata: z
+    .record(z.string(), z.unknown())
+    .refine((m) => Buffer.byteLength(JSON.stringify(m), 'utf8') <= METADATA_MAX_BYTES, `must be at most ${METADATA_MAX_BYTES} bytes as JSON`)
+    .nullable()
+    .optional(),
 });
+
+const rollKeyBody = (maxSeconds: number) =>
+  z.strictObject({
+    overlap_seconds: z
+      .number()
+      .int('must be a whole number of seconds')
+      .min(0, 'must be 0 or more')
+      .max(maxSeconds, `must be at most ${maxSeconds} (KEY_ROLL_MAX_OVERLAP_SECONDS)`),
+  });
 
 const keyNotFound = (): ApiError =>
   // The same answer for an unknown id and another account's key: ids of other accounts are not confirmed.
   invalidRequest(ApiErrorCode.key_not_found, 'No API key with that id exists in your account.', 'id', 404);
+
+const keyNotLive = (keyId: string): ApiError =>
+  new ApiError(409, 'invalid_request_error', ApiErrorCode.key_not_live, `Key ${keyId} is revoked or expired; there is nothing to roll.`, 'id');
 
 export class KeyManagement {
   constructor(private readonly deps: KeyManagementDeps) {}
@@ -59,11 +82,11 @@ export class KeyManagement {
     }
     // The new key lives no longer, and runs no faster, than the key that makes it.
     const requestedExpiry = input.expires_at === undefined ? undefined : input.expires_at === null ? null : new Date(input.expires_at);
-    const constraints = effectiveConstraints(caller, { expiresAt: requestedExpiry }, this.deps.clock.now());
+    const constraints = effectiveConstraints(caller, { expiresAt: requestedExpiry, allowedCidrs: input.allowed_cidrs }, this.deps.clock.now());
     if (!constraints.ok) throw invalidRequest(ApiErrorCode.invalid_value, constraints.message, constraints.param);
 
     const created = await this.deps.keys.createKey(
-      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm },
+      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm, allowedCidrs: constraints.allowedCidrs, metadata: input.metadata ?? null },
       this.actor(caller, requestId),
       { maxLiveKeys: this.deps.maxKeysPerAccount },
     );
@@ -103,6 +126,51 @@ export class KeyManagement {
     return { ...keyView(outcome.key), revoked: true };
   }
 
+  /**
+   * POST /api/v1/auth/api-keys/{id}/roll: a successor with the same name, scope, expiry and limit,
+   * its secret shown this once, and the old key's expiry brought forward to the end of the overlap.
+   * Returns once every replica enforces the old key's new expiry. The caller needs what creating
+   * the successor would need: no scope, expiry or limit beyond its own.
+   */
+  async roll(caller: Identity, keyId: string, body: unknown, requestId: string): Promise<Record<string, unknown>> {
+    if (!isKeyId(keyId)) throw keyNotFound();
+    const input = parseBody(rollKeyBody(this.deps.maxRollOverlapSeconds), body, '{"overlap_seconds": 3600}');
+    const target = await this.deps.keys.getKey(keyId);
+    if (!target || target.accountId !== caller.accountId) throw keyNotFound();
+    const policy = this.deps.policy();
+    const own = policy.permissionsOf(caller.scope);
+    const beyond = [...policy.permissionsOf(target.scope)].filter((p) => !own.has(p));
+    if (beyond.length > 0) {
+      throw new ApiError(403, 'permission_error', ApiErrorCode.scope_not_allowed,
+        `A key with scope "${caller.scope}" cannot roll a key with scope "${target.scope}": its successor would grant ${beyond.join(', ')}.`, 'id');
+    }
+    // The successor keeps the old key's expiry and limit: no more than the caller may hand out.
+    const now = this.deps.clock.now();
+    if (target.revokedAt !== null || (target.expiresAt !== null && target.expiresAt.getTime() <= now)) throw keyNotLive(keyId);
+    const constraints = effectiveConstraints(caller, { expiresAt: target.expiresAt, keyRpm: target.rateLimitRpm, allowedCidrs: target.allowedCidrs }, now);
+    if (!constraints.ok) {
+      const what =
+        constraints.param === 'expires_at' ? `expire later than the calling key (${caller.expiresAt?.toISOString()})`
+        : constraints.param === 'rate_limit_rpm' ? `have a higher request limit than the calling key (${caller.keyRpm}/min)`
+        : 'be usable from addresses outside the calling key\'s allowed_cidrs';
+      throw new ApiError(403, 'permission_error', ApiErrorCode.scope_not_allowed, `This key cannot roll key ${keyId}: its successor would ${what}.`, 'id');
+    }
+
+    const outcome = await this.deps.keys.roll(keyId, caller.accountId, input.overlap_seconds * 1000, this.actor(caller, requestId));
+    if (!outcome) throw keyNotFound();
+    if (outcome.kind === 'not_live') throw keyNotLive(keyId);
+    if (outcome.kind === 'already_rolled') {
+      throw new ApiError(409, 'invalid_request_error', ApiErrorCode.key_already_rolled,
+        `Key ${keyId} was already rolled; roll its successor ${outcome.successorId} instead.`, 'id');
+    }
+    this.deps.logger.info(
+      { request_id: requestId, account_id: caller.accountId, key_id: keyId, successor_key_id: outcome.successor.id, actor_key_id: caller.keyId, cache: outcome.cache },
+      'api key rolled',
+    );
+    // The secret exists only in this answer, so a cache problem is reported in it rather than as an error.
+    return { ...keyView(outcome.successor), key: outcome.secret, previous_key: keyView(outcome.old), cache: outcome.cache };
+  }
+
   /** GET /api/v1/auth/me: the account and the calling key. */
   async me(caller: Identity): Promise<Record<string, unknown>> {
     const [account, key] = await Promise.all([this.deps.keys.getAccount(caller.accountId), this.deps.keys.getKey(caller.keyId)]);
@@ -110,7 +178,7 @@ export class KeyManagement {
     return {
       object: 'auth.me',
       account: { id: account.id, email: account.email, plan: account.plan },
-      key: { id: key.id, name: key.name, scope: key.scope },
+      key: { id: key.id, name: key.name, scope: key.scope, metadata: key.metadata },
     };
   }
 
@@ -123,7 +191,11 @@ type CreateKeyInput = z.infer<typeof createKeyBody>;
 
 /** Validates the create body; the first problem becomes a 400 naming the field. */
 export function parseCreateBody(body: unknown): CreateKeyInput {
-  const parsed = createKeyBody.safeParse(body);
+  return parseBody(createKeyBody, body, '{"name": "my-new-key"}');
+}
+
+function parseBody<T>(schema: z.ZodType<T>, body: unknown, example: string): T {
+  const parsed = schema.safeParse(body);
   if (parsed.success) return parsed.data;
   const issue = parsed.error.issues[0]!;
   if (issue.code === 'unrecognized_keys') {
@@ -132,7 +204,7 @@ export function parseCreateBody(body: unknown): CreateKeyInput {
   }
   const param = typeof issue.path[0] === 'string' ? issue.path[0] : null;
   if (param === null) {
-    throw invalidRequest(ApiErrorCode.invalid_type, 'The request body must be a JSON object, e.g. {"name": "my-new-key"}.');
+    throw invalidRequest(ApiErrorCode.invalid_type, `The request body must be a JSON object, e.g. ${example}.`);
   }
   if (issue.code === 'invalid_type') {
     const present = typeof body === 'object' && body !== null && (body as Record<string, unknown>)[param] !== undefined;

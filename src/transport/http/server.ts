@@ -19,10 +19,12 @@ import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './client-address.js';
 import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
 import { KeyManagement } from './key-management.js';
 import type { KeyService } from '../../keys/management.js';
+import type { SecretScanning } from '../../keys/secret-scanning.js';
 
 export const API_KEYS_PATH = '/api/v1/auth/api-keys';
 export const API_KEY_PATH = `${API_KEYS_PATH}/:id`;
 export const ME_PATH = '/api/v1/auth/me';
+export const SECRET_SCANNING_PATH = '/api/v1/secret-scanning/github';
 
 export const DEFAULT_BODY_LIMIT_BYTES = 16 * 1024;
 export const DEFAULT_MAX_HEADERS = 100;
@@ -30,6 +32,8 @@ export const DEFAULT_MAX_HEADERS = 100;
 export interface HttpServerOptions {
   /** Live keys an account may hold (MAX_KEYS_PER_ACCOUNT). */
   maxKeysPerAccount: number;
+  /** The longest overlap a roll may ask for (KEY_ROLL_MAX_OVERLAP_SECONDS); default 7 days. */
+  maxRollOverlapSeconds?: number;
   /** Larger bodies get 413. */
   bodyLimitBytes?: number;
   mcpResourceMetadataUrl?: string | undefined;
@@ -54,12 +58,16 @@ export interface HttpServerDeps {
   policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'>;
   clock?: Clock;
   options: HttpServerOptions;
+  /** GitHub's secret scanning reports (POST /api/v1/secret-scanning/github), with that route's body limit. */
+  secretScanning?: { handler: Pick<SecretScanning, 'handle'>; bodyLimitBytes: number };
 }
 
 // Methods served at each path, for 405 and its `allow` header.
 const PATHS: ReadonlyArray<{ pattern: RegExp; methods: readonly string[] }> = [
   { pattern: /^\/api\/v1\/auth\/api-keys$/, methods: ['GET', 'POST'] },
   { pattern: /^\/api\/v1\/auth\/api-keys\/[^/]+$/, methods: ['DELETE'] },
+  { pattern: /^\/api\/v1\/auth\/api-keys\/[^/]+\/roll$/, methods: ['POST'] },
+  { pattern: /^\/api\/v1\/secret-scanning\/github$/, methods: ['POST'] },
   { pattern: /^\/api\/v1\/auth\/me$/, methods: ['GET'] },
 ];
 
@@ -71,6 +79,7 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     clock: deps.clock ?? systemClock,
     logger: deps.logger,
     maxKeysPerAccount: deps.options.maxKeysPerAccount,
+    maxRollOverlapSeconds: deps.options.maxRollOverlapSeconds ?? 7 * 86_400,
   });
   const callers = new WeakMap<FastifyRequest, Identity>();
   const trustedProxies = deps.options.trustedProxies ?? new TrustedProxies(DEFAULT_TRUSTED_PROXIES);
@@ -172,7 +181,30 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
   app.delete<{ Params: { id: string } }>(API_KEY_PATH, { onRequest: authenticate }, async (req, reply) =>
     sendJson(reply, 200, await management.revoke(caller(req), req.params.id, req.id)),
   );
+  app.post<{ Params: { id: string } }>(`${API_KEY_PATH}/roll`, { onRequest: authenticate }, async (req, reply) =>
+    sendJson(reply, 201, await management.roll(caller(req), req.params.id, req.body, req.id)),
+  );
   app.get(ME_PATH, { onRequest: authenticate }, async (req, reply) => sendJson(reply, 200, await management.me(caller(req))));
+
+  const scanning = deps.secretScanning;
+  if (scanning) {
+    // GitHub signs the body as sent: this route keeps it as bytes (never a re-serialised object),
+    // in its own scope so the other routes keep parsing JSON.
+    void app.register(async (scope) => {
+      scope.removeContentTypeParser('application/json');
+      scope.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: scanning.bodyLimitBytes }, (_req, body, done) => done(null, body));
+      scope.post(SECRET_SCANNING_PATH, { bodyLimit: scanning.bodyLimitBytes }, async (req, reply) => {
+        const header = (name: string): string | undefined => {
+          const v = req.headers[name];
+          return typeof v === 'string' ? v : undefined;
+        };
+        const outcome = await scanning.handler.handle(req.body as Buffer, header('github-public-key-identifier'), header('github-public-key-signature'));
+        if (outcome.status === 200) return sendJson(reply, 200, outcome.feedback);
+        const code = outcome.status === 401 ? ApiErrorCode.invalid_signature : ApiErrorCode.invalid_value;
+        return sendError(reply, new ApiError(outcome.status, 'invalid_request_error', code, outcome.message));
+      });
+    });
+  }
 
   app.setNotFoundHandler(async (req, reply) => {
     const path = req.url.split('?')[0]!;
@@ -186,7 +218,7 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
 
   app.setErrorHandler(async (err: FastifyError | Error, req, reply) => {
     if (err instanceof ApiError) return sendError(reply, err);
-    const framing = fromFastifyError(err as FastifyError, bodyLimit);
+    const framing = fromFastifyError(err as FastifyError, req.routeOptions.bodyLimit ?? bodyLimit);
     if (framing) return sendError(reply, framing);
     if (err instanceof WriteOutcomeUnknownError) {
       deps.logger.error({ request_id: req.id, method: req.method, route: req.routeOptions.url }, 'commit outcome unknown during a management call; answered 503');
