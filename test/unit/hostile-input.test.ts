@@ -34,12 +34,12 @@ class TieredKeys implements KeySource {
   readonly redis = new Map<string, KeyRecord>();
   readonly postgres = new Map<string, KeyRecord>();
   postgresLookups = 0;
-  peek(c: readonly KeyHash[]): KeyRecord | undefined {
-    return this.memory.get(c[0]!.hash.toString('base64url'));
-  }
-  async findByHash(c: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
+  find(c: readonly KeyHash[], beforePostgres?: PostgresGuard): KeyRecord | Promise<KeyRecord | null> {
     const id = c[0]!.hash.toString('base64url');
-    const cached = this.memory.get(id) ?? this.redis.get(id);
+    return this.memory.get(id) ?? this.afterMemory(id, beforePostgres);
+  }
+  private async afterMemory(id: string, beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
+    const cached = this.redis.get(id);
     if (cached) return cached;
     const wait = beforePostgres?.() ?? 0;
     if (wait > 0) throw new LookupThrottledError(wait);
