@@ -10,7 +10,7 @@ import { KeyHasher } from '../src/keys/hash.js';
 import { MemoryTier } from '../src/keys/cache/memory.js';
 import { KeyResolver } from '../src/keys/resolver.js';
 import type { KeyRecord } from '../src/keys/repository.js';
-import { DecisionRecorder } from '../src/observability/decision-log.js';
+import { DecisionRecorder } from '../src/check/decision-log.js';
 import { createLogger } from '../src/observability/logger.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../src/policy/policy.js';

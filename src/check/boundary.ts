@@ -3,7 +3,7 @@
 import type { RequestAttributes } from './attributes.js';
 import type { Decision } from './decision.js';
 import type { CheckPipeline } from './pipeline.js';
-import type { DecisionRecorder } from '../observability/decision-log.js';
+import type { DecisionRecorder } from './decision-log.js';
 import type { Transport } from '../observability/metrics.js';
 
 export interface Decided {

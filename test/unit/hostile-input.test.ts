@@ -11,7 +11,7 @@ import { generateKey } from '../../src/keys/format.js';
 import { KeyHasher, type KeyHash } from '../../src/keys/hash.js';
 import { LookupThrottledError, type PostgresGuard } from '../../src/keys/lookup-guard.js';
 import type { KeyRecord } from '../../src/keys/repository.js';
-import { DecisionRecorder, METHOD_LOG_MAX_CHARS } from '../../src/observability/decision-log.js';
+import { DecisionRecorder, METHOD_LOG_MAX_CHARS } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../../src/policy/policy.js';

@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { DecisionBoundary } from '../../check/boundary.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
-import type { DecisionRecorder } from '../../observability/decision-log.js';
+import type { DecisionRecorder } from '../../check/decision-log.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from './proto.js';
 import { newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
 import { withFastCheckResponse } from './wire.js';

@@ -5,7 +5,7 @@ import { DecisionBoundary } from '../../check/boundary.js';
 import type { Allow, Deny } from '../../check/decision.js';
 import { allowResponse, denialResponse } from '../../check/outcomes.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
-import type { DecisionRecorder } from '../../observability/decision-log.js';
+import type { DecisionRecorder } from '../../check/decision-log.js';
 import { asciiUpperCase } from '../../check/method.js';
 import { requestIdOf, toAttributes } from './attributes.js';
 import type { TrustedProxies } from './client-address.js';

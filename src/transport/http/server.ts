@@ -9,7 +9,7 @@ import type { Identity } from '../../check/decision.js';
 import { denialResponse } from '../../check/outcomes.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
 import { systemClock, type Clock } from '../../time/clock.js';
-import type { DecisionRecorder } from '../../observability/decision-log.js';
+import type { DecisionRecorder } from '../../check/decision-log.js';
 import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { CompiledPolicy } from '../../policy/policy.js';
