@@ -6,8 +6,8 @@ import { checkKeyShape, type KeyEnvironment } from '../keys/format.js';
 import type { KeyHash, KeyHasher } from '../keys/hash.js';
 import type { KeyRecord } from '../keys/repository.js';
 import type { FailedAuthLimiter } from './failed-auth.js';
-import type { RateLimiter } from '../ratelimit/limiter.js';
-import { limitsFor } from '../ratelimit/gcra.js';
+import type { RateLimitOutcome } from '../ratelimit/limiter.js';
+import { limitsFor, type Limit } from '../ratelimit/gcra.js';
 import type { PlanLimits } from '../policy/policy.js';
 import type { AuthorizeResult } from '../policy/policy.js';
 import { StoreUnavailableError } from '../store/errors.js';
@@ -31,6 +31,11 @@ export interface KeySource {
   find(candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): KeyRecord | null | Promise<KeyRecord | null>;
 }
 
+/** Per-account and per-key request limits (ratelimit/limiter.ts). */
+export interface RequestLimiter {
+  check(limits: readonly Limit[], accountId: string, keyId: string): Promise<RateLimitOutcome>;
+}
+
 export interface PipelineDeps {
   environment: KeyEnvironment;
   hasher: KeyHasher;
@@ -38,7 +43,7 @@ export interface PipelineDeps {
   /** Throttles sources that keep failing before their uncached keys reach Postgres. */
   failedAuth?: FailedAuthLimiter;
   /** Per-key and per-account request limits; absent: no rate limiting. */
-  rateLimiter?: RateLimiter;
+  rateLimiter?: RequestLimiter;
   /** Told about every allowed key (last_used_at, batched). */
   usage?: { touch(keyId: string): void };
   policy: () => RouteAuthorizer;
