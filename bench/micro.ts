@@ -10,7 +10,7 @@ import { KeyHasher } from '../src/keys/hash.js';
 import { MemoryTier } from '../src/keys/cache/memory.js';
 import { KeyResolver } from '../src/keys/resolver.js';
 import type { KeyRecord } from '../src/keys/repository.js';
-import { DecisionRecorder } from '../src/observability/decision-log.js';
+import { DecisionRecorder } from '../src/check/decision-log.js';
 import { createLogger } from '../src/observability/logger.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../src/policy/policy.js';
@@ -104,7 +104,7 @@ bench('decode CheckRequest (grpc-js deserialize)', () => def.Check.requestDeseri
 bench('toAttributes', () => toAttributes(request));
 bench('hasher.candidates (HMAC-SHA256)', () => hasher.candidates(key));
 bench('policy.authorize', () => policy.authorize('POST', '/v1/chat/completions', 'buyer'));
-bench('resolver.peek (memory hit)', () => resolver.peek(hasher.candidates(key)));
+bench('resolver.find (memory hit)', () => resolver.find(hasher.candidates(key)));
 const decision = await pipelineOff.decide(attrs);
 bench('recorder.record (metrics)', () => recorder.record('grpc', decision, 'rid', 'POST', process.hrtime.bigint()));
 bench('toCheckResponse (allow, no rate limit)', () => toCheckResponse(decision, 'rid', '/v1/chat/completions', opts));

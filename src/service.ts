@@ -14,7 +14,7 @@ import { FailedAuthLimiter } from './check/failed-auth.js';
 import { RateLimiter } from './ratelimit/limiter.js';
 import { startLiveReplicaCount, type LiveReplicaCount } from './ratelimit/live-replicas.js';
 import { BatchingRedisGcra } from './ratelimit/redis-gcra-batch.js';
-import { DecisionRecorder } from './observability/decision-log.js';
+import { DecisionRecorder } from './check/decision-log.js';
 import { HealthState } from './observability/health.js';
 import type { Logger } from './observability/logger.js';
 import { Metrics } from './observability/metrics.js';

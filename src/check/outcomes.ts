@@ -1,5 +1,7 @@
-// The one outcome table: denial reason -> HTTP status, gRPC code and OpenAI-shaped body.
-import type { Deny } from './decision.js';
+// The one outcome table: what each transport tells the proxy for an allow (identity headers,
+// headers to remove, rate-limit headers, metadata) and for each denial reason (HTTP status, gRPC
+// code and OpenAI-shaped body).
+import type { Allow, Deny } from './decision.js';
 import { rateLimitHeaders } from '../ratelimit/headers.js';
 
 /** gRPC status codes used in CheckResponse.status (google.rpc.Code). */
@@ -11,6 +13,49 @@ export const GrpcCode = {
   UNAVAILABLE: 14,
   UNAUTHENTICATED: 16,
 } as const;
+
+/** Set on the upstream request of an allowed call, always overwriting what the client sent. */
+export const IDENTITY_HEADERS = {
+  accountId: 'x-ryvion-account-id',
+  keyId: 'x-ryvion-key-id',
+  scope: 'x-ryvion-scope',
+} as const;
+
+/** Removed from the upstream request when STRIP_CREDENTIAL_HEADERS is on. */
+export const CREDENTIAL_HEADERS = ['authorization', 'x-api-key'] as const;
+
+export interface AllowResponse {
+  /** Lower-case names, in wire order. */
+  identityHeaders: Array<[string, string]>;
+  headersToRemove: readonly string[];
+  /** x-ratelimit-* for the client's response. */
+  responseHeaders: Array<[string, string]>;
+  /** Envoy dynamic metadata (string values), in wire order. */
+  metadata: Array<[string, string]>;
+}
+
+export function allowResponse(d: Allow, opts: { stripCredentialHeaders: boolean }): AllowResponse {
+  const meta = d.metadata ?? [];
+  const metadata: Array<[string, string]> = [
+    ['account_id', d.identity.accountId],
+    ['key_id', d.identity.keyId],
+    ['scope', d.identity.scope],
+  ];
+  if (d.permission !== null) metadata.push(['permission', d.permission]);
+  for (const m of meta) if (m.value !== undefined) metadata.push([`meta_${m.field}`, m.value]);
+  return {
+    identityHeaders: [
+      [IDENTITY_HEADERS.accountId, d.identity.accountId],
+      [IDENTITY_HEADERS.keyId, d.identity.keyId],
+      [IDENTITY_HEADERS.scope, d.identity.scope],
+      ...meta.flatMap((m): Array<[string, string]> => (m.value === undefined ? [] : [[m.header, m.value]])),
+    ],
+    // A forwarded metadata field the key lacks is removed, so a client-sent x-ryvion-meta-* never reaches the upstream.
+    headersToRemove: [...(opts.stripCredentialHeaders ? CREDENTIAL_HEADERS : []), ...meta.flatMap((m) => (m.value === undefined ? [m.header] : []))],
+    responseHeaders: rateLimitHeaders(d.rateLimit ?? []),
+    metadata,
+  };
+}
 
 export type OpenAIErrorType = 'invalid_request_error' | 'permission_error' | 'rate_limit_error' | 'server_error';
 

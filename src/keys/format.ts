@@ -42,7 +42,7 @@ export function generateKey(env: KeyEnvironment): string {
 }
 
 export type KeyShape =
-  | { ok: true; environment: KeyEnvironment }
+  | { ok: true }
   | { ok: false; problem: 'malformed' | 'bad_checksum' | 'wrong_environment' };
 
 /**
@@ -60,7 +60,7 @@ export function checkKeyShape(key: string, expected: KeyEnvironment): KeyShape {
   const split = KEY_LENGTH - CHECKSUM_LENGTH;
   if (checksumOf(key.slice(0, split)) !== key.slice(split)) return { ok: false, problem: 'bad_checksum' };
   if (env !== expected) return { ok: false, problem: 'wrong_environment' };
-  return { ok: true, environment: env };
+  return { ok: true };
 }
 
 /** What listings show: enough to recognise a key, far too little to use it. */

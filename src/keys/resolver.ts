@@ -44,23 +44,25 @@ export class KeyResolver implements KeyLookup {
   }
 
   /**
-   * The memory tier alone: a record, null for a cached "no such key", or
-   * undefined when memory cannot answer (miss, or lease not held).
+   * Memory's answer, synchronously (no promise on the hot path), when it has one; otherwise a
+   * promise of the look-up through Redis and Postgres. Memory is read once either way.
+   * `beforePostgres` is asked only when both caches miss; a wait above 0 rejects with LookupThrottledError.
    */
-  peek(candidates: readonly KeyHash[]): KeyRecord | null | undefined {
-    const cached = this.fromMemory(candidates);
-    if (cached !== undefined) this.memoryHits.inc();
-    return cached;
-  }
-
-  /** `beforePostgres` is asked only when both caches miss; a wait above 0 rejects with LookupThrottledError. */
-  async findByHash(candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
-    const m = this.deps.metrics.cacheRequests;
+  find(candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): KeyRecord | null | Promise<KeyRecord | null> {
     const cached = this.fromMemory(candidates);
     if (cached !== undefined) {
       this.memoryHits.inc();
       return cached;
     }
+    return this.afterMemoryMiss(candidates, beforePostgres);
+  }
+
+  async findByHash(candidates: readonly KeyHash[]): Promise<KeyRecord | null> {
+    return this.find(candidates);
+  }
+
+  private afterMemoryMiss(candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
+    const m = this.deps.metrics.cacheRequests;
     m.labels('memory', this.deps.leaseHeld() ? 'miss' : 'bypass').inc();
     const id = candidates[0]!.hash.toString('base64url');
     const pending = this.inflight.get(id);

@@ -1,15 +1,8 @@
 // Prometheus metrics: one registry, bounded labels only (no key ids, no raw paths).
 import client from 'prom-client';
-import { DenyReason } from '../check/decision.js';
 
 export type Transport = 'grpc' | 'http';
 export const TRANSPORTS: readonly Transport[] = ['grpc', 'http'];
-export const OUTCOME_REASONS: readonly string[] = ['allowed', 'shadow_denied', ...Object.values(DenyReason)];
-
-/** The `outcome` label that goes with a decision's `reason` label. */
-export function outcomeOf(reason: string): 'allow' | 'deny' {
-  return reason === 'allowed' || reason === 'shadow_denied' ? 'allow' : 'deny';
-}
 
 export type ManagementOperation = 'create' | 'list' | 'revoke' | 'roll' | 'me' | 'secret_scanning' | 'other';
 export const MANAGEMENT_OPERATIONS: readonly ManagementOperation[] = ['create', 'list', 'revoke', 'roll', 'me', 'secret_scanning', 'other'];
@@ -242,7 +235,6 @@ export class Metrics {
     for (const transport of TRANSPORTS) {
       this.decisionDuration.zero({ transport });
       this.internalErrors.labels(transport).inc(0);
-      for (const reason of OUTCOME_REASONS) this.decisions.labels(transport, outcomeOf(reason), reason).inc(0);
     }
   }
 }

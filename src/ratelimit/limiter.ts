@@ -13,7 +13,6 @@ import type { Metrics } from '../observability/metrics.js';
 import { hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';
 import { CircuitBreaker } from './breaker.js';
 import { gcra, tolerance, type GcraResult, type Limit, type LimitState } from './gcra.js';
-import type { RedisGcra } from './redis-gcra.js';
 
 export interface RateLimitOutcome {
   allowed: boolean;
@@ -31,8 +30,13 @@ export const MIN_LOCAL_SHARE = 0.05;
 const BREAKER_FAILURES = 3;
 const BREAKER_OPEN_MS = 1000;
 
+/** The shared count (redis-gcra.ts, redis-gcra-batch.ts): every limit checked, and consumed only if all admit. */
+export interface SharedGcra {
+  check(limits: readonly Limit[], accountId: string, keyId: string): Promise<GcraResult>;
+}
+
 export interface RateLimiterOptions {
-  redis: RedisGcra | undefined;
+  redis: SharedGcra | undefined;
   /** Fixed share of each limit a replica allows on its own while Redis is not asked (RATE_LIMIT_LOCAL_SHARE); unset: 1 / liveReplicas(). */
   localShare?: number | undefined;
   /** Live replicas of this deployment, this one included (the lease registry's count). */

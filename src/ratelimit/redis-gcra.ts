@@ -1,6 +1,6 @@
 // GCRA in Redis: every limit of a decision in one script call, so the check is atomic and one round trip.
 import type { RedisClient } from '../store/redis.js';
-import { asRedisUnavailable } from '../keys/cache/redis-tier.js';
+import { asRedisUnavailable } from '../store/errors.js';
 import type { GcraResult, Limit } from './gcra.js';
 
 // KEYS: one TAT per limit. ARGV[1]: how many checks to decide (one, or a batch of concurrent

@@ -12,6 +12,13 @@ export class StoreUnavailableError extends Error {
   }
 }
 
+/** Any Redis command failure: a timeout, or otherwise a lost connection. */
+export function asRedisUnavailable(err: unknown): StoreUnavailableError {
+  if (err instanceof StoreUnavailableError) return err;
+  const msg = err instanceof Error ? err.message : String(err);
+  return new StoreUnavailableError('redis', /timed? ?out/i.test(msg) ? 'timeout' : 'connection', err);
+}
+
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EHOSTUNREACH', 'ETIMEDOUT', 'EPIPE', '57P01', '57P03', '08006', '08001', '08003', '08004']);
 
 /** Classifies a pg error: connection and timeout problems are outages, the rest are bugs or bad SQL. */

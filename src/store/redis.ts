@@ -8,11 +8,6 @@ export type RedisClient = Redis | Cluster;
 
 export type RedisRole = 'command' | 'subscriber';
 
-/** True when the configuration names a Redis of any kind. */
-export function redisConfigured(config: Config): boolean {
-  return config.REDIS_URL !== undefined || config.REDIS_SENTINELS !== undefined || config.REDIS_CLUSTER_NODES !== undefined;
-}
-
 function optionsFor(role: RedisRole, timeoutMs: number, name: string): RedisOptions {
   const base: RedisOptions = {
     // Shows in CLIENT LIST, so an operator can tell our connections apart.

@@ -12,7 +12,7 @@ import type { Deny } from '../../src/check/decision.js';
 import { denialResponse } from '../../src/check/outcomes.js';
 import type { LimitState } from '../../src/ratelimit/gcra.js';
 import { rateLimitHeaders } from '../../src/ratelimit/headers.js';
-import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/transport/grpc/check.js';
+import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/check/outcomes.js';
 import { AUTHZ_PREFIX } from '../../src/transport/http/authz.js';
 import { checkEnvoyConfig } from './envoy-proto.js';
 import { ROOT } from './helm.js';

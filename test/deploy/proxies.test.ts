@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
-import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/transport/grpc/check.js';
+import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/check/outcomes.js';
 import { checkEnvoyConfig } from './envoy-proto.js';
 import { ROOT, findObject, renderChart } from './helm.js';
 import { renderProxyExamples } from './proxy-examples.js';

@@ -5,7 +5,7 @@ import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Decision } from '../../src/check/decision.js';
 import type { CheckPipeline } from '../../src/check/pipeline.js';
-import { DecisionRecorder } from '../../src/observability/decision-log.js';
+import { DecisionRecorder } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { GrpcCheckServer, type GrpcServerOptions } from '../../src/transport/grpc/server.js';

@@ -43,9 +43,10 @@ async function leaseHeld(s: RunningService): Promise<void> {
   await vi.waitFor(() => expect(s.keyStore.bus.leaseHeld()).toBe(true), { timeout: 5000, interval: 20 });
 }
 
-async function newKey(s: RunningService, accountId: string, name = 'k'): Promise<{ secret: string; id: string }> {
+async function newKey(s: RunningService, accountId: string, name = 'k'): Promise<{ secret: string; id: string; hash: string }> {
   const { secret, key } = await s.repository.createKey({ accountId, name, scope: 'buyer', expiresAt: null });
-  return { secret, id: key.id };
+  const stored = await s.pool.query<{ key_hash: Buffer }>('SELECT key_hash FROM api_keys WHERE id = $1', [key.id]);
+  return { secret, id: key.id, hash: stored.rows[0]!.key_hash.toString('base64url') };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -128,8 +129,12 @@ describe('revocation across replicas', () => {
   });
 
   it('the revocation-propagation histogram counts acknowledged revocations', async () => {
-    const n = await metricValue(replicas[0]!.service, 'ryvion_authz_revocation_propagation_seconds_count', { result: 'acknowledged' });
-    expect(n).toBeGreaterThan(0);
+    const count = () => metricValue(replicas[0]!.service, 'ryvion_authz_revocation_propagation_seconds_count', { result: 'acknowledged' });
+    const before = await count();
+    const { secret, id } = await newKey(replicas[0]!.service, accountId, 'histogram');
+    for (const r of replicas) expect(allowed(await check(r.client, secret))).toBe(true);
+    expect(await revokeKey(replicas[0]!.service, id)).toMatchObject({ acknowledged: true });
+    expect(await count()).toBe(before + 1);
   });
 });
 
@@ -318,6 +323,8 @@ describe('degraded operation', () => {
     await redis.start();
     await expect.poll(() => metricValue(a.service, 'ryvion_authz_store_up', { store: 'redis' }), { timeout: 10_000 }).toBe(1);
     await expect.poll(() => metricValue(a.service, 'ryvion_authz_degraded', { component: 'redis' }), { timeout: 10_000 }).toBe(0);
+    // Redis is read again only once the guard has replayed the revocations it may have missed.
+    await expect.poll(() => a.service.keyStore.guard.redisReadable(), { timeout: 10_000 }).toBe(true);
     const k3 = await newKey(a.service, accountId, 'k3');
     a.service.keyStore.memory.flush();
     expect(allowed(await check(a.client, k3.secret))).toBe(true);
@@ -367,13 +374,15 @@ describe('degraded operation', () => {
     cleanups.push(() => db.drop());
     const { proxy, url: viaProxy } = await proxiedUrl(db.url);
     cleanups.push(() => proxy.cut());
-    const r = await replica({ DATABASE_URL: viaProxy, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix() });
+    const prefix = redisPrefix();
+    const r = await replica({ DATABASE_URL: viaProxy, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: prefix });
     await leaseHeld(r.service);
     const accountId = (await r.service.repository.createAccount('pg-down@example.com', 'free')).id;
     const cached = await newKey(r.service, accountId, 'cached');
     const uncached = await newKey(r.service, accountId, 'uncached');
     expect(allowed(await check(r.client, cached.secret))).toBe(true);
-    await new Promise((res) => setTimeout(res, 100)); // let the asynchronous Redis fill land
+    // The Redis fill is asynchronous: wait until Redis itself holds the entry.
+    await expect.poll(() => r.service.keyStore.redis!.exists(`${prefix}key:{${cached.hash}}`), { timeout: 10_000 }).toBe(1);
 
     await proxy.cut();
     for (let i = 0; i < 5; i++) expect(allowed(await check(r.client, cached.secret))).toBe(true);

@@ -192,7 +192,7 @@ describe('the public documentation\'s curl commands', () => {
     });
     const secret = r.body.key as string;
     secrets.add(secret);
-    expect(checkKeyShape(secret, 'live')).toEqual({ ok: true, environment: 'live' });
+    expect(checkKeyShape(secret, 'live')).toEqual({ ok: true });
     expect(secret.startsWith((r.body.prefix as string).slice(0, -1))).toBe(true);
     expect(checkAllowed(await client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${secret}` } })))).toBe(true);
   });

@@ -17,7 +17,7 @@ const testPolicy = policyWithPlans(
   free:
     account: { requests: 60, window: 1m, burst: 10 }
   exact:
-    account: { requests: 100, window: 1s, burst: 20 }
+    account: { requests: 25, window: 1s, burst: 5 }
   hourly:
     account: { requests: 1000, window: 1h, burst: 1000 }
   tiny:
@@ -73,35 +73,47 @@ const check = (c: CheckClient, key: string): Promise<CheckResponse> => c.check(e
 const status = (r: CheckResponse): number => (r.ok_response ? 200 : r.denied_response!.status.code);
 
 describe('accuracy across replicas', () => {
-  it('two replicas with concurrent clients admit N per window within 1%, over several windows', async () => {
+  it('two replicas with concurrent clients admit what the limit allows over several windows, to the request', async () => {
     const a = await replica();
     const b = await replica();
-    const key = await keyOn(a.service, 'exact'); // 100 per second, of which 20 at once
+    // 25 per second, of which 5 at once: low enough that six clients outrun it even on a starved
+    // machine (at 100 per second, a busy 2-core run sent 262 requests in 4 s and none was limited).
+    const key = await keyOn(a.service, 'exact');
     let allowed = 0;
     let limited = 0;
-    let first = 0;
+    // When the first and the last admission happened, each known to lie between a request's send and its answer.
+    let firstSent = Infinity;
+    let firstAnswered = Infinity;
+    let lastSent = 0;
+    let lastAnswered = 0;
     const durationMs = 4000;
     const start = performance.now();
     const worker = async (c: CheckClient): Promise<void> => {
       while (performance.now() - start < durationMs) {
+        const sent = performance.now();
         const r = await check(c, key);
+        const answered = performance.now();
         if (r.ok_response) {
           allowed++;
-          first ||= performance.now();
+          firstSent = Math.min(firstSent, sent);
+          firstAnswered = Math.min(firstAnswered, answered);
+          lastSent = Math.max(lastSent, sent);
+          lastAnswered = Math.max(lastAnswered, answered);
         } else if (status(r) === 429) limited++;
         else throw new Error(`unexpected ${status(r)}`);
       }
     };
     await Promise.all([a.client, b.client, a.client, b.client, a.client, b.client].map(worker));
-    const elapsedMs = performance.now() - first;
-    // GCRA admits the rate over the elapsed time plus the burst it starts with.
-    const expected = (100 * elapsedMs) / 1000 + 20;
-    console.log(`rate-limit accuracy: ${allowed} allowed, ${limited} limited in ${elapsedMs.toFixed(0)} ms; expected ${expected.toFixed(1)}`);
+    // GCRA admits the burst at once, then one request per 1/25 s: between the first admission and
+    // the last, 5 + 25 per second of elapsed time, give or take the one in progress. The elapsed
+    // time is known only to within the answers' latency, so the count is bracketed by both extremes.
+    const admits = (ms: number): number => 5 + (25 * ms) / 1000;
+    const fewest = Math.floor(admits(lastSent - firstAnswered)) - 1;
+    const most = Math.ceil(admits(lastAnswered - firstSent)) + 1;
+    console.log(`rate-limit accuracy: ${allowed} allowed (GCRA: ${fewest}..${most}), ${limited} limited`);
     expect(limited).toBeGreaterThan(allowed); // the clients really pushed past the limit
-    expect(Math.abs(allowed - expected) / expected).toBeLessThan(0.01);
-    // Every admission happened between the first request and the last answer: the hard ceiling.
-    const ceiling = (100 * (performance.now() - start)) / 1000 + 20;
-    expect(allowed).toBeLessThanOrEqual(Math.ceil(ceiling) + 2); // + replicas
+    expect(allowed).toBeGreaterThanOrEqual(fewest);
+    expect(allowed).toBeLessThanOrEqual(most);
   });
 });
 
@@ -127,9 +139,11 @@ describe('one Redis round trip per decision', () => {
     const client = r.service.keyStore.redis as Redis;
     const original = client.sendCommand.bind(client);
     const counts = new Map<string, number>();
-    client.sendCommand = ((command: { name: string }, ...rest: unknown[]) => {
-      // Pub/sub is the invalidation channel's background traffic, not a decision's.
-      if (command.name !== 'publish') counts.set(command.name, (counts.get(command.name) ?? 0) + 1);
+    client.sendCommand = ((command: { name: string; args: unknown[] }, ...rest: unknown[]) => {
+      // Background traffic, not a decision's: pub/sub (the invalidation channel) and the revocation
+      // guard's probe of its sentinel key, once a second, which a slow run of 100 decisions overlaps.
+      const probe = command.name === 'set' && String(command.args[0]).endsWith('revocations-synced');
+      if (command.name !== 'publish' && !probe) counts.set(command.name, (counts.get(command.name) ?? 0) + 1);
       return (original as (...a: unknown[]) => unknown)(command, ...rest);
     }) as typeof client.sendCommand;
     return { counts, restore: () => void (client.sendCommand = original) };
@@ -231,6 +245,9 @@ describe('with the official openai SDK (6.x) behind our decision', () => {
     await ask(noRetry);
     await ask(noRetry);
     const err = await ask(noRetry).catch((e: unknown) => e);
+    // From the denial on: the SDK's own first try comes later, on a busy machine well later, and
+    // then carries a shorter retry-after-ms.
+    const t0 = performance.now();
     expect(err).toBeInstanceOf(RateLimitError);
     const rle = err as RateLimitError;
     expect(rle.status).toBe(429);
@@ -241,7 +258,6 @@ describe('with the official openai SDK (6.x) behind our decision', () => {
 
     // With retries on, the SDK sleeps retry-after-ms, retries once, and gets through.
     const retrying = new OpenAI({ apiKey: key, baseURL, maxRetries: 2 });
-    const t0 = performance.now();
     const completion = await ask(retrying);
     const waited = performance.now() - t0;
     console.log(`openai SDK waited ${waited.toFixed(0)} ms for a retry-after-ms of about ${waitMs} ms`);

@@ -11,7 +11,7 @@ import { generateKey } from '../../src/keys/format.js';
 import { KeyHasher, type KeyHash } from '../../src/keys/hash.js';
 import { LookupThrottledError, type PostgresGuard } from '../../src/keys/lookup-guard.js';
 import type { KeyRecord } from '../../src/keys/repository.js';
-import { DecisionRecorder, METHOD_LOG_MAX_CHARS } from '../../src/observability/decision-log.js';
+import { DecisionRecorder, METHOD_LOG_MAX_CHARS } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../../src/policy/policy.js';
@@ -34,12 +34,12 @@ class TieredKeys implements KeySource {
   readonly redis = new Map<string, KeyRecord>();
   readonly postgres = new Map<string, KeyRecord>();
   postgresLookups = 0;
-  peek(c: readonly KeyHash[]): KeyRecord | undefined {
-    return this.memory.get(c[0]!.hash.toString('base64url'));
-  }
-  async findByHash(c: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
+  find(c: readonly KeyHash[], beforePostgres?: PostgresGuard): KeyRecord | Promise<KeyRecord | null> {
     const id = c[0]!.hash.toString('base64url');
-    const cached = this.memory.get(id) ?? this.redis.get(id);
+    return this.memory.get(id) ?? this.afterMemory(id, beforePostgres);
+  }
+  private async afterMemory(id: string, beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
+    const cached = this.redis.get(id);
     if (cached) return cached;
     const wait = beforePostgres?.() ?? 0;
     if (wait > 0) throw new LookupThrottledError(wait);

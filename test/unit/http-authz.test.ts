@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Decision } from '../../src/check/decision.js';
 import { denialResponse } from '../../src/check/outcomes.js';
-import { DecisionRecorder } from '../../src/observability/decision-log.js';
+import { DecisionRecorder } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { AMBIGUOUS_ORIGINAL_PATH, createAuthzHandler, isAuthzPath, toAuthzAttributes, type AuthzOptions } from '../../src/transport/http/authz.js';

@@ -2,7 +2,7 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import type { Decision } from '../../src/check/decision.js';
-import { DecisionRecorder } from '../../src/observability/decision-log.js';
+import { DecisionRecorder } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 

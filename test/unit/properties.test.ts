@@ -29,7 +29,7 @@ for (const [i, { key, scope }] of [...KNOWN, { key: REVOKED, scope: 'buyer' }].e
   });
 }
 const keys: KeySource = {
-  findByHash: async (c: readonly KeyHash[]) => records.get(c[0]!.hash.toString('base64url')) ?? null,
+  find: (c: readonly KeyHash[]) => records.get(c[0]!.hash.toString('base64url')) ?? null,
 };
 const pipeline = new CheckPipeline({ environment: 'live', hasher, keys, policy: () => policy });
 

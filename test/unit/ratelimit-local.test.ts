@@ -4,33 +4,18 @@ import { systemClock } from '../../src/time/clock.js';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
-import { gcra, type GcraResult, type Limit } from '../../src/ratelimit/gcra.js';
+import type { Limit } from '../../src/ratelimit/gcra.js';
 import { MIN_LOCAL_SHARE, RateLimiter } from '../../src/ratelimit/limiter.js';
-import type { RedisGcra } from '../../src/ratelimit/redis-gcra.js';
+import { InMemorySharedGcra } from '../helpers/twins.js';
 
 const LIMIT: Limit = { name: 'account', requests: 60, windowMs: 60_000, burst: 10 };
-
-/** A Redis stand-in running the same GCRA; `down` makes every call fail as a timeout would. */
-class FakeRedis {
-  calls = 0;
-  down = false;
-  private tat: number | undefined;
-  constructor(private readonly clock: { now(): number }) {}
-  async check(limits: readonly Limit[]): Promise<GcraResult> {
-    this.calls++;
-    if (this.down) throw new Error('Command timed out');
-    const r = gcra(limits, [this.tat], this.clock.now());
-    if (r.allowed) this.tat = r.newTats[0];
-    return r;
-  }
-}
 
 function limiter(opts: { replicas?: number; localShare?: number } = {}) {
   // Time moves only when a test sets `t`; no timer is scheduled on this path.
   const clock = { t: 1_000_000, now() { return this.t; }, setTimer: systemClock.setTimer };
-  const redis = new FakeRedis(clock);
+  const redis = new InMemorySharedGcra(clock);
   const rl = new RateLimiter({
-    redis: redis as unknown as RedisGcra,
+    redis,
     localShare: opts.localShare,
     liveReplicas: () => opts.replicas ?? 1,
     clock,
@@ -86,5 +71,20 @@ describe('circuit breaker in front of Redis', () => {
     await admitted(5);
     // The probe succeeded: every later decision asks Redis again.
     expect(redis.calls).toBe(9);
+  });
+});
+
+describe('over-limit memory', () => {
+  it('a subject over its limit is denied from memory, without asking Redis, until its retry time', async () => {
+    const { rl, redis, clock, admitted } = limiter();
+    expect(await admitted(10)).toBe(10); // the burst
+    const denied = await rl.check([LIMIT], 'acct', 'key');
+    expect(denied).toMatchObject({ allowed: false, deniedBy: 'account' });
+    const calls = redis.calls;
+    for (let i = 0; i < 20; i++) expect((await rl.check([LIMIT], 'acct', 'key')).allowed).toBe(false);
+    expect(redis.calls).toBe(calls);
+    clock.t += denied.retryAfterMs;
+    expect((await rl.check([LIMIT], 'acct', 'key')).allowed).toBe(true);
+    expect(redis.calls).toBe(calls + 1);
   });
 });

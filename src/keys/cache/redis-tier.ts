@@ -1,6 +1,6 @@
 // The shared Redis tier: entries by key hash, written only by conditional fills.
 import type { RedisClient } from '../../store/redis.js';
-import { StoreUnavailableError } from '../../store/errors.js';
+import { asRedisUnavailable } from '../../store/errors.js';
 import { decodeEntry, encodeEntry, type CacheEntry } from './entry.js';
 
 // Sets the entry unless Redis already holds a higher version: a fill that read
@@ -68,10 +68,4 @@ export class RedisTier implements SharedTier {
       throw asRedisUnavailable(err);
     }
   }
-}
-
-export function asRedisUnavailable(err: unknown): StoreUnavailableError {
-  if (err instanceof StoreUnavailableError) return err;
-  const msg = err instanceof Error ? err.message : String(err);
-  return new StoreUnavailableError('redis', /timed? ?out/i.test(msg) ? 'timeout' : 'connection', err);
 }

@@ -4,17 +4,8 @@ import type { RequestAttributes } from '../../check/attributes.js';
 import { splitJoined } from '../../check/attributes.js';
 import { acceptRequestId } from '../../check/request-id.js';
 import type { Allow, Decision, Deny } from '../../check/decision.js';
-import { denialResponse, GrpcCode } from '../../check/outcomes.js';
-import { rateLimitHeaders } from '../../ratelimit/headers.js';
+import { allowResponse, denialResponse, GrpcCode } from '../../check/outcomes.js';
 import { HeaderAppendAction, type CheckRequest, type CheckResponse, type HeaderValueOption, type ProtoStruct } from './proto.js';
-
-export const IDENTITY_HEADERS = {
-  accountId: 'x-ryvion-account-id',
-  keyId: 'x-ryvion-key-id',
-  scope: 'x-ryvion-scope',
-} as const;
-
-export const CREDENTIAL_HEADERS = ['authorization', 'x-api-key'] as const;
 
 export interface ResponseOptions {
   stripCredentialHeaders: boolean;
@@ -110,31 +101,14 @@ export function toCheckResponse(decision: Decision, requestId: string, path: str
 }
 
 function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckResponse {
-  const metadata: ProtoStruct = {
-    fields: {
-      account_id: str(d.identity.accountId),
-      key_id: str(d.identity.keyId),
-      scope: str(d.identity.scope),
-      ...(d.permission !== null ? { permission: str(d.permission) } : {}),
-      ...Object.fromEntries((d.metadata ?? []).flatMap((m) => (m.value === undefined ? [] : [[`meta_${m.field}`, str(m.value)]]))),
-    },
-  };
-  const meta = d.metadata ?? [];
+  const r = allowResponse(d, opts);
+  const metadata: ProtoStruct = { fields: Object.fromEntries(r.metadata.map(([k, v]) => [k, str(v)])) };
   return {
     status: { code: GrpcCode.OK },
     ok_response: {
-      headers: [
-        overwrite(IDENTITY_HEADERS.accountId, d.identity.accountId),
-        overwrite(IDENTITY_HEADERS.keyId, d.identity.keyId),
-        overwrite(IDENTITY_HEADERS.scope, d.identity.scope),
-        ...meta.flatMap((m) => (m.value === undefined ? [] : [overwrite(m.header, m.value)])),
-      ],
-      // A field the key lacks is removed, so a client-sent x-ryvion-meta-* never reaches the upstream.
-      headers_to_remove: [...(opts.stripCredentialHeaders ? CREDENTIAL_HEADERS : []), ...meta.flatMap((m) => (m.value === undefined ? [m.header] : []))],
-      response_headers_to_add: [
-        overwrite('x-request-id', requestId),
-        ...rateLimitHeaders(d.rateLimit ?? []).map(([k, v]) => overwrite(k, v)),
-      ],
+      headers: r.identityHeaders.map(([k, v]) => overwrite(k, v)),
+      headers_to_remove: [...r.headersToRemove],
+      response_headers_to_add: [overwrite('x-request-id', requestId), ...r.responseHeaders.map(([k, v]) => overwrite(k, v))],
     },
     dynamic_metadata: metadata,
   };

@@ -1,11 +1,12 @@
 // gRPC server: envoy.service.auth.v3.Authorization/Check and grpc.health.v1.Health.
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
+import { DecisionBoundary } from '../../check/boundary.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
-import type { DecisionRecorder } from '../../observability/decision-log.js';
+import type { DecisionRecorder } from '../../check/decision-log.js';
 import type { Logger } from '../../observability/logger.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from './proto.js';
-import { deniedResponse, newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
+import { newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
 import { withFastCheckResponse } from './wire.js';
 import { GrpcListener } from './listener.js';
 
@@ -38,13 +39,14 @@ export class GrpcCheckServer {
   readonly server: grpc.Server;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [CHECK_SERVICE_NAME]: 'NOT_SERVING' });
   private readonly listener: GrpcListener;
-  private inFlight = 0;
+  private readonly boundary: DecisionBoundary;
 
   constructor(
-    private readonly pipeline: CheckPipeline,
-    private readonly recorder: DecisionRecorder,
+    pipeline: Pick<CheckPipeline, 'decide'>,
+    recorder: DecisionRecorder,
     private readonly opts: GrpcServerOptions,
   ) {
+    this.boundary = new DecisionBoundary(pipeline, recorder);
     this.server = new grpc.Server({
       'grpc.max_receive_message_length': 1024 * 1024,
       'grpc.max_connection_idle_ms': opts.idleTimeoutMs ?? DEFAULT_GRPC_IDLE_TIMEOUT_MS,
@@ -56,10 +58,6 @@ export class GrpcCheckServer {
     // CheckResponse through the hand-written encoder (wire.ts): the same bytes, a fraction of the CPU.
     this.server.addService(withFastCheckResponse(authorizationService()), { Check: this.check });
     this.health.addToServer(this.server);
-  }
-
-  get inFlightCount(): number {
-    return this.inFlight;
   }
 
   /** Binds and returns the port actually bound (0 picks a free one). */
@@ -92,39 +90,17 @@ export class GrpcCheckServer {
     call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>,
     callback: grpc.sendUnaryData<CheckResponse>,
   ): void => {
-    this.inFlight++;
-    void this.handle(call.request).then(([err, response]) => {
-      this.inFlight--;
-      callback(err, response);
-    });
+    void this.handle(call.request).then(([err, response]) => callback(err, response));
   };
 
-  // The one try/catch of the transport: `handle` never rejects, so every call
-  // gets exactly one answer, a well-formed CheckResponse even when the pipeline
-  // throws (fail closed).
+  // Never rejects (check/boundary.ts): every call gets exactly one answer, a well-formed
+  // CheckResponse even when the pipeline throws (fail closed).
   private async handle(request: CheckRequest | undefined): Promise<[grpc.ServiceError | null, CheckResponse?]> {
-    const started = process.hrtime.bigint();
-    let requestId = 'unknown';
-    let path = '/';
-    try {
-      const attrs = toAttributes(request ?? {});
-      requestId = newRequestId(attrs);
-      path = attrs.path;
-      const decision = await this.pipeline.decide(attrs);
-      this.recorder.record('grpc', decision, requestId, attrs.method, started);
-      if (!decision.allow && decision.reason === 'auth_unavailable' && this.opts.unavailableMode === 'rpc_error') {
-        return [unavailableError(decision.detail)];
-      }
-      return [null, toCheckResponse(decision, requestId, path, this.opts)];
-    } catch (err) {
-      try {
-        this.recorder.internalError('grpc', requestId, err);
-      } catch {
-        // Logging must not stand between the caller and its answer.
-      }
-      if (this.opts.unavailableMode === 'rpc_error') return [unavailableError('internal')];
-      return [null, deniedResponse({ allow: false, reason: 'auth_unavailable', detail: 'internal' }, requestId, path, this.opts)];
+    const { decision, attrs, requestId } = await this.boundary.decideSafely('grpc', () => toAttributes(request ?? {}), newRequestId);
+    if (!decision.allow && decision.reason === 'auth_unavailable' && this.opts.unavailableMode === 'rpc_error') {
+      return [unavailableError(decision.detail)];
     }
+    return [null, toCheckResponse(decision, requestId, attrs?.path ?? '/', this.opts)];
   }
 }
 

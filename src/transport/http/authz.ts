@@ -1,12 +1,11 @@
 // HTTP authorization mode on HTTP_PORT: the Check decisions for Envoy `http_service`, nginx `auth_request` and Traefik `forwardAuth`.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RequestAttributes } from '../../check/attributes.js';
-import type { Allow, Decision, Deny } from '../../check/decision.js';
-import { denialResponse } from '../../check/outcomes.js';
+import { DecisionBoundary } from '../../check/boundary.js';
+import type { Allow, Deny } from '../../check/decision.js';
+import { allowResponse, denialResponse } from '../../check/outcomes.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
-import type { DecisionRecorder } from '../../observability/decision-log.js';
-import { rateLimitHeaders } from '../../ratelimit/headers.js';
-import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../grpc/check.js';
+import type { DecisionRecorder } from '../../check/decision-log.js';
 import { asciiUpperCase } from '../../check/method.js';
 import { requestIdOf, toAttributes } from './attributes.js';
 import type { TrustedProxies } from './client-address.js';
@@ -100,53 +99,30 @@ function valuesOf(req: IncomingMessage, names: readonly string[]): Map<string, s
  */
 export function createAuthzHandler(deps: AuthzDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { options } = deps;
+  const boundary = new DecisionBoundary(deps.pipeline, deps.recorder);
   return (req, res) => {
-    const started = process.hrtime.bigint();
-    const requestId = requestIdOf(req);
     const nginx = req.headers[NGINX_MODE_HEADER] === 'nginx';
-    let attrs: RequestAttributes | undefined;
-    void (async (): Promise<Decision> => {
-      attrs = toAuthzAttributes(req, options.trustedProxies);
-      const decision = await deps.pipeline.decide(attrs);
-      deps.recorder.record('http', decision, requestId, attrs.method, started);
-      return decision;
-    })()
-      .catch((err: unknown): Decision => {
-        try {
-          deps.recorder.internalError('http', requestId, err);
-        } catch {
-          // Logging must not stand between the caller and its answer.
-        }
-        return { allow: false, reason: 'auth_unavailable', detail: 'internal' };
-      })
-      .then((decision) => {
-        if (res.destroyed) return;
-        res.setHeader('x-request-id', requestId);
-        res.setHeader('cache-control', 'no-store');
-        if (decision.allow) return allow(res, decision, options);
-        if (decision.reason === 'auth_unavailable' && options.unavailableMode === 'rpc_error') {
-          // No answer at all: Envoy counts a reset as a failed call, which its failure_mode_allow decides.
-          res.destroy();
-          return;
-        }
-        deny(res, decision, attrs?.path ?? '/', nginx, options);
-      });
+    void boundary.decideSafely('http', () => toAuthzAttributes(req, options.trustedProxies), requestIdOf(req)).then(({ decision, attrs, requestId }) => {
+      if (res.destroyed) return;
+      res.setHeader('x-request-id', requestId);
+      res.setHeader('cache-control', 'no-store');
+      if (decision.allow) return allow(res, decision, options);
+      if (decision.reason === 'auth_unavailable' && options.unavailableMode === 'rpc_error') {
+        // No answer at all: Envoy counts a reset as a failed call, which its failure_mode_allow decides.
+        res.destroy();
+        return;
+      }
+      deny(res, decision, attrs?.path ?? '/', nginx, options);
+    });
   };
 }
 
 function allow(res: ServerResponse, d: Allow, options: AuthzOptions): void {
-  res.setHeader(IDENTITY_HEADERS.accountId, d.identity.accountId);
-  res.setHeader(IDENTITY_HEADERS.keyId, d.identity.keyId);
-  res.setHeader(IDENTITY_HEADERS.scope, d.identity.scope);
-  const absent: string[] = [];
-  for (const m of d.metadata ?? []) {
-    if (m.value === undefined) absent.push(m.header);
-    else res.setHeader(m.header, m.value);
-  }
+  const r = allowResponse(d, options);
+  for (const [name, value] of r.identityHeaders) res.setHeader(name, value);
   // Envoy http_service removes the headers named here from the upstream request (metadata fields the key lacks too).
-  const remove = [...(options.stripCredentialHeaders ? CREDENTIAL_HEADERS : []), ...absent];
-  if (remove.length > 0) res.setHeader('x-envoy-auth-headers-to-remove', remove.join(', '));
-  for (const [name, value] of rateLimitHeaders(d.rateLimit ?? [])) res.setHeader(name, value);
+  if (r.headersToRemove.length > 0) res.setHeader('x-envoy-auth-headers-to-remove', r.headersToRemove.join(', '));
+  for (const [name, value] of r.responseHeaders) res.setHeader(name, value);
   // Exactly 200: Envoy treats any other status, 204 included, as a denial.
   res.writeHead(200, { 'content-length': '0' }).end();
 }

@@ -4,11 +4,12 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Decision, Identity } from '../../check/decision.js';
+import { DecisionBoundary } from '../../check/boundary.js';
+import type { Identity } from '../../check/decision.js';
 import { denialResponse } from '../../check/outcomes.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
 import { systemClock, type Clock } from '../../time/clock.js';
-import type { DecisionRecorder } from '../../observability/decision-log.js';
+import type { DecisionRecorder } from '../../check/decision-log.js';
 import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { CompiledPolicy } from '../../policy/policy.js';
@@ -82,6 +83,7 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
     maxRollOverlapSeconds: deps.options.maxRollOverlapSeconds ?? 7 * 86_400,
   });
   const callers = new WeakMap<FastifyRequest, Identity>();
+  const boundary = new DecisionBoundary(deps.pipeline, deps.recorder);
   const trustedProxies = deps.options.trustedProxies ?? new TrustedProxies(DEFAULT_TRUSTED_PROXIES);
   const maxHeaders = deps.options.maxHeaders ?? DEFAULT_MAX_HEADERS;
   const authz = createAuthzHandler({
@@ -145,25 +147,12 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
 
   // Authenticates like Check: same extraction, same pipeline, same denials.
   const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<FastifyReply | undefined> => {
-    const started = process.hrtime.bigint();
-    const attrs = toAttributes(req.raw, trustedProxies);
-    let decision: Decision;
-    try {
-      decision = await deps.pipeline.decide(attrs);
-      deps.recorder.record('http', decision, req.id, attrs.method, started);
-    } catch (err) {
-      try {
-        deps.recorder.internalError('http', req.id, err);
-      } catch {
-        // Logging must not stand between the caller and its answer.
-      }
-      decision = { allow: false, reason: 'auth_unavailable', detail: 'internal' };
-    }
+    const { decision, attrs } = await boundary.decideSafely('http', () => toAttributes(req.raw, trustedProxies), req.id);
     if (decision.allow) {
       callers.set(req, decision.identity);
       return undefined;
     }
-    const denial = denialResponse(decision, { mcpResourceMetadataUrl: deps.options.mcpResourceMetadataUrl, path: attrs.path });
+    const denial = denialResponse(decision, { mcpResourceMetadataUrl: deps.options.mcpResourceMetadataUrl, path: attrs?.path ?? '/' });
     for (const [name, value] of denial.headers) reply.header(name, value);
     return reply.code(denial.httpStatus).send(Buffer.from(denial.body));
   };

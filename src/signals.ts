@@ -1,5 +1,5 @@
 // SIGTERM/SIGINT: a graceful stop first; a second signal forces the exit.
-import type { Logger } from '../observability/logger.js';
+import type { Logger } from './observability/logger.js';
 
 export function installSignalHandlers(logger: Logger, stop: () => Promise<void>): void {
   let stopping = false;

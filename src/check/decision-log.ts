@@ -1,8 +1,16 @@
 // One place that logs and counts each decision, for every transport.
-import type { Decision } from '../check/decision.js';
-import type { Logger } from './logger.js';
-import { OUTCOME_REASONS, outcomeOf, TRANSPORTS, type Metrics, type Transport } from './metrics.js';
-import { histogramObserver, hotCounter, type HotCounterCell } from './hot-metrics.js';
+import { DenyReason, type Decision } from './decision.js';
+import type { Logger } from '../observability/logger.js';
+import { TRANSPORTS, type Metrics, type Transport } from '../observability/metrics.js';
+import { histogramObserver, hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';
+
+/** Every `reason` label of ryvion_authz_decisions_total. */
+export const OUTCOME_REASONS: readonly string[] = ['allowed', 'shadow_denied', ...Object.values(DenyReason)];
+
+/** The `outcome` label that goes with a decision's `reason` label. */
+export function outcomeOf(reason: string): 'allow' | 'deny' {
+  return reason === 'allowed' || reason === 'shadow_denied' ? 'allow' : 'deny';
+}
 
 export interface DecisionLogOptions {
   /** LOG_ALLOWED_SAMPLE_RATE: the fraction (0..1) of allowed decisions logged at info; the others at debug. */
@@ -40,6 +48,8 @@ export class DecisionRecorder {
     this.decisionCells = perTransport((transport) =>
       Object.fromEntries(OUTCOME_REASONS.map((reason) => [reason, hotCounter(metrics.decisions, { transport, outcome: outcomeOf(reason), reason })])),
     );
+    // Every series exists from the start, at 0, so a rate() over it has a first sample.
+    for (const transport of TRANSPORTS) for (const reason of OUTCOME_REASONS) metrics.decisions.labels(transport, outcomeOf(reason), reason).inc(0);
   }
 
   record(transport: Transport, decision: Decision, requestId: string, rawMethod: string, startedNs: bigint): void {
