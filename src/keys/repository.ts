@@ -336,13 +336,7 @@ export class KeyRepository implements KeyLookup {
     extra: { detail?: Record<string, string | null>; notification?: Record<string, unknown> } = {},
   ): Promise<{ key: KeyInfo; record: KeyRecord; changed: boolean } | null> {
     return this.transaction(async (tx) => {
-      const found = await tx.query<KeyInfoRow & KeyRow>(
-        `SELECT ${KEY_INFO_EXTRA_COLUMNS}, ${KEY_RECORD_COLUMNS}
-           FROM api_keys k JOIN accounts a ON a.id = k.account_id
-          WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
-        [keyId, accountId ?? null],
-      );
-      let row = found.rows[0];
+      let row = await lockKey(tx, keyId, accountId);
       if (!row) return null;
       const changed = row.revoked_at === null;
       if (changed) {
@@ -384,13 +378,7 @@ export class KeyRepository implements KeyLookup {
     const secret = generateKey(this.environment);
     const { hash, pepperVersion } = this.hasher.hashForStorage(secret);
     return this.transaction(async (tx) => {
-      const found = await tx.query<KeyInfoRow & KeyRow>(
-        `SELECT ${KEY_INFO_EXTRA_COLUMNS}, ${KEY_RECORD_COLUMNS}
-           FROM api_keys k JOIN accounts a ON a.id = k.account_id
-          WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
-        [keyId, accountId ?? null],
-      );
-      const row = found.rows[0];
+      const row = await lockKey(tx, keyId, accountId);
       if (!row) return null;
       const { now, overlapEndsAt } = times;
       if (row.revoked_at !== null || (row.expires_at !== null && row.expires_at <= now)) {
@@ -523,6 +511,17 @@ export class KeyRepository implements KeyLookup {
       client.release(discard);
     }
   }
+}
+
+/** A key with what listings and decisions read, locked for this transaction; undefined when no such key (for that account). */
+async function lockKey(tx: Tx, keyId: string, accountId: string | undefined): Promise<(KeyInfoRow & KeyRow) | undefined> {
+  const found = await tx.query<KeyInfoRow & KeyRow>(
+    `SELECT ${KEY_INFO_EXTRA_COLUMNS}, ${KEY_RECORD_COLUMNS}
+       FROM api_keys k JOIN accounts a ON a.id = k.account_id
+      WHERE k.id = $1 AND ($2::text IS NULL OR k.account_id = $2) FOR UPDATE OF k`,
+    [keyId, accountId ?? null],
+  );
+  return found.rows[0];
 }
 
 async function insertAudit(
