@@ -4,6 +4,7 @@ import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort } from './redis-server.js';
+import { waitForReady } from './child-ready.js';
 
 const BINARY = '/usr/sbin/pgbouncer';
 
@@ -46,23 +47,7 @@ export class ThrowawayPgBouncer {
       : [BINARY, [path.join(this.dir, 'pgbouncer.ini')]];
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const timer = setTimeout(() => reject(new Error(`pgbouncer did not start: ${out}`)), 15_000);
-      const onData = (d: Buffer): void => {
-        out += d.toString();
-        if (/process up|listening on/i.test(out)) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      child.stdout!.on('data', onData);
-      child.stderr!.on('data', onData);
-      child.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`pgbouncer exited with ${code}: ${out}`));
-      });
-    });
+    await waitForReady(child, /process up|listening on/i, 'pgbouncer', 15_000);
   }
 
   /** The same database, through the pooler. */

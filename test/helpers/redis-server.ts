@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { waitForReady } from './child-ready.js';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -31,21 +32,7 @@ export class ThrowawayRedis {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const timer = setTimeout(() => reject(new Error(`redis-server did not start: ${out}`)), 10_000);
-      child.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (/Ready to accept connections/.test(out)) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      child.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`redis-server exited with ${code}: ${out}`));
-      });
-    });
+    await waitForReady(child, /Ready to accept connections/, 'redis-server', 10_000);
   }
 
   async stop(): Promise<void> {

@@ -4,6 +4,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { waitForReady } from './child-ready.js';
 import { promisify } from 'node:util';
 import { commandPath } from './prometheus.js';
 import { freePort } from './redis-server.js';
@@ -57,23 +58,7 @@ export class RedisTopology {
     const child = spawn('redis-server', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.children.push(child);
     const ready = opts.ready ?? /Ready to accept connections/;
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const timer = setTimeout(() => reject(new Error(`redis-server ${argv.join(' ')} did not start in 15 s: ${out}`)), 15_000);
-      const onData = (d: Buffer): void => {
-        out += d.toString();
-        if (ready.test(out)) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      child.stdout!.on('data', onData);
-      child.stderr!.on('data', onData);
-      child.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`redis-server exited with ${code}: ${out}`));
-      });
-    });
+    await waitForReady(child, ready, `redis-server ${argv.join(' ')}`, 15_000);
   }
 
   /** A Sentinel (`redis-server --sentinel`, what Debian's redis-sentinel runs) from these config lines. */
