@@ -29,6 +29,11 @@ import { GithubKeySource, SecretScanning } from './keys/secret-scanning.js';
 import { LeakNotifier } from './keys/leak-notifier.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
 import { TrustedProxies } from './transport/http/client-address.js';
+import { createUsageServer } from './transport/http/usage-server.js';
+import { TokenGate } from './budget/gate.js';
+import { Ledger } from './budget/ledger.js';
+import { RedisTokens } from './budget/redis-tokens.js';
+import { ReservationSigner } from './budget/reservation-id.js';
 
 /** Start-up waits this many attempts for a Postgres that is slow to accept connections (each up to the pool's connect timeout). */
 const STARTUP_POSTGRES_ATTEMPTS = 3;
@@ -53,6 +58,10 @@ export interface RunningService {
   /** HTTP API: key management and the HTTP authorization mode (/authz). */
   httpPort: number;
   opsPort: number;
+  /** POST /internal/usage (USAGE_PORT); undefined when off. */
+  usagePort: number | undefined;
+  /** Token limits and budgets: reserve, reconcile (`report`), expire, ledger. */
+  tokens: TokenGate;
   health: HealthState;
   metrics: Metrics;
   repository: KeyRepository;
@@ -143,12 +152,26 @@ export async function startService(config: Config, logger: Logger, opts: Service
         logger,
       })
     : undefined;
+  if (!config.KEY_PEPPER) throw new ConfigError('KEY_PEPPER: required but not set');
+  const tokens = new TokenGate({
+    redis: keyStore.redis ? new RedisTokens(keyStore.redis, config.REDIS_KEY_PREFIX) : undefined,
+    ledger: new Ledger(pool),
+    // Reservation ids are signed with a key derived from the pepper every replica already shares.
+    signer: new ReservationSigner(config.KEY_PEPPER),
+    reservationTtlMs: config.TOKEN_RESERVATION_TTL_MS,
+    clock,
+    logger,
+    metrics,
+    tokens: () => policy.tokens,
+  });
+  tokens.start(config.SPEND_LEDGER_FLUSH_MS, config.RESERVATION_SWEEP_INTERVAL_MS);
   const pipeline = new CheckPipeline({
     environment: config.KEY_ENVIRONMENT,
     hasher,
     keys: keyStore.resolver,
     failedAuth: new FailedAuthLimiter(config.FAILED_AUTH_PER_SOURCE_PER_MINUTE, () => clock.now()),
     usage: keyStore.usage,
+    tokens,
     ...(rateLimiter ? { rateLimiter } : {}),
     policy: () => policy,
     clock,
@@ -222,6 +245,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     metrics,
     logger,
     policy: () => policy,
+    tokens,
     clock,
     secretScanning: { handler: secretScanning, bodyLimitBytes: config.SECRET_SCANNING_BODY_LIMIT_BYTES },
     options: {
@@ -236,20 +260,25 @@ export async function startService(config: Config, logger: Logger, opts: Service
     },
   });
   const ops = createOpsServer(metrics, health);
+  const usage = config.USAGE_SECRET !== undefined ? createUsageServer({ reporter: tokens, secret: config.USAGE_SECRET, logger }) : undefined;
 
   let grpcPort: number;
   let httpPort: number;
   let opsPort: number;
+  let usagePort: number | undefined;
   try {
     grpcPort = await grpcServer.listen(config.BIND_ADDRESS, config.GRPC_PORT);
     httpPort = await listenHttpServer(api, config.BIND_ADDRESS, config.HTTP_PORT);
     opsPort = await listenHttp(ops, config.BIND_ADDRESS, config.OPS_PORT);
+    if (usage) usagePort = await listenHttp(usage, config.BIND_ADDRESS, config.USAGE_PORT ?? 0);
   } catch (err) {
     watcher.close();
     liveReplicas?.stop();
+    await tokens.stop();
     await grpcServer.shutdown(0);
     await api.close();
     await closeHttp(ops);
+    if (usage) await closeHttp(usage);
     await leakNotifier?.stop();
     await keyStore.stop();
     await pool.end().catch(() => undefined);
@@ -268,6 +297,8 @@ export async function startService(config: Config, logger: Logger, opts: Service
       // Both stop taking new calls at once and drain within the same deadline.
       await Promise.all([grpcServer.shutdown(config.SHUTDOWN_DRAIN_MS), closeHttpServer(api, config.SHUTDOWN_DRAIN_MS)]);
       await closeHttp(ops);
+      if (usage) await closeHttp(usage);
+      await tokens.stop();
       await postgresProbe.stop();
       liveReplicas?.stop();
       await leakNotifier?.stop();
@@ -275,5 +306,5 @@ export async function startService(config: Config, logger: Logger, opts: Service
       await pool.end().catch(() => undefined);
     })());
 
-  return { grpcPort, httpPort, opsPort, health, metrics, repository, keys: keyStore.keys, keyStore, pool, stop };
+  return { grpcPort, httpPort, opsPort, usagePort, tokens, health, metrics, repository, keys: keyStore.keys, keyStore, pool, stop };
 }
