@@ -89,7 +89,10 @@ for i = 1, nt do
     after = ttat[i] + tokens * per
     redis.call('SET', KEYS[nr + i], string.format('%.3f', after), 'PX', math.ceil(after - now) + ${TPM_WINDOW_MS})
   end
-  local remaining = math.floor((${TPM_WINDOW_MS} - (after - now)) / per)
+  -- Times near 1.7e12 ms carry about 1e-4 ms of error: rounded to the stored precision first, and a
+  -- hair of slack, so 105 tokens at 0.06 ms each never read as 105.0001.
+  local used = math.floor((after - now) * 1000 + 0.5) / 1000
+  local remaining = math.floor((${TPM_WINDOW_MS} - used) / per + 1e-6)
   if remaining < 0 then remaining = 0 end
   out[#out + 1] = remaining
   out[#out + 1] = math.ceil(after - now)

@@ -14,6 +14,8 @@ export interface UpstreamSeen {
 
 export class TestGateway {
   readonly seen: UpstreamSeen[] = [];
+  /** Every request the gateway received, allowed or denied (what a client's retries add up to). */
+  calls = 0;
   private server: http.Server | undefined;
   port = 0;
 
@@ -31,6 +33,7 @@ export class TestGateway {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    this.calls++;
     // The body goes to the check as Envoy's with_request_body + pack_as_bytes sends it (raw_body).
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);

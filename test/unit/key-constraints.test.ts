@@ -64,4 +64,22 @@ describe('effectiveConstraints', () => {
       expect(effectiveConstraints(noLimits, { allowedCidrs: bad }, now), String(bad)).toMatchObject({ ok: false, param: 'allowed_cidrs' });
     }
   });
+
+  it('token limits: omitted inherits the caller\'s, given may only tighten (lower tpm, same period and no larger budget, a subset of models)', () => {
+    const caller = { expiresAt: null, keyRpm: null, tokenLimits: { tokens_per_minute: 1000, budget: { amount: 500, period: 'month' as const }, allowed_models: ['a', 'b'] } };
+    expect(effectiveConstraints(caller, {}, now)).toMatchObject({ ok: true, tokenLimits: caller.tokenLimits });
+    expect(effectiveConstraints(caller, { tokenLimits: { tokens_per_minute: 10, budget: { amount: 5, period: 'month' }, allowed_models: ['b'] } }, now)).toMatchObject({
+      ok: true, tokenLimits: { tokens_per_minute: 10, budget: { amount: 5, period: 'month' }, allowed_models: ['b'] },
+    });
+    expect(effectiveConstraints(caller, { tokenLimits: { tokens_per_minute: 1001 } }, now)).toMatchObject({ ok: false, param: 'tokens_per_minute' });
+    expect(effectiveConstraints(caller, { tokenLimits: { tokens_per_minute: null } }, now)).toMatchObject({ ok: false, param: 'tokens_per_minute' });
+    expect(effectiveConstraints(caller, { tokenLimits: { budget: { amount: 501, period: 'month' } } }, now)).toMatchObject({ ok: false, param: 'budget' });
+    expect(effectiveConstraints(caller, { tokenLimits: { budget: { amount: 5, period: 'day' } } }, now)).toMatchObject({ ok: false, param: 'budget' });
+    expect(effectiveConstraints(caller, { tokenLimits: { budget: null } }, now)).toMatchObject({ ok: false, param: 'budget' });
+    expect(effectiveConstraints(caller, { tokenLimits: { allowed_models: ['a', 'c'] } }, now)).toMatchObject({ ok: false, param: 'allowed_models' });
+    expect(effectiveConstraints(caller, { tokenLimits: { allowed_models: null } }, now)).toMatchObject({ ok: false, param: 'allowed_models' });
+    const free = { expiresAt: null, keyRpm: null };
+    expect(effectiveConstraints(free, { tokenLimits: { tokens_per_minute: 5, allowed_models: ['x', 'x'] } }, now)).toMatchObject({ ok: true, tokenLimits: { tokens_per_minute: 5, allowed_models: ['x'] } });
+    expect(effectiveConstraints(free, { tokenLimits: { tokens_per_minute: null } }, now)).toMatchObject({ ok: true, tokenLimits: null });
+  });
 });
