@@ -163,6 +163,8 @@ export async function startService(config: Config, logger: Logger, opts: Service
     logger,
     metrics,
     tokens: () => policy.tokens,
+    redisDown: config.BUDGET_REDIS_DOWN,
+    localShare: () => rateLimiter?.share() ?? config.RATE_LIMIT_LOCAL_SHARE ?? 1 / Math.max(1, liveReplicas?.current() ?? 1),
   });
   tokens.start(config.SPEND_LEDGER_FLUSH_MS, config.RESERVATION_SWEEP_INTERVAL_MS);
   const pipeline = new CheckPipeline({

@@ -7,6 +7,7 @@
 //   expire     a reservation never reconciled becomes a charge of what it reserved;
 //   ledger     every settlement goes to Postgres in batches; a Redis counter that is missing is
 //              seeded from the ledger before any budget is enforced from it.
+import { LRUCache } from 'lru-cache';
 import type { Clock } from '../time/clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -94,6 +95,10 @@ export interface TokenGateOptions {
   metrics?: Metrics | undefined;
   /** Read per report: the prices usage is charged at. */
   tokens: () => TokenPolicy | undefined;
+  /** While Redis is unreachable, budgeted requests: `deny` (503, the default) or the local conservative rule. */
+  redisDown?: 'deny' | 'local';
+  /** This replica's share of a budget under the local rule (the request limiter's: 1 / live replicas). */
+  localShare?: () => number;
 }
 
 /** How long a settled reservation's "done" marker is kept in Redis, past its expiry. */
@@ -104,6 +109,10 @@ const SEED_ATTEMPTS = 3;
 
 export class TokenGate {
   private timers: NodeJS.Timeout[] = [];
+  // For BUDGET_REDIS_DOWN=local: per budget counter, what Redis last said remained, and what this
+  // replica has admitted on its own since.
+  private readonly lastRemaining = new LRUCache<string, number>({ max: 100_000 });
+  private readonly spentLocally = new LRUCache<string, number>({ max: 100_000 });
 
   constructor(private readonly opts: TokenGateOptions) {}
 
@@ -196,6 +205,12 @@ export class TokenGate {
         const m = this.opts.metrics;
         if (reply.code === 'allowed') {
           const id = this.opts.signer.sign(claims);
+          // What remained, for the local rule should Redis become unreachable; Redis counts again from here.
+          counters.forEach((c, i) => {
+            const k = redis.budgetKey(key.accountId, c);
+            this.lastRemaining.set(k, reply.budgetRemaining[i]!);
+            this.spentLocally.delete(k);
+          });
           // Outside the slot of the script's keys; if this fails the reservation is never metered as expired (counted).
           await redis.schedule(id, claims.expiresAt).catch(() => m?.reservations.labels('unscheduled').inc());
           m?.tokensReserved.inc(tokens);
@@ -223,10 +238,32 @@ export class TokenGate {
       }
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
-      // Fail closed on money; tokens per minute alone fall back to the request limits (check/pipeline.ts).
-      if (counters.length > 0) return { kind: 'unavailable', detail: `budget_${err.store}_${err.kind}` };
-      return { kind: 'allowed', tokenStates: [] };
+      // Tokens per minute alone fall back to the request limits (check/pipeline.ts). Money fails
+      // closed, unless BUDGET_REDIS_DOWN=local: then the local conservative rule below.
+      if (counters.length === 0) return { kind: 'allowed', tokenStates: [] };
+      if (this.opts.redisDown === 'local' && this.admitLocally(key.accountId, counters, costMicros)) {
+        this.opts.metrics?.reservations.labels('reserved_locally').inc();
+        return { kind: 'allowed', reservationId: this.opts.signer.sign(claims), tokenStates: [] };
+      }
+      return { kind: 'unavailable', detail: `budget_${err.store}_${err.kind}` };
     }
+  }
+
+  /**
+   * The local conservative rule while Redis is unreachable: this replica admits, per budget, at
+   * most its share of what Redis last said remained (nothing for a budget it has not seen), so the
+   * replicas together stay within the budget. Its admissions are charged when their usage is
+   * reported (from the id, to the ledger); a reservation never reported is not metered.
+   */
+  private admitLocally(accountId: string, counters: readonly BudgetCounter[], cost: number): boolean {
+    const share = this.opts.localShare?.() ?? 1;
+    const keys = counters.map((c) => this.opts.redis!.budgetKey(accountId, c));
+    for (const k of keys) {
+      const seen = this.lastRemaining.get(k);
+      if (seen === undefined || (this.spentLocally.get(k) ?? 0) + cost > seen * share) return false;
+    }
+    for (const k of keys) this.spentLocally.set(k, (this.spentLocally.get(k) ?? 0) + cost);
+    return true;
   }
 
   /**

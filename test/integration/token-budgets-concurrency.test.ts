@@ -88,6 +88,7 @@ function chat(c: CheckClient, key: string): Promise<CheckResponse> {
 }
 
 const reservationOf = (r: CheckResponse): string | undefined => (r.ok_response ? headersOf(r.ok_response.headers)['x-ryvion-reservation-id'] : undefined);
+const errorStatus = (r: CheckResponse): number | undefined => r.denied_response?.status.code;
 const codeOf = (r: CheckResponse): string | undefined => (r.denied_response ? (JSON.parse(r.denied_response.body) as { error: { code: string } }).error.code : undefined);
 
 async function report(s: RunningService, items: Array<{ reservation_id: string; input_tokens: number; output_tokens: number }>): Promise<string[]> {
@@ -209,6 +210,41 @@ describe('Redis restarted empty in the middle of a budget period', () => {
     expect(await report(r.service, ids.slice(0, 2).map((id) => ({ reservation_id: id, input_tokens: 1, output_tokens: 400 })))).toEqual(['replayed', 'replayed']);
     await new Promise((res) => setTimeout(res, 300));
     expect(await ledgerSpent(`k:${keyId}`)).toBe(4005);
+  });
+});
+
+describe('Redis unreachable', () => {
+  let redis: ThrowawayRedis;
+  let deny: { service: RunningService; client: CheckClient };
+  let local: { service: RunningService; client: CheckClient };
+
+  beforeAll(async () => {
+    redis = new ThrowawayRedis(await freePort());
+    await redis.start();
+    deny = await replica({ REDIS_URL: redis.url, STORE_TIMEOUT_MS: '200' });
+    local = await replica({ REDIS_URL: redis.url, STORE_TIMEOUT_MS: '200', BUDGET_REDIS_DOWN: 'local', RATE_LIMIT_LOCAL_SHARE: '0.5' });
+  });
+
+  afterAll(async () => {
+    await redis?.dispose();
+  });
+
+  it('budgeted requests fail closed (503) by default; BUDGET_REDIS_DOWN=local admits at most the replica\'s share of what remained', async () => {
+    const a = await keyWith(deny.service, { budget: { amount: 10_000, period: 'day' } });
+    const b = await keyWith(local.service, { budget: { amount: 10_000, period: 'day' } });
+    // Seen once through Redis: 10,000 - 601 = 9,399 remaining.
+    expect(reservationOf(await chat(deny.client, a.secret))).toBeDefined();
+    expect(reservationOf(await chat(local.client, b.secret))).toBeDefined();
+    await redis.stop();
+    await vi.waitFor(async () => expect(codeOf(await chat(deny.client, a.secret))).toBe('auth_unavailable'), { timeout: 20_000, interval: 100 });
+    expect(errorStatus(await chat(deny.client, a.secret))).toBe(503);
+    // Half of 9,399 is 4,699.5: seven requests of 601 (4,207), not eight (4,808). Cached keys need no store.
+    const outcomes: Array<string | undefined> = [];
+    for (let i = 0; i < 10; i++) {
+      const r = await chat(local.client, b.secret);
+      outcomes.push(reservationOf(r) ? 'allowed' : codeOf(r));
+    }
+    expect(outcomes).toEqual([...Array(7).fill('allowed'), ...Array(3).fill('auth_unavailable')]);
   });
 });
 
