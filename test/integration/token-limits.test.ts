@@ -258,6 +258,20 @@ describe('budgets and reconciliation through POST /internal/usage', () => {
     expect(await metricValue(service, 'ryvion_authz_reservations_total', { event: 'report_forged' })).toBeGreaterThanOrEqual(2);
   });
 
+  it('reported usage gives the unused tokens back to the tokens-per-minute bucket', async () => {
+    const { secret } = await keyOn('tpm');
+    const body = { model: 'small-model', max_tokens: 700, prompt: 'hi' }; // 701 of 1000
+    const id = reservationOf(await chat(secret, body));
+    expect(status(await chat(secret, body))).toBe(429);
+    expect((await reportUsage([{ reservation_id: id, input_tokens: 1, output_tokens: 9 }])).body.data![0]!.status).toBe('reconciled');
+    // 10 used: the next 701 fits, and what remains after it is about 1000 - 10 - 701.
+    const after = await chat(secret, body);
+    expect(status(after)).toBe(200);
+    const remaining = Number(responseHeaders(after)['x-ratelimit-remaining-tokens']);
+    expect(remaining).toBeGreaterThanOrEqual(289);
+    expect(remaining).toBeLessThan(289 + 200); // plus what refilled meanwhile (1000 a minute)
+  });
+
   it('the usage endpoint needs the secret and a well-formed batch', async () => {
     expect((await reportUsage([], 'wrong')).status).toBe(401);
     expect((await reportUsage({ nope: 1 })).status).toBe(400);
