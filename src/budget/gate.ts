@@ -101,6 +101,12 @@ export interface TokenGateOptions {
   localShare?: () => number;
 }
 
+/** The `event` label of ryvion_authz_reservations_total. */
+export const RESERVATION_EVENTS = [
+  'reserved', 'reserved_locally', 'reconciled', 'late', 'expired', 'unscheduled',
+  'report_replayed', 'report_forged', 'report_expired', 'report_invalid',
+] as const;
+
 /** How long a settled reservation's "done" marker is kept in Redis, past its expiry. */
 const DONE_MARGIN_MS = 24 * 3_600_000;
 /** A budget counter outlives its period by a day (reports of late reservations still find it). */
@@ -114,7 +120,13 @@ export class TokenGate {
   private readonly lastRemaining = new LRUCache<string, number>({ max: 100_000 });
   private readonly spentLocally = new LRUCache<string, number>({ max: 100_000 });
 
-  constructor(private readonly opts: TokenGateOptions) {}
+  constructor(private readonly opts: TokenGateOptions) {
+    // Every series exists from the first scrape (bounded label sets), so rates and the alert on
+    // unreconciled reservations have something to compute from.
+    const m = opts.metrics;
+    for (const e of RESERVATION_EVENTS) m?.reservations.labels(e).inc(0);
+    for (const s of ['access_log', 'usage_endpoint'] as const) m?.tokensReconciled.labels(s).inc(0);
+  }
 
   async admit(input: AdmitInput): Promise<TokenDecision> {
     const limits = tokenLimitsOf(input.plan, input.key);
