@@ -23,8 +23,10 @@ let client: CheckClient;
 let privateKey: KeyObject;
 let accountId: string;
 let logs = '';
-const webhookBodies: Array<{ body: string; signature: string | undefined }> = [];
+const webhookBodies: Array<{ body: string; signature: string | undefined; status: number }> = [];
 const webhookAnswers = [500];
+/** While set, the webhook answers 503 to everything. */
+let webhookFailing = false;
 let webhook: http.Server;
 
 beforeAll(async () => {
@@ -39,8 +41,8 @@ beforeAll(async () => {
     let body = '';
     req.on('data', (d: Buffer) => (body += d.toString()));
     req.on('end', () => {
-      webhookBodies.push({ body, signature: req.headers['x-ryvion-signature'] as string | undefined });
-      res.statusCode = webhookAnswers.shift() ?? 200;
+      res.statusCode = webhookFailing ? 503 : (webhookAnswers.shift() ?? 200);
+      webhookBodies.push({ body, signature: req.headers['x-ryvion-signature'] as string | undefined, status: res.statusCode });
       res.end();
     });
   });
@@ -83,9 +85,29 @@ const reportSigned = (body: string) => report(body, { 'github-public-key-identif
 const allowed = async (secret: string) => (await client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${secret}` } }))).ok_response !== undefined;
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
-async function newKey(): Promise<{ id: string; secret: string }> {
-  const { key, secret } = await service.repository.createKey({ accountId, name: 'leaky', scope: 'buyer', expiresAt: null });
+async function newKey(account = accountId, name = 'leaky'): Promise<{ id: string; secret: string }> {
+  const { key, secret } = await service.repository.createKey({ accountId: account, name, scope: 'buyer', expiresAt: null });
   return { id: key.id, secret };
+}
+
+const hmac = (body: string) => `sha256=${createHmac('sha256', WEBHOOK_SECRET).update(body).digest('hex')}`;
+
+/** The outbox rows whose notification lists this key. */
+const notificationsOf = async (keyId: string) =>
+  (
+    await service.pool.query<{ id: string; attempts: number; delivered_at: Date | null }>(
+      `SELECT id, attempts, delivered_at FROM leak_notifications WHERE payload->'keys' @> jsonb_build_array(jsonb_build_object('key_id', $1::text))`,
+      [keyId],
+    )
+  ).rows;
+
+interface Notification {
+  id: string;
+  event: string;
+  account_id: string;
+  account_email: string;
+  report_id: string;
+  keys: Array<{ key_id: string; name: string; url: string | null; source: string | null; revoked_at: string }>;
 }
 
 describe('GitHub secret scanning', () => {
@@ -133,23 +155,87 @@ describe('GitHub secret scanning', () => {
     expect(((await res.json()) as Array<{ label: string }>).map((f) => f.label)).toEqual(['true_positive', 'false_positive', 'false_positive', 'false_positive']);
     const events = (await service.keys.audit(accountId, 100)).filter((e) => e.targetKeyId === leaked.id && e.action === 'key.revoked');
     expect(events).toHaveLength(1);
-    const queued = await service.pool.query(`SELECT count(*)::int AS n FROM leak_notifications WHERE payload->>'key_id' = $1`, [leaked.id]);
-    expect(queued.rows[0].n).toBe(1);
+    expect(await notificationsOf(leaked.id)).toHaveLength(1);
   });
 
   it('the owner webhook gets one signed notification, retried after a failure', async () => {
-    await vi.waitFor(() => expect(webhookBodies.length).toBeGreaterThanOrEqual(2), { timeout: 15_000, interval: 50 });
-    const last = webhookBodies.at(-1)!;
-    expect(webhookBodies[0]!.body).toBe(last.body);
-    expect(last.signature).toBe(`sha256=${createHmac('sha256', WEBHOOK_SECRET).update(last.body).digest('hex')}`);
-    expect(JSON.parse(last.body)).toMatchObject({ event: 'api_key.leaked', key_id: leaked.id, account_id: accountId, source: 'content' });
+    const [row] = await notificationsOf(leaked.id);
+    const deliveries = () => webhookBodies.filter((b) => (JSON.parse(b.body) as Notification).id === row!.id);
+    await vi.waitFor(() => expect(deliveries().map((d) => d.status)).toContain(200), { timeout: 15_000, interval: 50 });
+    const sent = deliveries();
+    expect(sent.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(sent.map((d) => d.body)).size).toBe(1);
+    const last = sent.at(-1)!;
+    expect(last.signature).toBe(hmac(last.body));
+    expect(JSON.parse(last.body)).toMatchObject({
+      event: 'api_keys.leaked',
+      account_id: accountId,
+      account_email: 'leaks@example.com',
+      keys: [{ key_id: leaked.id, name: 'leaky', url: 'https://github.com/o/r/blob/abc/.env', source: 'content' }],
+    });
     expect(last.body).not.toContain(leaked.secret);
-    await vi.waitFor(
-      async () => expect((await service.pool.query(`SELECT delivered_at FROM leak_notifications WHERE payload->>'key_id' = $1`, [leaked.id])).rows[0].delivered_at).not.toBeNull(),
-      { timeout: 10_000, interval: 50 },
-    );
+    await vi.waitFor(async () => expect((await notificationsOf(leaked.id))[0]!.delivered_at).not.toBeNull(), { timeout: 10_000, interval: 50 });
     // Delivered rows are never claimed again.
-    expect(await service.repository.claimLeakNotifications(100, 60_000)).toEqual([]);
+    expect((await service.repository.claimLeakNotifications(100, 60_000)).filter((n) => n.id === row!.id)).toEqual([]);
+  });
+
+  it('one report with keys of two accounts: one notification per account, each with only its own keys, signed; a failing webhook is retried later and never delays the answer', async () => {
+    const otherAccount = (await service.repository.createAccount('other-owner@example.com', 'free')).id;
+    const a1 = await newKey(accountId, 'ci-a1');
+    const a2 = await newKey(accountId, 'ci-a2');
+    const b1 = await newKey(otherAccount, 'ci-b1');
+    const location = (n: number) => ({ type: 'ryvion_api_key', url: `https://github.com/o/r/blob/${n}/.env`, source: 'content' });
+    const twoAccounts = JSON.stringify([
+      { token: a1.secret, ...location(1) },
+      { token: b1.secret, ...location(2) },
+      { token: generateKey('live'), ...location(3) },
+      { token: a2.secret, ...location(4) },
+    ]);
+
+    webhookFailing = true;
+    try {
+      // GitHub's answer comes while the webhook fails: delivery is not on its path.
+      const res = await reportSigned(twoAccounts);
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as Array<{ label: string }>).map((f) => f.label)).toEqual(['true_positive', 'true_positive', 'false_positive', 'true_positive']);
+      // Two outbox rows, a1 and a2 in the same one; each tried and refused at least once.
+      const rows = [...(await notificationsOf(a1.id)), ...(await notificationsOf(b1.id))];
+      expect(rows).toHaveLength(2);
+      const ids = rows.map((r) => r.id);
+      expect((await notificationsOf(a2.id)).map((r) => r.id)).toEqual([ids[0]]);
+      await vi.waitFor(
+        () => expect(new Set(webhookBodies.filter((b) => b.status === 503).map((b) => (JSON.parse(b.body) as Notification).id))).toEqual(new Set(ids)),
+        { timeout: 15_000, interval: 50 },
+      );
+      expect((await notificationsOf(a1.id))[0]!.delivered_at).toBeNull();
+    } finally {
+      webhookFailing = false;
+    }
+
+    // Retried in the background until the webhook accepts (backoff: 100 ms doubled per attempt).
+    await vi.waitFor(
+      async () => {
+        for (const k of [a1, b1]) expect((await notificationsOf(k.id))[0]!.delivered_at).not.toBeNull();
+      },
+      { timeout: 20_000, interval: 100 },
+    );
+    const accepted = webhookBodies.filter((b) => b.status === 200).map((b) => ({ ...b, payload: JSON.parse(b.body) as Notification }));
+    const forA = accepted.filter((b) => b.payload.keys.some((k) => k.key_id === a1.id));
+    const forB = accepted.filter((b) => b.payload.keys.some((k) => k.key_id === b1.id));
+    expect(forA).toHaveLength(1);
+    expect(forB).toHaveLength(1);
+    for (const d of [...forA, ...forB]) {
+      expect(d.signature).toBe(hmac(d.body));
+      for (const secret of [a1.secret, a2.secret, b1.secret]) expect(d.body).not.toContain(secret);
+    }
+    expect(forA[0]!.payload).toMatchObject({ event: 'api_keys.leaked', account_id: accountId, account_email: 'leaks@example.com' });
+    expect(forA[0]!.payload.keys.map((k) => [k.key_id, k.name, k.url, k.source])).toEqual([
+      [a1.id, 'ci-a1', 'https://github.com/o/r/blob/1/.env', 'content'],
+      [a2.id, 'ci-a2', 'https://github.com/o/r/blob/4/.env', 'content'],
+    ]);
+    expect(forB[0]!.payload).toMatchObject({ event: 'api_keys.leaked', account_id: otherAccount, account_email: 'other-owner@example.com', report_id: forA[0]!.payload.report_id });
+    expect(forB[0]!.payload.keys.map((k) => [k.key_id, k.name, k.url, k.source])).toEqual([[b1.id, 'ci-b1', 'https://github.com/o/r/blob/2/.env', 'content']]);
+    for (const k of [...forA[0]!.payload.keys, ...forB[0]!.payload.keys]) expect(k.revoked_at).toMatch(/^\d{4}-/);
   });
 
   it('a bad signature is refused with 401 and revokes nothing', async () => {
