@@ -81,7 +81,8 @@ static_resources:
                       domains: ["*"]
                       routes:
                         # The key management API: no ext_authz (it authenticates the key itself),
-                        # and no client-supplied identity headers.
+                        # and no client-supplied identity headers (nor the x-ryvion-meta-* of the
+                        # policy's forward_metadata: proxyExamples.forwardMetadata).
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
                           route:
@@ -91,6 +92,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -105,6 +107,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -271,7 +274,8 @@ static_resources:
                       domains: ["*"]
                       routes:
                         # The key management API: no ext_authz (it authenticates the key itself),
-                        # and no client-supplied identity headers.
+                        # and no client-supplied identity headers (nor the x-ryvion-meta-* of the
+                        # policy's forward_metadata: proxyExamples.forwardMetadata).
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
                           route:
@@ -281,6 +285,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -295,6 +300,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
