@@ -139,6 +139,13 @@ const schema = z.object({
   OWNER_NOTIFICATION_WEBHOOK_URL: z.url({ error: 'must be an absolute URL' }).optional().meta(doc({ description: 'an account owner is notified of a leaked key by a POST here, signed with `OWNER_NOTIFICATION_WEBHOOK_SECRET`, retried until 2xx', unit: 'URL' })),
   OWNER_NOTIFICATION_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional().meta(doc({ description: 'HMAC secret of the owner notifications (with `OWNER_NOTIFICATION_WEBHOOK_URL`)', unit: '≥ 16 characters' })),
   OWNER_NOTIFICATION_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(5000).meta(doc({ description: 'how often the outbox of owner notifications is delivered', unit: 'milliseconds' })),
+  // gRPC metadata values are printable ASCII; Envoy sends it in grpc_service.initial_metadata.
+  ACCESS_LOG_SECRET: z
+    .string()
+    .min(32, 'must be at least 32 characters (generate one with: openssl rand -hex 32)')
+    .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces (it travels as a gRPC metadata value)')
+    .optional()
+    .meta(doc({ description: "shared secret of Envoy's gRPC access log (`StreamAccessLogs` on `GRPC_PORT`), sent as `x-ryvion-access-log-secret`; from a Secret. Unset: the method is not served (UNIMPLEMENTED)", unit: '≥ 32 characters' })),
 });
 
 /** Each setting's name, reference text and the default an unset value gets (docs/configuration.md). */
