@@ -8,6 +8,14 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
 import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/check/outcomes.js';
+import {
+  ACCESS_LOG_SECRET_HEADER,
+  EXT_AUTHZ_METADATA_NAMESPACE,
+  RESERVATION_ID_FIELD,
+  USAGE_INPUT_TOKENS_HEADER,
+  USAGE_OUTPUT_TOKENS_HEADER,
+} from '../../src/transport/grpc/access-log.js';
+import { GRPC_MAX_RECEIVE_MESSAGE_BYTES } from '../../src/transport/grpc/server.js';
 import { checkEnvoyConfig } from './envoy-proto.js';
 import { ROOT, findObject, renderChart } from './helm.js';
 import { renderProxyExamples } from './proxy-examples.js';
@@ -90,7 +98,6 @@ describe('deploy/envoy/envoy.yaml', () => {
     expect(cfg.failure_mode_allow).toBe(false);
     expect(cfg.status_on_error).toEqual({ code: 'ServiceUnavailable' });
     expect(cfg.include_peer_certificate ?? false).toBe(false);
-    expect(cfg.with_request_body).toBeUndefined();
     // Only what the gate reads; the credential headers must be among them.
     const allowed = cfg.allowed_headers.patterns.map((p: Loose) => p.exact);
     for (const h of CREDENTIAL_HEADERS) expect(allowed).toContain(h);
@@ -132,11 +139,79 @@ describe('deploy/envoy/envoy.yaml', () => {
 
   it('keeps ext_authz on every other route (and never strips the identity the gate sets)', () => {
     for (const r of routes.filter((r) => r.match.prefix !== '/api/v1/auth/' && r.match.prefix !== '/api/v1/secret-scanning/')) {
-      expect(r.typed_per_filter_config?.[extAuthz.name]).toBeUndefined();
+      const perRoute = r.typed_per_filter_config?.[extAuthz.name];
+      expect(perRoute?.disabled).toBeUndefined();
+      expect(perRoute?.check_settings?.context_extensions).toBeUndefined();
       expect(r.request_headers_to_remove ?? []).not.toEqual(expect.arrayContaining(IDENTITY.slice(0, 1)));
       expect(cluster(r.route.cluster)).toBeDefined();
     }
     expect(hcm.route_config.request_headers_to_remove).toBeUndefined();
+  });
+});
+
+describe('deploy/envoy/envoy.yaml: token limits (issue 19)', () => {
+  const bootstrap = parse(readFileSync(join(ROOT, 'deploy', 'envoy', 'envoy.yaml'), 'utf8')) as Loose;
+  const hcm = bootstrap.static_resources.listeners[0].filter_chains[0].filters[0].typed_config;
+  const cfg = hcm.http_filters.find((f: Loose) => f.name === 'envoy.filters.http.ext_authz').typed_config;
+  const routes: Loose[] = hcm.route_config.virtual_hosts[0].routes;
+  const clusters: Loose[] = bootstrap.static_resources.clusters;
+
+  /** The first route that takes `path`, as Envoy matches them: prefix, or a full match of safe_regex. */
+  const routeFor = (path: string): Loose =>
+    routes.find((r) => (r.match.prefix !== undefined ? path.startsWith(r.match.prefix) : new RegExp(`^(?:${r.match.safe_regex.regex})$`).test(path)));
+  const bufferingOff = (r: Loose): boolean => r.typed_per_filter_config?.['envoy.filters.http.ext_authz']?.check_settings?.disable_request_body_buffering === true;
+
+  it("sends the body as bytes (raw_body), cut short rather than refused, with x-envoy-auth-partial-body let through", () => {
+    expect(cfg.with_request_body).toMatchObject({ allow_partial_message: true, pack_as_bytes: true });
+    expect(cfg.allowed_headers.patterns.map((p: Loose) => p.exact)).toContain('x-envoy-auth-partial-body');
+  });
+
+  it("keeps max_request_bytes under the gate's gRPC message cap, with room for the largest headers Envoy accepts (the path twice)", () => {
+    const headerBytes = (hcm.max_request_headers_kb ?? 60) * 1024;
+    expect(cfg.with_request_body.max_request_bytes).toBeGreaterThanOrEqual(64 * 1024);
+    expect(cfg.with_request_body.max_request_bytes + 2 * headerBytes + 16 * 1024).toBeLessThanOrEqual(GRPC_MAX_RECEIVE_MESSAGE_BYTES);
+  });
+
+  it('turns body buffering off on every upload route of the shipped policy (kb.upload), and only there', () => {
+    const policy = parse(readFileSync(join(ROOT, 'policy', 'default.yaml'), 'utf8')) as { rules: Array<{ paths: string[]; permission?: string }> };
+    const uploads = policy.rules.filter((r) => r.permission === 'kb.upload').flatMap((r) => r.paths);
+    expect(uploads.length).toBeGreaterThan(0);
+    for (const pattern of uploads) {
+      const path = pattern.replaceAll('**', 'a/b').replaceAll('*', 'kb_0123');
+      const route = routeFor(path);
+      expect(bufferingOff(route), `${path} (${pattern})`).toBe(true);
+      expect(route.typed_per_filter_config['envoy.filters.http.ext_authz'].disabled).toBeUndefined();
+    }
+    for (const path of ['/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/v1/responses', '/v1/knowledge-bases/kb_1', '/v1/knowledge-bases/kb_1/documents/extra']) {
+      expect(bufferingOff(routeFor(path)), path).toBe(false);
+    }
+  });
+
+  it("logs the usage headers and trailers of reserved requests to the gate's gRPC port, with the access-log secret", () => {
+    const loggers = hcm.access_log.filter((l: Loose) => l.name === 'envoy.access_loggers.http_grpc');
+    expect(loggers).toHaveLength(1);
+    const [log] = loggers;
+    expect(log.typed_config['@type']).toBe('type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig');
+    const usage = [USAGE_INPUT_TOKENS_HEADER, USAGE_OUTPUT_TOKENS_HEADER];
+    expect(log.typed_config.additional_response_headers_to_log).toEqual(usage);
+    expect(log.typed_config.additional_response_trailers_to_log).toEqual(usage);
+    const common = log.typed_config.common_config;
+    expect(common.transport_api_version).toBe('V3');
+    // The gate's gRPC cluster, the one ext_authz calls: the chart's headless Service on the gRPC port.
+    expect(common.grpc_service.envoy_grpc.cluster_name).toBe(cfg.grpc_service.envoy_grpc.cluster_name);
+    const authz = clusters.find((c) => c.name === common.grpc_service.envoy_grpc.cluster_name);
+    expect(authz.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address).toEqual({ address: svc.headlessFqdn, port_value: svc.grpcPort });
+    expect(common.grpc_service.initial_metadata).toEqual([{ key: ACCESS_LOG_SECRET_HEADER, value: '${RYVION_ACCESS_LOG_SECRET}' }]);
+  });
+
+  it('sends only entries whose ext_authz metadata holds a reservation id', () => {
+    const log = hcm.access_log.find((l: Loose) => l.name === 'envoy.access_loggers.http_grpc');
+    expect(log.filter).toEqual({
+      metadata_filter: {
+        matcher: { filter: EXT_AUTHZ_METADATA_NAMESPACE, path: [{ key: RESERVATION_ID_FIELD }], value: { present_match: true } },
+        match_if_key_not_found: false,
+      },
+    });
   });
 });
 
