@@ -275,3 +275,24 @@ describe('StreamAccessLogs in the running service (composition root)', () => {
     expect(sink.batches).toEqual([]);
   });
 });
+
+describe('StreamAccessLogs: a stream Envoy resets', () => {
+  it('is forgotten once cancelled, after the entries read before it', async () => {
+    const sink = new RecordingUsageSink();
+    const port = await start(sink);
+    const { upstreamStreamMethod, STREAM_ACCESS_LOGS_PATH } = await import('../helpers/access-log.js');
+    const client = new (grpc.makeGenericClientConstructor({}, 'x'))(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    const md = new grpc.Metadata();
+    md.set('x-ryvion-access-log-secret', SECRET);
+    const call = client.makeClientStreamRequest<object, object>(STREAM_ACCESS_LOGS_PATH, (m) => upstreamStreamMethod.requestSerialize(m), (b) => upstreamStreamMethod.responseDeserialize(b), md, {}, () => undefined);
+    call.write(envoyMessage([envoyEntry({ reservationId: 'rsv_before_reset', headers: { [USAGE.in]: '1', [USAGE.out]: '1' } })], true));
+    const deadline = Date.now() + 20_000;
+    while (sink.reports.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(receiver!.openStreams).toBe(1);
+    call.cancel();
+    while (receiver!.openStreams > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(receiver!.openStreams).toBe(0);
+    expect(sink.reports.map((r) => r.reservationId)).toEqual(['rsv_before_reset']);
+    client.close();
+  });
+});

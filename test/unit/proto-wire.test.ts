@@ -563,20 +563,7 @@ describe('access log wire compatibility with Envoy', () => {
         ],
       },
     };
-    expect(upstreamStreamMethod.requestDeserialize(ourStream.requestSerialize(ours))).toMatchObject({
-      identifier: { node: { id: 'envoy-1' }, log_name: 'ryvion_usage' },
-      http_logs: {
-        log_entry: [
-          {
-            common_properties: {
-              metadata: { filter_metadata: { 'envoy.filters.http.ext_authz': { fields: { reservation_id: { stringValue: 'rsv_back' } } } } },
-              access_log_type: AccessLogType.DownstreamEnd,
-            },
-            response: { response_trailers: usageHeaders },
-          },
-        ],
-      },
-    });
+    expect(upstreamStreamMethod.requestDeserialize(ourStream.requestSerialize(ours))).toMatchObject(ours);
   });
 
   it('a tcp_logs message (field 3, not in our subset) decodes with ours as a message without HTTP entries', () => {

@@ -162,7 +162,8 @@ export class AccessLogReceiver {
       call.destroy();
     };
     this.open.add(endOk);
-    call.on('cancelled', () => end(null));
+    // Envoy reset the stream: stop reading it too, so nothing waits on it for ever.
+    call.on('cancelled', endOk);
     void this.consume(call, sink, () => done).then(
       () => end(null),
       (err: unknown) => {
