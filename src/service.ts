@@ -176,7 +176,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
 
   routeGrpcLogs(logger);
   const accessLog = config.ACCESS_LOG_SECRET
-    ? new AccessLogReceiver({ secret: config.ACCESS_LOG_SECRET, sink: opts.usageSink, metrics, logger })
+    ? new AccessLogReceiver({ secret: config.ACCESS_LOG_SECRET, previousSecret: config.ACCESS_LOG_SECRET_PREVIOUS, sink: opts.usageSink, metrics, logger })
     : undefined;
   if (!accessLog && opts.usageSink) logger.warn('ACCESS_LOG_SECRET is not set: the gRPC access log (StreamAccessLogs) is not served, so no usage arrives from Envoy');
   const grpcServer = new GrpcCheckServer(pipeline, recorder, {

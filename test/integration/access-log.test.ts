@@ -33,8 +33,8 @@ afterEach(async () => {
   logLines.splice(0);
 });
 
-async function start(sink: UsageSink | undefined, metrics = new Metrics({ defaultMetrics: false }), withReceiver = true): Promise<number> {
-  receiver = withReceiver ? new AccessLogReceiver({ secret: SECRET, sink, metrics, logger: captured() }) : undefined;
+async function start(sink: UsageSink | undefined, metrics = new Metrics({ defaultMetrics: false }), withReceiver = true, previousSecret?: string): Promise<number> {
+  receiver = withReceiver ? new AccessLogReceiver({ secret: SECRET, previousSecret, sink, metrics, logger: captured() }) : undefined;
   const decide = async () => ({ allow: false as const, reason: 'missing_api_key' as const });
   server = new GrpcCheckServer({ decide } as unknown as CheckPipeline, new DecisionRecorder(createLogger('silent'), metrics), {
     stripCredentialHeaders: true,
@@ -273,6 +273,19 @@ describe('StreamAccessLogs in the running service (composition root)', () => {
     const { error } = await sendAccessLogs(service.grpcPort, AUTH, [envoyMessage([envoyEntry({ reservationId: 'rsv_x', headers: { [USAGE.in]: '1', [USAGE.out]: '1' } })], true)]);
     expect(error?.code).toBe(grpc.status.UNIMPLEMENTED);
     expect(sink.batches).toEqual([]);
+  });
+});
+
+describe('StreamAccessLogs: rotating the secret', () => {
+  it('accepts the previous secret beside the current one, and nothing else', async () => {
+    const previous = 'test-only-previous-0d1e2f3a4b5c6d7e8f9a0b1c2d';
+    const sink = new RecordingUsageSink();
+    const port = await start(sink, undefined, true, previous);
+    const message = (id: string): object => envoyMessage([envoyEntry({ reservationId: id, headers: { [USAGE.in]: '1', [USAGE.out]: '1' } })], true);
+    expect((await sendAccessLogs(port, AUTH, [message('rsv_new')])).error).toBeNull();
+    expect((await sendAccessLogs(port, { 'x-ryvion-access-log-secret': previous }, [message('rsv_old')])).error).toBeNull();
+    expect((await sendAccessLogs(port, { 'x-ryvion-access-log-secret': `${previous}x` }, [message('rsv_forged')])).error?.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(sink.reports.map((r) => r.reservationId)).toEqual(['rsv_new', 'rsv_old']);
   });
 });
 

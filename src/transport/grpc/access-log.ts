@@ -94,6 +94,8 @@ function digest(value: string | Buffer): Buffer {
 export interface AccessLogReceiverOptions {
   /** ACCESS_LOG_SECRET: a stream without it in its initial metadata is refused. */
   secret: string;
+  /** ACCESS_LOG_SECRET_PREVIOUS: also accepted, during a rotation. */
+  previousSecret?: string | undefined;
   /** The reconciler; without one, authenticated streams are refused with FAILED_PRECONDITION. */
   sink: UsageSink | undefined;
   metrics: Metrics;
@@ -104,12 +106,12 @@ type StreamCall = grpc.ServerReadableStream<StreamAccessLogsMessage, Record<stri
 
 /** Serves StreamAccessLogs on the gRPC server it is added to. */
 export class AccessLogReceiver {
-  private readonly secretDigest: Buffer;
+  private readonly secretDigests: Buffer[];
   /** Open streams, each with the function that ends it with OK. */
   private readonly open = new Set<() => void>();
 
   constructor(private readonly opts: AccessLogReceiverOptions) {
-    this.secretDigest = digest(opts.secret);
+    this.secretDigests = [opts.secret, opts.previousSecret].filter((s): s is string => s !== undefined).map(digest);
   }
 
   addTo(server: grpc.Server): void {
@@ -132,8 +134,10 @@ export class AccessLogReceiver {
   private authenticated(metadata: grpc.Metadata): boolean {
     const values = metadata.get(ACCESS_LOG_SECRET_HEADER);
     if (values.length !== 1) return false;
-    // Digests of equal length: the comparison takes the same time whatever was sent.
-    return timingSafeEqual(digest(values[0]!), this.secretDigest);
+    // Digests of equal length: the comparison takes the same time whatever was sent. Every
+    // accepted secret is compared, so the time does not tell which one matched.
+    const sent = digest(values[0]!);
+    return this.secretDigests.map((d) => timingSafeEqual(sent, d)).includes(true);
   }
 
   private readonly stream = (call: StreamCall, callback: grpc.sendUnaryData<Record<string, never>>): void => {
