@@ -70,6 +70,8 @@ const SECRET_SAMPLES: Record<string, string> = {
   REDIS_URL: 'redis://redis.ryvion.svc:6379',
   KEY_PEPPER: 'p'.repeat(48),
   KEY_PEPPER_PREVIOUS: 'q'.repeat(48),
+  ACCESS_LOG_SECRET: 'a'.repeat(64),
+  ACCESS_LOG_SECRET_PREVIOUS: 'b'.repeat(64),
   OWNER_NOTIFICATION_WEBHOOK_SECRET: 'n'.repeat(32),
 };
 
@@ -118,6 +120,7 @@ const VALUE_SETS: Record<string, object> = {
     imagePullSecrets: [{ name: 'registry' }],
     keyPepper: { existingSecret: 'ryvion-authz-pepper', version: 2, previousSecretKey: 'KEY_PEPPER_PREVIOUS' },
     database: { listenUrl: { existingSecretKey: 'DATABASE_LISTEN_URL' } },
+    accessLog: { existingSecret: 'ryvion-authz-access-log', previousSecretKey: 'ACCESS_LOG_SECRET_PREVIOUS' },
     config: { KEY_ENVIRONMENT: 'test', LOG_LEVEL: 'debug', STORE_TIMEOUT_MS: 80, UNAVAILABLE_MODE: 'rpc_error', RATE_LIMIT_LOCAL_SHARE: 0.25, TRUSTED_PROXIES: '10.20.0.0/16' },
     extraEnv: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=256' }],
     podAnnotations: { 'example.com/team': 'platform' },
@@ -244,7 +247,7 @@ describe('helm chart: wiring to the service', () => {
   it('passes secrets only by reference to existing Secrets, never as values', () => {
     for (const objects of Object.values(rendered)) {
       const env = container(objects).env ?? [];
-      for (const secret of ['DATABASE_URL', 'DATABASE_LISTEN_URL', 'REDIS_URL', 'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS', 'OWNER_NOTIFICATION_WEBHOOK_SECRET']) {
+      for (const secret of ['DATABASE_URL', 'DATABASE_LISTEN_URL', 'REDIS_URL', 'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS', 'ACCESS_LOG_SECRET', 'ACCESS_LOG_SECRET_PREVIOUS', 'OWNER_NOTIFICATION_WEBHOOK_SECRET']) {
         const e = env.find((v) => v.name === secret);
         if (!e) continue;
         expect(e.value, `${secret} has no plain value`).toBeUndefined();
@@ -257,6 +260,10 @@ describe('helm chart: wiring to the service', () => {
     expect(all.find((e) => e.name === 'REDIS_URL')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-redis', key: 'REDIS_URL' });
     expect(all.find((e) => e.name === 'KEY_PEPPER_PREVIOUS')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-pepper', key: 'KEY_PEPPER_PREVIOUS' });
     expect(container(rendered.defaults!).env!.some((e) => e.name === 'REDIS_URL')).toBe(false);
+    // Envoy's access log: from its own Secret when named, else not served.
+    expect(all.find((e) => e.name === 'ACCESS_LOG_SECRET')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-access-log', key: 'ACCESS_LOG_SECRET' });
+    expect(all.find((e) => e.name === 'ACCESS_LOG_SECRET_PREVIOUS')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-access-log', key: 'ACCESS_LOG_SECRET_PREVIOUS' });
+    expect(container(rendered.defaults!).env!.some((e) => e.name === 'ACCESS_LOG_SECRET')).toBe(false);
   });
 
   it('owner notifications: the webhook URL from ownerNotification.webhookUrl, its HMAC secret from a Secret; off by default', async () => {
