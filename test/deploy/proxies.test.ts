@@ -3,11 +3,14 @@
 // "ryvion-authz" in namespace "ryvion", not from constants. Each file must set the timeout
 // (at most 1 s), fail closed, send /api/v1/auth/ to the HTTP port without ext_authz, and strip the
 // identity headers there. The Envoy bootstrap is also checked field by field against Envoy's protos.
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
+import { metaHeader } from '../../src/check/metadata-forward.js';
 import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/check/outcomes.js';
+import { DEFAULT_POLICY_PATH } from '../../src/policy/policy.js';
 import {
   ACCESS_LOG_SECRET_HEADER,
   EXT_AUTHZ_METADATA_NAMESPACE,
@@ -448,6 +451,39 @@ describe('deploy/: rendered from the chart', () => {
     expect(eg.find((d) => d.kind === 'SecurityPolicy').spec.extAuth.grpc.backendRefs).toEqual([{ name: 'edge-ryvion-authz', namespace: 'gateway-system', port: 9191 }]);
     const mesh = parse(files['istio/mesh-config.yaml']!) as Loose;
     expect(mesh.spec.meshConfig.extensionProviders[0].envoyExtAuthzGrpc.service).toBe('edge-ryvion-authz.gateway-system.svc.cluster.local');
+  });
+
+  it("the policy's forward_metadata headers are stripped with the identity headers where ext_authz does not run (Envoy gRPC and HTTP, Istio, Envoy Gateway)", async () => {
+    const policyFile = join(mkdtempSync(join(tmpdir(), 'ryv-policy-')), 'policy.yaml');
+    writeFileSync(policyFile, `${readFileSync(DEFAULT_POLICY_PATH, 'utf8')}\nforward_metadata: [team, cost_center]\n`);
+    const [fromPolicy, fromValue] = await Promise.all([
+      // The chart's own policy content, plus a field listed by value (team twice: stripped once).
+      renderProxyExamples('ryvion-authz', 'ryvion', ['--set-file', `policy.content=${policyFile}`, '--set', 'proxyExamples.forwardMetadata={tier,team}']),
+      // A policy the chart does not see: only what the value lists.
+      renderProxyExamples('ryvion-authz', 'ryvion', ['--set', 'policy.existingConfigMap=site-policy', '--set', 'proxyExamples.forwardMetadata={region}']),
+    ]);
+    const cases: Array<[Record<string, string>, string[]]> = [
+      [fromPolicy, ['team', 'cost_center', 'tier'].map(metaHeader)],
+      [fromValue, [metaHeader('region')]],
+    ];
+    expect(cases[0]![1]).toEqual(['x-ryvion-meta-team', 'x-ryvion-meta-cost-center', 'x-ryvion-meta-tier']);
+    for (const [files, meta] of cases) {
+      const stripped = [...IDENTITY, ...meta].sort();
+      for (const path of ['envoy/envoy.yaml', 'envoy/http-ext-authz.yaml']) {
+        const envoy = parse(files[path]!) as Loose;
+        expect(checkEnvoyConfig(envoy), path).toEqual([]);
+        const routes: Loose[] = envoy.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes;
+        for (const prefix of ['/api/v1/auth/', '/api/v1/secret-scanning/']) {
+          expect([...routes.find((r) => r.match.prefix === prefix).request_headers_to_remove].sort(), `${path} ${prefix}`).toEqual(stripped);
+        }
+        // Where ext_authz runs, the gate itself sets or removes them.
+        for (const r of routes.filter((r) => !(r.match.prefix ?? '').startsWith('/api/v1/'))) expect(r.request_headers_to_remove, path).toBeUndefined();
+      }
+      const vs = parseAllDocuments(files['istio/ryvion-api.yaml']!).map((d) => d.toJS() as Loose).find((d) => d.kind === 'VirtualService');
+      expect([...vs.spec.http[0].headers.request.remove].sort()).toEqual(stripped);
+      const route = parseAllDocuments(files['envoy-gateway/ryvion-api.yaml']!).map((d) => d.toJS() as Loose).find((d) => d.kind === 'HTTPRoute' && d.metadata.name === 'ryvion-authz-api');
+      expect([...route.spec.rules[0].filters[0].requestHeaderModifier.remove].sort()).toEqual(stripped);
+    }
   });
 
   it('proxyExamples.trustedHops reaches the client-address setting of Envoy (gRPC and HTTP), Istio and Envoy Gateway', async () => {

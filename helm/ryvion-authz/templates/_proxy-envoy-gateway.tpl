@@ -167,6 +167,7 @@ spec:
               - x-ryvion-account-id
               - x-ryvion-key-id
               - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 14 }}{{ end }}
       backendRefs:
         - name: {{ include "ryvion-authz.fullname" . }}
           {{- if ne $apiNs .Release.Namespace }}

@@ -97,7 +97,8 @@ static_resources:
                       domains: ["*"]
                       routes:
                         # The key management API: no ext_authz (it authenticates the key itself),
-                        # and no client-supplied identity headers.
+                        # and no client-supplied identity headers (nor the x-ryvion-meta-* of the
+                        # policy's forward_metadata: proxyExamples.forwardMetadata).
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
                           route:
@@ -107,6 +108,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -121,6 +123,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -305,7 +308,8 @@ static_resources:
                       domains: ["*"]
                       routes:
                         # The key management API: no ext_authz (it authenticates the key itself),
-                        # and no client-supplied identity headers.
+                        # and no client-supplied identity headers (nor the x-ryvion-meta-* of the
+                        # policy's forward_metadata: proxyExamples.forwardMetadata).
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
                           route:
@@ -315,6 +319,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -329,6 +334,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute

@@ -138,6 +138,7 @@ spec:
             - x-ryvion-account-id
             - x-ryvion-key-id
             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 12 }}{{ end }}
       route:
         - destination:
             host: {{ include "ryvion-authz.fqdn" . }}
