@@ -43,6 +43,12 @@ const pepper = z
   .string()
   .refine((v) => Buffer.byteLength(v, 'utf8') >= 32, 'must be at least 32 bytes (generate one with: openssl rand -base64 48)');
 
+// gRPC metadata values are printable ASCII; Envoy sends it in grpc_service.initial_metadata.
+const accessLogSecret = z
+  .string()
+  .min(32, 'must be at least 32 characters (generate one with: openssl rand -hex 32)')
+  .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces (it travels as a gRPC metadata value)');
+
 /**
  * What docs/configuration.md says about a setting (`npm run docs:config` writes it from here).
  * `default` is only for a default the schema cannot show (computed elsewhere, or "required by ...");
@@ -143,9 +149,11 @@ const schema = z.object({
   GITHUB_SECRET_SCANNING_KEYS_URL: z.url({ error: 'must be an absolute URL' }).default('https://api.github.com/meta/public_keys/secret_scanning').meta(doc({ description: "where GitHub's secret-scanning signing keys are fetched (and cached) from", unit: 'URL' })),
   GITHUB_SECRET_SCANNING_REFETCH_MIN_MS: positiveInt.default(60_000).meta(doc({ description: "an unknown key identifier re-fetches GitHub's keys at most once per this long", unit: 'milliseconds' })),
   SECRET_SCANNING_BODY_LIMIT_BYTES: positiveInt.max(16 * 1024 * 1024, 'must be at most 16777216').default(1024 * 1024).meta(doc({ description: "body limit of the secret-scanning route (GitHub batches matches; the key API's is 16 KiB)", unit: 'bytes' })),
-  OWNER_NOTIFICATION_WEBHOOK_URL: z.url({ error: 'must be an absolute URL' }).optional().meta(doc({ description: 'an account owner is notified of a leaked key by a POST here, signed with `OWNER_NOTIFICATION_WEBHOOK_SECRET`, retried until 2xx', unit: 'URL' })),
+  OWNER_NOTIFICATION_WEBHOOK_URL: z.url({ error: 'must be an absolute URL' }).optional().meta(doc({ description: 'the owner of each account with leaked keys is notified by a POST here (one per account per GitHub report, listing its keys), signed with `OWNER_NOTIFICATION_WEBHOOK_SECRET`, retried until 2xx', unit: 'URL' })),
   OWNER_NOTIFICATION_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional().meta(doc({ description: 'HMAC secret of the owner notifications (with `OWNER_NOTIFICATION_WEBHOOK_URL`)', unit: '≥ 16 characters' })),
   OWNER_NOTIFICATION_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(5000).meta(doc({ description: 'how often the outbox of owner notifications is delivered', unit: 'milliseconds' })),
+  ACCESS_LOG_SECRET: accessLogSecret.optional().meta(doc({ description: "shared secret of Envoy's gRPC access log (`StreamAccessLogs` on `GRPC_PORT`), sent as `x-ryvion-access-log-secret`; from a Secret. Unset: the method is not served (UNIMPLEMENTED)", unit: '≥ 32 characters' })),
+  ACCESS_LOG_SECRET_PREVIOUS: accessLogSecret.optional().meta(doc({ description: 'during a rotation, the secret before `ACCESS_LOG_SECRET`, still accepted until every Envoy sends the new one', unit: '≥ 32 characters' })),
 });
 
 /** Each setting's name, reference text and the default an unset value gets (docs/configuration.md). */
@@ -202,6 +210,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSe
   }
   if ((config.OWNER_NOTIFICATION_WEBHOOK_URL === undefined) !== (config.OWNER_NOTIFICATION_WEBHOOK_SECRET === undefined)) {
     throw new ConfigError('OWNER_NOTIFICATION_WEBHOOK_SECRET: set both OWNER_NOTIFICATION_WEBHOOK_URL and OWNER_NOTIFICATION_WEBHOOK_SECRET, or neither');
+  }
+  if (config.ACCESS_LOG_SECRET_PREVIOUS !== undefined && config.ACCESS_LOG_SECRET === undefined) {
+    throw new ConfigError('ACCESS_LOG_SECRET_PREVIOUS: set ACCESS_LOG_SECRET too (the new secret); the previous one is only accepted beside it');
   }
   checkRedisSecurity(config);
   if ((config.USAGE_PORT === undefined) !== (config.USAGE_SECRET === undefined)) {

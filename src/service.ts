@@ -25,6 +25,7 @@ import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
 import { asPostgresUnavailable } from './store/errors.js';
 import { GrpcCheckServer, routeGrpcLogs } from './transport/grpc/server.js';
+import { AccessLogReceiver, type UsageSink } from './transport/grpc/access-log.js';
 import { GithubKeySource, SecretScanning } from './keys/secret-scanning.js';
 import { LeakNotifier } from './keys/leak-notifier.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
@@ -81,6 +82,11 @@ export interface ServiceOptions {
   postgresProbeIntervalMs?: number;
   /** Between reads of the live replica count (default LIVE_REPLICAS_INTERVAL_MS); tests shorten it. */
   liveReplicasIntervalMs?: number;
+  /**
+   * The reconciler that Envoy's access log reports usage to (StreamAccessLogs, served when
+   * ACCESS_LOG_SECRET is set). Without one, authenticated streams are refused with FAILED_PRECONDITION.
+   */
+  usageSink?: UsageSink;
 }
 
 /** A new replica is counted within this long, so the local rate-limit share follows scaling closely. */
@@ -162,7 +168,6 @@ export async function startService(config: Config, logger: Logger, opts: Service
     clock,
     logger,
     metrics,
-    tokens: () => policy.tokens,
     redisDown: config.BUDGET_REDIS_DOWN,
     localShare: () => rateLimiter?.share() ?? config.RATE_LIMIT_LOCAL_SHARE ?? 1 / Math.max(1, liveReplicas?.current() ?? 1),
   });
@@ -194,7 +199,12 @@ export async function startService(config: Config, logger: Logger, opts: Service
   });
 
   routeGrpcLogs(logger);
+  const accessLog = config.ACCESS_LOG_SECRET
+    ? new AccessLogReceiver({ secret: config.ACCESS_LOG_SECRET, previousSecret: config.ACCESS_LOG_SECRET_PREVIOUS, sink: opts.usageSink ?? tokens, metrics, logger })
+    : undefined;
+  if (!accessLog && opts.usageSink) logger.warn('ACCESS_LOG_SECRET is not set: the gRPC access log (StreamAccessLogs) is not served, so no usage arrives from Envoy');
   const grpcServer = new GrpcCheckServer(pipeline, recorder, {
+    accessLog,
     stripCredentialHeaders: config.STRIP_CREDENTIAL_HEADERS,
     mcpResourceMetadataUrl: config.MCP_RESOURCE_METADATA_URL,
     unavailableMode: config.UNAVAILABLE_MODE,

@@ -93,8 +93,6 @@ export interface TokenGateOptions {
   clock: Clock;
   logger: Logger;
   metrics?: Metrics | undefined;
-  /** Read per report: the prices usage is charged at. */
-  tokens: () => TokenPolicy | undefined;
   /** While Redis is unreachable, budgeted requests: `deny` (503, the default) or the local conservative rule. */
   redisDown?: 'deny' | 'local';
   /** This replica's share of a budget under the local rule (the request limiter's: 1 / live replicas). */
@@ -179,11 +177,13 @@ export class TokenGate {
       if (counters.length > 0) return { kind: 'unavailable', detail: 'budget_no_redis' };
       return { kind: 'allowed', tokenStates: [] };
     }
+    const price = input.tokens.priceOf(model);
     const claims: ReservationClaims = {
       nonce: this.opts.signer.newNonce(),
       accountId: key.accountId,
       keyId: key.id,
-      model,
+      inputPerMillion: price.inputPerMillion,
+      outputPerMillion: price.outputPerMillion,
       reservedAt: now,
       expiresAt: now + this.opts.reservationTtlMs,
       inputTokens: promptTokens,
@@ -347,8 +347,8 @@ export class TokenGate {
     const claims = this.opts.signer.verify(item.reservationId);
     if (!claims) return 'forged';
     const now = this.opts.clock.now();
-    const tokens = this.opts.tokens();
-    const cost = tokens ? costOf(tokens, claims.model, item.inputTokens, item.outputTokens) : claims.costMicros;
+    // At the prices the reservation was made at (a price change applies to new reservations).
+    const cost = Math.ceil((item.inputTokens * claims.inputPerMillion + item.outputTokens * claims.outputPerMillion) / 1_000_000);
     const actual = item.inputTokens + item.outputTokens;
     const settlement = { id: item.reservationId, claims, kind: 'reconciled' as const, costMicros: cost, inputTokens: item.inputTokens, outputTokens: item.outputTokens };
     const redis = this.opts.redis;

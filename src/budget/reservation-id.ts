@@ -10,7 +10,9 @@ export interface ReservationClaims {
   nonce: string;
   accountId: string;
   keyId: string;
-  model: string;
+  /** The model's prices when it was reserved (micro-units per million tokens): usage is charged at them. */
+  inputPerMillion: number;
+  outputPerMillion: number;
   /** When it was made and when it expires into a charge (ms since the epoch). */
   reservedAt: number;
   expiresAt: number;
@@ -23,8 +25,11 @@ export interface ReservationClaims {
 
 const PREFIX = 'rsv1.';
 const MAC_BYTES = 16;
-/** Longer than any id this code makes (a few hundred characters); anything longer is refused unread. */
-export const MAX_RESERVATION_ID_LENGTH = 2048;
+/**
+ * Longer than any id this code makes (under 450 characters: account and key ids have fixed lengths,
+ * and no model name is carried, only its prices), and within the access-log receiver's 512.
+ */
+export const MAX_RESERVATION_ID_LENGTH = 512;
 
 export class ReservationSigner {
   private readonly key: Buffer;
@@ -40,7 +45,7 @@ export class ReservationSigner {
 
   sign(c: ReservationClaims): string {
     const payload = Buffer.from(
-      JSON.stringify([c.nonce, c.accountId, c.keyId, c.model, c.reservedAt, c.expiresAt, c.inputTokens, c.outputTokens, c.costMicros, c.periods]),
+      JSON.stringify([c.nonce, c.accountId, c.keyId, c.inputPerMillion, c.outputPerMillion, c.reservedAt, c.expiresAt, c.inputTokens, c.outputTokens, c.costMicros, c.periods]),
     ).toString('base64url');
     return `${PREFIX}${payload}.${this.mac(payload).toString('base64url')}`;
   }
@@ -59,13 +64,15 @@ export class ReservationSigner {
     } catch {
       return undefined;
     }
-    if (!Array.isArray(v) || v.length !== 10) return undefined;
-    const [nonce, accountId, keyId, model, reservedAt, expiresAt, inputTokens, outputTokens, costMicros, periods] = v as unknown[];
-    if (typeof nonce !== 'string' || typeof accountId !== 'string' || typeof keyId !== 'string' || typeof model !== 'string') return undefined;
-    if (![reservedAt, expiresAt, inputTokens, outputTokens, costMicros].every((n) => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) return undefined;
+    if (!Array.isArray(v) || v.length !== 11) return undefined;
+    const [nonce, accountId, keyId, inputPerMillion, outputPerMillion, reservedAt, expiresAt, inputTokens, outputTokens, costMicros, periods] = v as unknown[];
+    if (typeof nonce !== 'string' || typeof accountId !== 'string' || typeof keyId !== 'string') return undefined;
+    const counts = [inputPerMillion, outputPerMillion, reservedAt, expiresAt, inputTokens, outputTokens, costMicros];
+    if (!counts.every((n) => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) return undefined;
     if (!Array.isArray(periods) || !periods.every((p) => typeof p === 'string')) return undefined;
     return {
-      nonce, accountId, keyId, model,
+      nonce, accountId, keyId,
+      inputPerMillion: inputPerMillion as number, outputPerMillion: outputPerMillion as number,
       reservedAt: reservedAt as number, expiresAt: expiresAt as number,
       inputTokens: inputTokens as number, outputTokens: outputTokens as number, costMicros: costMicros as number,
       periods: periods as string[],

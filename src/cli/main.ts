@@ -4,8 +4,10 @@ import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from '../config.js';
 import { KeyRepository, NotFoundError, ConflictError, type Account } from '../keys/repository.js';
 import { auditView, connectKeyService, keyNameProblem, keyView, REVOKED_CACHE_NOT_UPDATED, type KeyService } from '../keys/management.js';
+import { effectiveConstraints } from '../keys/constraints.js';
 import { isAccountId, isKeyId } from '../keys/ids.js';
 import { tokenLimitsFrom, tokenLimitsInputSchema, type TokenLimits } from '../keys/token-limits.js';
+import { checkKeyMetadata } from '../keys/metadata.js';
 import { createLogger } from '../observability/logger.js';
 import { loadPolicyFile, PolicyError } from '../policy/policy.js';
 import { keyHasherFrom, policyPath, startService, StartupError } from '../service.js';
@@ -120,6 +122,32 @@ function parseExpiry(value: string | undefined): Date | null {
   return d;
 }
 
+/**
+ * `--allowed-cidrs`: comma-separated addresses or CIDR blocks, checked and made canonical by the
+ * rule the key API applies (keys/constraints.ts), for a caller that is limited to nothing.
+ */
+function parseAllowedCidrs(value: string | undefined): string[] | null {
+  if (value === undefined) return null;
+  const requested = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const outcome = effectiveConstraints({ expiresAt: null, keyRpm: null, allowedCidrs: null }, { allowedCidrs: requested }, Date.now());
+  if (!outcome.ok) throw new UsageError(`--allowed-cidrs: ${outcome.message.replace(/^Invalid value for '[^']+': /, '')}`);
+  return outcome.allowedCidrs;
+}
+
+/** `--metadata`: a JSON object of at most 1 KiB, the key API's rule (keys/metadata.ts). */
+function parseMetadata(value: string | undefined): Record<string, unknown> | null {
+  if (value === undefined) return null;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new UsageError('--metadata: not valid JSON; give a JSON object, e.g. \'{"team": "search"}\'');
+  }
+  const checked = checkKeyMetadata(parsed);
+  if (!checked.ok) throw new UsageError(`--metadata: ${checked.problem}`);
+  return checked.value;
+}
+
 /** package.json sits two levels above this file both in src/cli and in dist/cli. */
 function packageVersion(): string {
   return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -229,21 +257,25 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .requiredOption('--scope <scope>', 'scope: buyer, read-only or write-only (as the policy declares)')
     .option('--expires-at <iso>', 'expiry, ISO 8601 date-time')
     .option('--rpm <n>', "the key's own request limit per minute (meant to be lower than the account's)")
+    .option('--allowed-cidrs <list>', 'comma-separated IP addresses or CIDR blocks the key may be used from (IPv4 and IPv6, at most 64); default: anywhere')
+    .option('--metadata <json>', 'a JSON object of at most 1 KiB stored with the key, e.g. \'{"team": "search"}\'')
     .option('--tpm <n>', "the key's own tokens per minute")
     .option('--budget <amount/period>', "the key's own spend budget: micro-units of the policy's currency per day, week or month (e.g. 20000000/month)")
     .option('--models <list>', 'the models the key may use, comma-separated')
     .option('--json', 'print JSON')
-    .action(async (o: TokenOptions & { account: string; name: string; scope: string; expiresAt?: string; rpm?: string; json?: boolean }) => {
+    .action(async (o: TokenOptions & { account: string; name: string; scope: string; expiresAt?: string; rpm?: string; allowedCidrs?: string; metadata?: string; json?: boolean }) => {
       const accountId = requireAccountId(o.account);
       const name = parseName(o.name);
       const expiresAt = parseExpiry(o.expiresAt);
       const rateLimitRpm = parseRpm(o.rpm);
+      const allowedCidrs = parseAllowedCidrs(o.allowedCidrs);
+      const metadata = parseMetadata(o.metadata);
       const tokenLimits = parseTokenOptions(o);
       const config = adminConfig(env);
       const scopes = loadPolicyFile(policyPath(config)).scopes;
       if (!scopes.includes(o.scope)) throw new UsageError(`--scope: "${o.scope}" is not one of ${scopes.join(', ')}`);
       const created = await withKeyService(config, (keys) =>
-        keys.createKey({ accountId, name, scope: o.scope, expiresAt, rateLimitRpm, tokenLimits }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
+        keys.createKey({ accountId, name, scope: o.scope, expiresAt, rateLimitRpm, allowedCidrs, metadata, tokenLimits }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
       );
       if (created.kind === 'limit_reached') throw new ConflictError(`account ${accountId} already has ${created.limit} live keys (MAX_KEYS_PER_ACCOUNT)`);
       const { key, secret } = created;

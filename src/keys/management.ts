@@ -15,7 +15,7 @@ import type { AckWait, LiveReplica } from './invalidation/acks.js';
 import { InvalidationBus } from './invalidation/bus.js';
 import { PgLeaseRegistry, pgNotifier } from './invalidation/lease.js';
 import { PG_INVALIDATE_CHANNEL, type Invalidation } from './invalidation/messages.js';
-import { KeyRepository, type Account, type CreateKeyFields, type KeyInfo, type KeyRecord } from './repository.js';
+import { KeyRepository, type Account, type CreateKeyFields, type KeyInfo, type KeyRecord, type LeakNotice } from './repository.js';
 
 export const NAME_MAX_CHARS = 128;
 // Control characters (NUL is refused by Postgres text) and lone surrogates have no place in a name.
@@ -160,7 +160,7 @@ export class KeyService {
     keyId: string,
     accountId: string | undefined,
     actor: AuditActor,
-    extra: { detail?: Record<string, string | null>; notification?: Record<string, unknown> } = {},
+    extra: { detail?: Record<string, string | null>; notification?: LeakNotice } = {},
   ): Promise<RevokeOutcome | null> {
     const rid = randomUUID();
     const acks = this.channel().expectAcks(rid);
@@ -209,12 +209,18 @@ export class KeyService {
 
   /**
    * Revokes a key that secret scanning found in public: the audit row names the actor
-   * `secret_scanning` and where it was found; with `notify`, the owner's notification is queued
-   * in the same transaction (only when this call revoked it, so a replayed report queues nothing).
+   * `secret_scanning` and where it was found. With `report`, the key joins its account's owner
+   * notification for that report, in the same transaction (only when this call revoked it, so a
+   * replayed report queues nothing); `releaseLeakNotifications` then makes the report's notifications due.
    */
-  revokeLeaked(keyId: string, location: { url: string | null; source: string | null }, notify: boolean): Promise<RevokeOutcome | null> {
-    const notification = notify ? { event: 'api_key.leaked', key_id: keyId, url: location.url, source: location.source } : undefined;
+  revokeLeaked(keyId: string, location: { url: string | null; source: string | null }, report?: { id: string; holdMs: number }): Promise<RevokeOutcome | null> {
+    const notification = report ? { reportId: report.id, holdMs: report.holdMs, url: location.url, source: location.source } : undefined;
     return this.revoke(keyId, undefined, { keyId: null, via: 'secret_scanning' }, { detail: { url: location.url, source: location.source }, ...(notification ? { notification } : {}) });
+  }
+
+  /** A report's keys are all revoked: its owner notifications (one per account) are due now. */
+  releaseLeakNotifications(reportId: string): Promise<void> {
+    return this.deps.repository.releaseLeakNotifications(reportId);
   }
 
   /**

@@ -192,6 +192,15 @@ export interface CreateKeyFields {
   tokenLimits?: TokenLimits | null;
 }
 
+/** A leaked key's place in its account's owner notification for one secret scanning report. */
+export interface LeakNotice {
+  reportId: string;
+  url: string | null;
+  source: string | null;
+  /** The notification waits at most this long for the rest of the report's keys. */
+  holdMs: number;
+}
+
 /** A statement inside a management transaction, run with the write timeout. */
 export interface Tx {
   query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
@@ -363,7 +372,7 @@ export class KeyRepository implements KeyLookup {
     accountId: string | undefined,
     actor: AuditActor,
     notify: { channel: string; rid: string },
-    extra: { detail?: Record<string, string | null>; notification?: Record<string, unknown> } = {},
+    extra: { detail?: Record<string, string | null>; notification?: LeakNotice } = {},
   ): Promise<{ key: KeyInfo; record: KeyRecord; changed: boolean } | null> {
     return this.transaction(async (tx) => {
       let row = await lockKey(tx, keyId, accountId);
@@ -376,12 +385,22 @@ export class KeyRepository implements KeyLookup {
         );
         row = { ...row, ...updated.rows[0]! };
         await insertAudit(tx, row.account_id, actor, 'key.revoked', keyId, extra.detail);
-        // The owner's notification exists exactly when the revocation does.
+        // The owner's notification exists exactly when the revocation does: the key joins its
+        // account's notification for this report (one per account per report), which stays held
+        // until the report is done (releaseLeakNotifications) or `holdMs` passed.
         if (extra.notification) {
-          await tx.query(`INSERT INTO leak_notifications (account_id, payload) VALUES ($1, $2)`, [
-            row.account_id,
-            JSON.stringify({ ...extra.notification, account_id: row.account_id, revoked_at: row.revoked_at?.toISOString() ?? null }),
-          ]);
+          const n = extra.notification;
+          const entry = { key_id: keyId, name: row.name, url: n.url, source: n.source, revoked_at: row.revoked_at?.toISOString() ?? null };
+          await tx.query(
+            `INSERT INTO leak_notifications (account_id, report_id, payload, next_attempt_at)
+             SELECT a.id, $2::uuid,
+                    jsonb_build_object('event', 'api_keys.leaked', 'account_id', a.id, 'account_email', a.email, 'report_id', $2::text, 'keys', jsonb_build_array($3::jsonb)),
+                    now() + ($4::double precision * interval '1 millisecond')
+               FROM accounts a WHERE a.id = $1
+             ON CONFLICT (report_id, account_id) WHERE attempts = 0
+             DO UPDATE SET payload = jsonb_set(leak_notifications.payload, '{keys}', (leak_notifications.payload->'keys') || (EXCLUDED.payload->'keys'))`,
+            [row.account_id, n.reportId, JSON.stringify(entry), n.holdMs],
+          );
         }
       }
       const record = toKeyRecord(row);
@@ -470,6 +489,11 @@ export class KeyRepository implements KeyLookup {
       [limit, leaseMs],
     );
     return rows.map((r) => ({ id: r.id, accountId: r.account_id, payload: r.payload, attempts: r.attempts }));
+  }
+
+  /** The report is done: its accounts' notifications are due now instead of at the end of their hold. */
+  async releaseLeakNotifications(reportId: string): Promise<void> {
+    await this.run(`UPDATE leak_notifications SET next_attempt_at = now() WHERE report_id = $1 AND attempts = 0`, [reportId]);
   }
 
   async leakNotificationDelivered(id: string): Promise<void> {

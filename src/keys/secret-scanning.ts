@@ -1,6 +1,6 @@
 // GitHub secret scanning partner endpoint: verify GitHub's signature over the raw body, revoke our
 // live keys it reports, and answer in GitHub's feedback format. Tokens never reach a log.
-import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, randomUUID, verify, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -12,6 +12,11 @@ import type { KeyLookup } from './repository.js';
 
 /** At most this many matches in one report; GitHub batches far fewer. */
 export const MAX_REPORTED_TOKENS = 1000;
+/**
+ * An account's owner notification for a report waits for the rest of the report's keys until the
+ * report is done; if the replica dies before, it goes out after this long anyway.
+ */
+export const LEAK_REPORT_HOLD_MS = 60_000;
 const MAX_FIELD_CHARS = 2048;
 
 /** GitHub's key list: `{"public_keys": [{"key_identifier", "key" (PEM), "is_current"}]}`. */
@@ -85,11 +90,11 @@ export type ScanOutcome =
 
 export interface SecretScanningDeps {
   keySource: Pick<GithubKeySource, 'keyFor'>;
-  keys: Pick<KeyService, 'revokeLeaked'>;
+  keys: Pick<KeyService, 'revokeLeaked' | 'releaseLeakNotifications'>;
   lookup: KeyLookup;
   hasher: KeyHasher;
   environment: KeyEnvironment;
-  /** Queue an owner notification (OWNER_NOTIFICATION_WEBHOOK_URL is set). */
+  /** Queue owner notifications, one per account per report (OWNER_NOTIFICATION_WEBHOOK_URL is set). */
   notifyOwners: boolean;
   logger: Logger;
   metrics: Metrics;
@@ -105,19 +110,33 @@ export class SecretScanning {
     if (!key || !verifies(raw, signature, key)) return { status: 401, message: 'The signature does not verify against GitHub\'s public key.' };
     const tokens = parseReport(raw);
     if (typeof tokens === 'string') return { status: 400, message: tokens };
+    // The keys this report revokes gather into one notification per account, held until the loop is done.
+    const report = this.deps.notifyOwners ? { id: randomUUID(), holdMs: LEAK_REPORT_HOLD_MS } : undefined;
     const feedback: Feedback[] = [];
-    for (const t of tokens) feedback.push({ token_hash: sha256Hex(t.token), token_type: t.type, label: await this.judge(t) });
+    let revoked = false;
+    for (const t of tokens) {
+      const label = await this.judge(t, report);
+      revoked ||= label === 'true_positive';
+      feedback.push({ token_hash: sha256Hex(t.token), token_type: t.type, label });
+    }
+    // Not awaited: delivery is the background notifier's, never on GitHub's answer; if this fails
+    // the notifications go out when their hold ends.
+    if (report && revoked) {
+      this.deps.keys.releaseLeakNotifications(report.id).catch((err: unknown) =>
+        this.deps.logger.warn({ problem: (err as Error).message }, 'releasing owner notifications failed; they go out when their hold ends'),
+      );
+    }
     return { status: 200, feedback };
   }
 
   /** Ours (live or revoked before): true_positive, revoked now if live. Anything else: false_positive, never an error. */
-  private async judge(t: ReportedToken): Promise<Feedback['label']> {
+  private async judge(t: ReportedToken, report: { id: string; holdMs: number } | undefined): Promise<Feedback['label']> {
     const { metrics, logger } = this.deps;
     // A test key reported to a live deployment, a bad checksum or any other shape is not one of ours.
     if (!checkKeyShape(t.token, this.deps.environment).ok) return count(metrics, 'false_positive');
     const record = await this.deps.lookup.findByHash(this.deps.hasher.candidates(t.token));
     if (!record) return count(metrics, 'false_positive');
-    const outcome = await this.deps.keys.revokeLeaked(record.id, { url: t.url, source: t.source }, this.deps.notifyOwners);
+    const outcome = await this.deps.keys.revokeLeaked(record.id, { url: t.url, source: t.source }, report);
     logger.warn(
       { key_id: record.id, account_id: record.accountId, url: t.url, source: t.source, newly_revoked: outcome?.changed ?? false, cache: outcome?.cache },
       'leaked api key reported by GitHub secret scanning; revoked',

@@ -22,6 +22,13 @@ export function managementOperation(method: string, route: string | undefined): 
   return (route !== undefined && MANAGEMENT_ROUTES[`${method.toUpperCase()} ${route}`]) || 'other';
 }
 
+export type AccessLogStreamResult = 'accepted' | 'unauthenticated' | 'not_configured';
+export const ACCESS_LOG_STREAM_RESULTS: readonly AccessLogStreamResult[] = ['accepted', 'unauthenticated', 'not_configured'];
+
+/** Why an access-log entry gave no usage report (transport/grpc/access-log.ts says when each happens). */
+export type AccessLogIgnoredReason = 'no_reservation' | 'malformed_reservation' | 'not_final' | 'no_usage' | 'malformed_usage' | 'sink_error';
+export const ACCESS_LOG_IGNORED_REASONS: readonly AccessLogIgnoredReason[] = ['no_reservation', 'malformed_reservation', 'not_final', 'no_usage', 'malformed_usage', 'sink_error'];
+
 export function statusClass(status: number): '2xx' | '4xx' | '5xx' {
   return status >= 500 ? '5xx' : status >= 400 ? '4xx' : '2xx';
 }
@@ -254,6 +261,32 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly accessLogStreams = new client.Counter({
+    name: 'ryvion_authz_access_log_streams_total',
+    help: 'Envoy access-log streams (StreamAccessLogs) by result: accepted, unauthenticated (no or wrong secret, refused), not_configured (no reconciler, refused).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly accessLogEntriesReceived = new client.Counter({
+    name: 'ryvion_authz_access_log_entries_received_total',
+    help: 'HTTP access-log entries received from Envoy on accepted streams.',
+    registers: [this.registry],
+  });
+
+  readonly accessLogEntriesUsed = new client.Counter({
+    name: 'ryvion_authz_access_log_entries_used_total',
+    help: 'Access-log entries whose reservation id and token usage were handed to the reconciler.',
+    registers: [this.registry],
+  });
+
+  readonly accessLogEntriesIgnored = new client.Counter({
+    name: 'ryvion_authz_access_log_entries_ignored_total',
+    help: 'Access-log entries that gave no usage report, by reason (no_reservation, malformed_reservation, not_final, no_usage, malformed_usage, sink_error).',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
   recordManagementRequest(method: string, route: string | undefined, status: number): void {
     this.managementRequests.labels(managementOperation(method, route), statusClass(status)).inc();
   }
@@ -278,6 +311,8 @@ export class Metrics {
     for (const component of ['postgres', 'redis', 'memory', 'invalidation', 'ratelimit']) this.degraded.labels(component).set(0);
     for (const result of ['acknowledged', 'lease_expired']) this.revocationDuration.zero({ result });
     for (const outcome of ['allowed', 'limited']) for (const mode of ['shared', 'local', 'memory']) this.rateLimitDecisions.labels(outcome, mode).inc(0);
+    for (const result of ACCESS_LOG_STREAM_RESULTS) this.accessLogStreams.labels(result).inc(0);
+    for (const reason of ACCESS_LOG_IGNORED_REASONS) this.accessLogEntriesIgnored.labels(reason).inc(0);
     this.policyReloads.labels('success').inc(0);
     this.policyReloads.labels('failure').inc(0);
     this.ready.set(0);

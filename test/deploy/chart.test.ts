@@ -71,6 +71,9 @@ const SECRET_SAMPLES: Record<string, string> = {
   KEY_PEPPER: 'p'.repeat(48),
   KEY_PEPPER_PREVIOUS: 'q'.repeat(48),
   USAGE_SECRET: 'u'.repeat(48),
+  ACCESS_LOG_SECRET: 'a'.repeat(64),
+  ACCESS_LOG_SECRET_PREVIOUS: 'b'.repeat(64),
+  OWNER_NOTIFICATION_WEBHOOK_SECRET: 'n'.repeat(32),
 };
 
 /** The container's environment as the service would see it, Secrets replaced by sample values. */
@@ -119,6 +122,7 @@ const VALUE_SETS: Record<string, object> = {
     keyPepper: { existingSecret: 'ryvion-authz-pepper', version: 2, previousSecretKey: 'KEY_PEPPER_PREVIOUS' },
     usage: { enabled: true, existingSecret: 'ryvion-authz-usage' },
     database: { listenUrl: { existingSecretKey: 'DATABASE_LISTEN_URL' } },
+    accessLog: { existingSecret: 'ryvion-authz-access-log', previousSecretKey: 'ACCESS_LOG_SECRET_PREVIOUS' },
     config: { KEY_ENVIRONMENT: 'test', LOG_LEVEL: 'debug', STORE_TIMEOUT_MS: 80, UNAVAILABLE_MODE: 'rpc_error', RATE_LIMIT_LOCAL_SHARE: 0.25, TRUSTED_PROXIES: '10.20.0.0/16' },
     extraEnv: [{ name: 'NODE_OPTIONS', value: '--max-old-space-size=256' }],
     podAnnotations: { 'example.com/team': 'platform' },
@@ -137,6 +141,7 @@ const VALUE_SETS: Record<string, object> = {
     },
     policy: { content: `# site policy\n${readFileSync(join(ROOT, 'policy', 'default.yaml'), 'utf8')}` },
     proxyExamples: { enabled: true },
+    ownerNotification: { webhookUrl: 'https://hooks.example.com/ryvion/leaks', existingSecret: 'ryvion-authz-notify' },
   },
   'existing policy ConfigMap, no migration Job': {
     policy: { existingConfigMap: 'my-policy' },
@@ -244,7 +249,7 @@ describe('helm chart: wiring to the service', () => {
   it('passes secrets only by reference to existing Secrets, never as values', () => {
     for (const objects of Object.values(rendered)) {
       const env = container(objects).env ?? [];
-      for (const secret of ['DATABASE_URL', 'DATABASE_LISTEN_URL', 'REDIS_URL', 'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS']) {
+      for (const secret of ['DATABASE_URL', 'DATABASE_LISTEN_URL', 'REDIS_URL', 'REDIS_PASSWORD', 'REDIS_SENTINEL_PASSWORD', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS', 'ACCESS_LOG_SECRET', 'ACCESS_LOG_SECRET_PREVIOUS', 'OWNER_NOTIFICATION_WEBHOOK_SECRET']) {
         const e = env.find((v) => v.name === secret);
         if (!e) continue;
         expect(e.value, `${secret} has no plain value`).toBeUndefined();
@@ -257,6 +262,36 @@ describe('helm chart: wiring to the service', () => {
     expect(all.find((e) => e.name === 'REDIS_URL')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-redis', key: 'REDIS_URL' });
     expect(all.find((e) => e.name === 'KEY_PEPPER_PREVIOUS')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-pepper', key: 'KEY_PEPPER_PREVIOUS' });
     expect(container(rendered.defaults!).env!.some((e) => e.name === 'REDIS_URL')).toBe(false);
+    // Envoy's access log: from its own Secret when named, else not served.
+    expect(all.find((e) => e.name === 'ACCESS_LOG_SECRET')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-access-log', key: 'ACCESS_LOG_SECRET' });
+    expect(all.find((e) => e.name === 'ACCESS_LOG_SECRET_PREVIOUS')!.valueFrom!.secretKeyRef).toEqual({ name: 'ryvion-authz-access-log', key: 'ACCESS_LOG_SECRET_PREVIOUS' });
+    expect(container(rendered.defaults!).env!.some((e) => e.name === 'ACCESS_LOG_SECRET')).toBe(false);
+  });
+
+  it('owner notifications: the webhook URL from ownerNotification.webhookUrl, its HMAC secret from a Secret; off by default', async () => {
+    const all = container(rendered['all optional resources on']!).env!;
+    expect(all.find((e) => e.name === 'OWNER_NOTIFICATION_WEBHOOK_URL')).toEqual({ name: 'OWNER_NOTIFICATION_WEBHOOK_URL', value: 'https://hooks.example.com/ryvion/leaks' });
+    expect(all.find((e) => e.name === 'OWNER_NOTIFICATION_WEBHOOK_SECRET')).toEqual({
+      name: 'OWNER_NOTIFICATION_WEBHOOK_SECRET',
+      valueFrom: { secretKeyRef: { name: 'ryvion-authz-notify', key: 'OWNER_NOTIFICATION_WEBHOOK_SECRET' } },
+    });
+    // The service accepts the pair (its own parser, the Secret replaced by a sample).
+    expect(loadConfig(environmentOf(container(rendered['all optional resources on']!)), ['DATABASE_URL', 'KEY_PEPPER']).OWNER_NOTIFICATION_WEBHOOK_URL).toBe('https://hooks.example.com/ryvion/leaks');
+    expect(container(rendered.defaults!).env!.some((e) => e.name.startsWith('OWNER_NOTIFICATION_WEBHOOK'))).toBe(false);
+
+    const [noSecret, noUrl, plainSecret, otherKey] = await Promise.all([
+      helmTemplate({ values: { ownerNotification: { webhookUrl: 'https://hooks.example.com/x' } } }),
+      helmTemplate({ values: { ownerNotification: { existingSecret: 'notify' } } }),
+      helmTemplate({ values: { config: { OWNER_NOTIFICATION_WEBHOOK_SECRET: 'a-secret-in-plain-text-is-refused' } } }),
+      renderChart({ values: { ownerNotification: { webhookUrl: 'https://hooks.example.com/x', existingSecret: 'notify', existingSecretKey: 'hmac' } } }),
+    ]);
+    expect(noSecret.code).not.toBe(0);
+    expect(noSecret.stderr).toMatch(/ownerNotification.existingSecret is required with ownerNotification.webhookUrl/);
+    expect(noUrl.code).not.toBe(0);
+    expect(noUrl.stderr).toMatch(/ownerNotification.webhookUrl is empty/);
+    expect(plainSecret.code).not.toBe(0);
+    expect(plainSecret.stderr).toMatch(/OWNER_NOTIFICATION_WEBHOOK_SECRET/);
+    expect(container(otherKey).env!.find((e) => e.name === 'OWNER_NOTIFICATION_WEBHOOK_SECRET')!.valueFrom!.secretKeyRef).toEqual({ name: 'notify', key: 'hmac' });
   });
 
   it('exposes every setting: each variable is either accepted under `config` or set by the chart', () => {

@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import type { Deny } from '../../src/check/decision.js';
+import { metaHeader } from '../../src/check/metadata-forward.js';
 import { denialResponse } from '../../src/check/outcomes.js';
+import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../../src/policy/policy.js';
 import type { LimitState } from '../../src/ratelimit/gcra.js';
 import { rateLimitHeaders } from '../../src/ratelimit/headers.js';
 import { CREDENTIAL_HEADERS, IDENTITY_HEADERS } from '../../src/check/outcomes.js';
@@ -22,6 +24,8 @@ type Loose = any;
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
 const IDENTITY = Object.values(IDENTITY_HEADERS).sort();
+/** The x-ryvion-meta-* headers of the shipped policy's forward_metadata. */
+const SHIPPED_META = loadPolicyFile(DEFAULT_POLICY_PATH).forwardMetadata.map(metaHeader);
 const read = (...parts: string[]): Loose => parse(readFileSync(join(ROOT, ...parts), 'utf8'));
 
 /** Every header name an allowed answer puts on the client's response. */
@@ -184,7 +188,10 @@ describe('deploy/traefik/dynamic.yaml (parse-checked: no Traefik binary here)', 
     expect(lower(fa.authRequestHeaders)).toEqual(expect.arrayContaining([...CREDENTIAL_HEADERS]));
     for (const h of lower(fa.authRequestHeaders)) expect(h).not.toMatch(/^x-original-|^x-forwarded-/);
     expect(lower(fa.authResponseHeaders)).toEqual(IDENTITY);
-    expect(fa.authResponseHeadersRegex).toBeUndefined();
+    // Forwarded key metadata: every x-ryvion-meta-* (Traefik matches canonical names), nothing else.
+    const meta = new RegExp(String(fa.authResponseHeadersRegex).replace(/^\(\?i\)/, ''), String(fa.authResponseHeadersRegex).startsWith('(?i)') ? 'i' : '');
+    for (const h of [metaHeader('team'), metaHeader('cost_center'), 'X-Ryvion-Meta-Cost-Center']) expect(meta.test(h), h).toBe(true);
+    for (const h of [...IDENTITY, ...CREDENTIAL_HEADERS, 'X-Ryvion-Scope', 'x-ryvion-status', 'x-ryvion-error-body', 'content-type', 'x-my-x-ryvion-meta-a']) expect(meta.test(h), h).toBe(false);
     expect(fa.forwardBody ?? false).toBe(false);
     expect(lower(Object.keys(strip.headers.customRequestHeaders))).toEqual([...CREDENTIAL_HEADERS].sort());
     expect(Object.values(strip.headers.customRequestHeaders)).toEqual(['', '']);
@@ -196,7 +203,8 @@ describe('deploy/traefik/dynamic.yaml (parse-checked: no Traefik binary here)', 
     expect(auth.priority).toBeGreaterThan(api.priority);
     expect(auth.middlewares.some((m: string) => middlewares[m].forwardAuth)).toBe(false);
     const strip = auth.middlewares.map((m: string) => middlewares[m]).find((m: Loose) => m.headers);
-    expect(lower(Object.keys(strip.headers.customRequestHeaders))).toEqual(IDENTITY);
+    // The shipped policy's forwarded metadata fields too (the headers middleware removes by name only).
+    expect(lower(Object.keys(strip.headers.customRequestHeaders))).toEqual([...IDENTITY, ...SHIPPED_META].sort());
     expect(new Set(Object.values(strip.headers.customRequestHeaders))).toEqual(new Set(['']));
     const forwardAuth = Object.values<Loose>(middlewares).find((m) => m.forwardAuth).forwardAuth;
     const authService = services[auth.service].loadBalancer.servers[0].url;

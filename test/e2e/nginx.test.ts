@@ -36,6 +36,7 @@ const testPolicy = policyWithPlans(
   slow:
     account: { requests: 1, window: 2s, burst: 1 }
 default_plan: roomy
+forward_metadata: [cost_center]
 `,
 );
 const policyFile = testPolicy.file;
@@ -103,6 +104,7 @@ let upstream: Upstream;
 let nginx: TestNginx;
 let buyer: { secret: string; accountId: string; keyId: string };
 let readOnly: string;
+let apiAddress: string;
 
 async function newKey(plan: string, scope: string): Promise<{ secret: string; accountId: string; keyId: string }> {
   const account = await service.repository.createAccount(`${plan}-${Math.random().toString(36).slice(2)}@example.com`, plan);
@@ -130,7 +132,8 @@ beforeAll(async () => {
     FAILED_AUTH_PER_SOURCE_PER_MINUTE: '1000000',
   });
   upstream = new Upstream();
-  nginx = new TestNginx({ authz: `127.0.0.1:${service.httpPort}`, api: await upstream.start() });
+  apiAddress = await upstream.start();
+  nginx = new TestNginx({ authz: `127.0.0.1:${service.httpPort}`, api: apiAddress });
   await nginx.start();
   buyer = await newKey('roomy', 'buyer');
   readOnly = (await newKey('roomy', 'read-only')).secret;
@@ -143,6 +146,41 @@ afterAll(async () => {
   await service?.stop();
   await db?.drop();
   testPolicy.dispose();
+});
+
+/** ryvion-http.conf with its commented per-field lines for `cost_center` made real, as its comments tell an operator to. */
+function withMetadataLines(http: string): string {
+  let n = 0;
+  const out = http.replace(/^(\s*)#\s+((?:proxy_set_header X-Ryvion-Meta-Cost-Center|auth_request_set \$ryvion_meta_cost_center) .*;)$/gm, (_m, indent: string, line: string) => (n++, `${indent}${line}`));
+  // One removal in each of the two locations without auth_request, the pair in location /.
+  if (n !== 4) throw new Error(`ryvion-http.conf: expected 4 commented metadata lines, found ${n}`);
+  return out;
+}
+
+describe('forwarded key metadata through nginx, with the per-field lines of ryvion-http.conf', () => {
+  let metaNginx: TestNginx;
+  beforeAll(async () => {
+    metaNginx = new TestNginx({ authz: `127.0.0.1:${service.httpPort}`, api: apiAddress, edit: withMetadataLines });
+    await metaNginx.start();
+  });
+  afterAll(async () => {
+    await metaNginx?.stop();
+  });
+
+  const models = (secret: string) =>
+    fetch(`${metaNginx.url}/v1/models`, { headers: { 'x-api-key': secret, 'x-ryvion-meta-cost-center': 'spoofed' } });
+
+  it("the key's value reaches the upstream; a client-sent one never does, also for a key without it", async () => {
+    const account = await service.repository.createAccount(`meta-${Math.random().toString(36).slice(2)}@example.com`, 'roomy');
+    const tagged = await service.repository.createKey({ accountId: account.id, name: 'tagged', scope: 'buyer', expiresAt: null, metadata: { cost_center: 4711 } });
+    let before = upstream.seen.length;
+    expect((await models(tagged.secret)).status).toBe(200);
+    expect(upstream.seen.slice(before).map((s) => s.headers['x-ryvion-meta-cost-center'])).toEqual(['4711']);
+    before = upstream.seen.length;
+    expect((await models(buyer.secret)).status).toBe(200);
+    expect(upstream.seen.slice(before)).toHaveLength(1);
+    expect(upstream.seen[before]!.headers).not.toHaveProperty('x-ryvion-meta-cost-center');
+  });
 });
 
 describe('the openai SDK through nginx', () => {

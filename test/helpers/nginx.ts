@@ -23,14 +23,15 @@ function replaceOnce(file: string, text: string, from: string, to: string): stri
   return text.slice(0, at) + to + text.slice(at + from.length);
 }
 
-/** The shipped local configuration pointed at test ports, written into `dir` (nginx's prefix). */
-export function writeNginxConfig(opts: { listenPort: number; authz: string; api: string; dir: string }): void {
+/** The shipped local configuration pointed at test ports, written into `dir` (nginx's prefix); `edit` may change ryvion-http.conf further. */
+export function writeNginxConfig(opts: { listenPort: number; authz: string; api: string; dir: string; edit?: ((http: string) => string) | undefined }): void {
   let local = readFileSync(path.join(SHIPPED, 'nginx.local.conf'), 'utf8');
   local = replaceOnce('nginx.local.conf', local, 'server 127.0.0.1:8080;', `server ${opts.authz};`);
   local = replaceOnce('nginx.local.conf', local, 'server 127.0.0.1:8000;', `server ${opts.api};`);
   let http = readFileSync(path.join(SHIPPED, 'ryvion-http.conf'), 'utf8');
   http = replaceOnce('ryvion-http.conf', http, 'listen 10000;', `listen 127.0.0.1:${opts.listenPort};`);
   http = replaceOnce('ryvion-http.conf', http, 'access_log /dev/stdout ryvion;', `access_log ${opts.dir}/access.log ryvion;`);
+  if (opts.edit) http = opts.edit(http);
   writeFileSync(path.join(opts.dir, 'nginx.local.conf'), local);
   writeFileSync(path.join(opts.dir, 'ryvion-http.conf'), http);
 }
@@ -63,7 +64,7 @@ export class TestNginx {
   private stderr = '';
   port = 0;
 
-  constructor(private readonly addresses: { authz: string; api: string }) {}
+  constructor(private readonly addresses: { authz: string; api: string; edit?: (http: string) => string }) {}
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;

@@ -6,6 +6,7 @@ import { startService } from '../../src/service.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from '../../src/transport/grpc/proto.js';
 import type { Clock } from '../../src/time/clock.js';
 import type { RunningService } from '../../src/service.js';
+import type { UsageSink } from '../../src/transport/grpc/access-log.js';
 
 export function testConfig(env: Record<string, string>): Config {
   // Rate limits are off unless a test turns them on: the default plan would throttle tests about other things.
@@ -19,13 +20,14 @@ export function testConfig(env: Record<string, string>): Config {
 
 export async function startTestService(
   env: Record<string, string>,
-  opts: { clock?: Clock; logger?: Logger; defaultMetrics?: boolean; postgresProbeIntervalMs?: number; liveReplicasIntervalMs?: number } = {},
+  opts: { clock?: Clock; logger?: Logger; defaultMetrics?: boolean; postgresProbeIntervalMs?: number; liveReplicasIntervalMs?: number; usageSink?: UsageSink } = {},
 ): Promise<RunningService> {
   return startService(testConfig(env), opts.logger ?? createLogger(env.LOG_LEVEL ?? 'silent'), {
     defaultMetrics: opts.defaultMetrics ?? false,
     clock: opts.clock,
     postgresProbeIntervalMs: opts.postgresProbeIntervalMs,
     liveReplicasIntervalMs: opts.liveReplicasIntervalMs,
+    usageSink: opts.usageSink,
   });
 }
 

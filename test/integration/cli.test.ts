@@ -157,6 +157,12 @@ describe('bad arguments exit 2 and write nothing', () => {
     ['keys create with an expiry in the past', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--expires-at', '2001-01-01T00:00:00Z'], /--expires-at/],
     ['keys create with an unparsable expiry', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--expires-at', 'tomorrow'], /--expires-at/],
     ['keys create with a malformed account id', () => ['keys', 'create', '--account', 'bob', '--name', 'n', '--scope', 'buyer'], /--account/],
+    ['keys create with an allowed CIDR that is not one', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--allowed-cidrs', '10.0.0.0/8,10.0.0.0/33'], /--allowed-cidrs: "10\.0\.0\.0\/33" is not an IP address or CIDR block/],
+    ['keys create with an empty allow-list', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--allowed-cidrs', ' , '], /--allowed-cidrs: must not be empty/],
+    ['keys create with more than 64 allowed CIDRs', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--allowed-cidrs', Array.from({ length: 65 }, (_, i) => `10.0.${i}.0/24`).join(',')], /--allowed-cidrs: at most 64 entries/],
+    ['keys create with metadata that is not JSON', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--metadata', '{team: search}'], /--metadata: not valid JSON/],
+    ['keys create with metadata that is not an object', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--metadata', '[1, 2]'], /--metadata: must be a JSON object/],
+    ['keys create with metadata over 1 KiB', () => ['keys', 'create', '--account', accountId, '--name', 'n', '--scope', 'buyer', '--metadata', JSON.stringify({ blob: 'x'.repeat(1100) })], /--metadata: must be at most 1024 bytes as JSON/],
     ['keys revoke with a malformed id', () => ['keys', 'revoke', 'nope'], /not a key id/],
     ['an unknown command', () => ['frobnicate'], /unknown command/],
   ])('%s', async (_name, args, message) => {
@@ -193,6 +199,27 @@ describe('bad arguments exit 2 and write nothing', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^ryvion-authz: database unreachable/);
     oneLine(r.stderr);
+  });
+});
+
+describe('keys create --allowed-cidrs and --metadata', () => {
+  it('stores the allow-list canonical (as the API does) and the metadata object; list shows both; --help names them', async () => {
+    const accountId = JSON.parse((await runCliProcess(['accounts', 'create', '--email', 'constraints@example.com', '--json'], env)).stdout).id;
+    const metadata = { team: 'search', cost_center: 4711 };
+    const r = await runCliProcess(
+      ['keys', 'create', '--account', accountId, '--name', 'office', '--scope', 'buyer', '--allowed-cidrs', '10.1.2.3/8, 2001:db8::1,::ffff:192.0.2.1,10.0.0.0/8', '--metadata', JSON.stringify(metadata), '--json'],
+      env,
+    );
+    expect(r.code).toBe(0);
+    const created = JSON.parse(r.stdout);
+    expect(created).toMatchObject({ allowed_cidrs: ['10.0.0.0/8', '2001:db8::1/128', '192.0.2.1/32'], metadata });
+    const stored = await pool.query(`SELECT allowed_cidrs, metadata FROM api_keys WHERE id = $1`, [created.id]);
+    expect(stored.rows[0]).toEqual({ allowed_cidrs: ['10.0.0.0/8', '2001:db8::1/128', '192.0.2.1/32'], metadata });
+    const list = JSON.parse((await runCliProcess(['keys', 'list', '--account', accountId, '--json'], env)).stdout);
+    expect(list[0]).toMatchObject({ id: created.id, allowed_cidrs: ['10.0.0.0/8', '2001:db8::1/128', '192.0.2.1/32'], metadata });
+    const help = await runCliProcess(['keys', 'create', '--help'], env);
+    expect(help.stdout).toContain('--allowed-cidrs <list>');
+    expect(help.stdout).toContain('--metadata <json>');
   });
 });
 

@@ -9,9 +9,11 @@ import { envoyCheckRequest } from '../fixtures/envoy.js';
 import { CheckClient, headersOf, metricValue, startTestService } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
 import { policyWithPlans } from '../helpers/policy.js';
+import { envoyEntry, envoyMessage, sendAccessLogs } from '../helpers/access-log.js';
 
 const pepper = testPepper();
 const usageSecret = 'usage-secret-'.padEnd(40, 'x');
+const accessLogSecret = 'access-log-secret-'.padEnd(48, 'z');
 // Prices in micro-dollars per million tokens: 1 per input token, 2 per output token.
 const testPolicy = policyWithPlans(
   `plans:
@@ -53,6 +55,7 @@ beforeAll(async () => {
     RATE_LIMIT_ENABLED: 'true',
     USAGE_PORT: '1',
     USAGE_SECRET: usageSecret,
+    ACCESS_LOG_SECRET: accessLogSecret,
     SPEND_LEDGER_FLUSH_MS: '100',
     FAILED_AUTH_PER_SOURCE_PER_MINUTE: '1000000',
   });
@@ -96,6 +99,7 @@ async function reportUsage(items: unknown, secret = usageSecret): Promise<{ stat
 }
 
 async function ledgerSpent(subject: string): Promise<number> {
+  // The sum over the subject's periods (a test that runs across midnight UTC sees two rows).
   const r = await sql.query<{ s: string | null }>(`SELECT sum(spent_micros) AS s FROM spend_ledger WHERE subject = $1`, [subject]);
   return Number(r.rows[0]!.s ?? 0);
 }
@@ -270,6 +274,26 @@ describe('budgets and reconciliation through POST /internal/usage', () => {
     const remaining = Number(responseHeaders(after)['x-ratelimit-remaining-tokens']);
     expect(remaining).toBeGreaterThanOrEqual(289);
     expect(remaining).toBeLessThan(289 + 200); // plus what refilled meanwhile (1000 a minute)
+  });
+
+  it('through a real gRPC AccessLogService stream (Envoy\'s own protos; no Envoy binary here): usage in headers and in trailers reconciles, and the ledger holds the sum', async () => {
+    const { secret, accountId } = await keyOn('budget'); // an account budget
+    const body = { model: 'small-model', max_tokens: 1000, messages: [{ role: 'user', content: 'hi' }] };
+    const first = reservationOf(await chat(secret, body));
+    const second = reservationOf(await chat(secret, body));
+    const usage = (input: string, output: string) => ({ 'x-ryvion-usage-input-tokens': input, 'x-ryvion-usage-output-tokens': output });
+    const { error } = await sendAccessLogs(service.grpcPort, { 'x-ryvion-access-log-secret': accessLogSecret }, [
+      envoyMessage([envoyEntry({ reservationId: first, headers: usage('7', '30') })], true),
+      // A streamed completion: usage in the trailers.
+      envoyMessage([envoyEntry({ reservationId: second, trailers: usage('3', '100') })]),
+      // Envoy may send the same entry again; so may the usage endpoint: neither charges twice.
+      envoyMessage([envoyEntry({ reservationId: first, headers: usage('7', '30') })]),
+    ]);
+    expect(error).toBeNull();
+    // 7 + 60 and 3 + 200.
+    await vi.waitFor(async () => expect(await ledgerSpent(`a:${accountId}`)).toBe(270), { timeout: 10_000, interval: 100 });
+    expect((await reportUsage([{ reservation_id: second, input_tokens: 3, output_tokens: 100 }])).body.data![0]!.status).toBe('replayed');
+    expect(await metricValue(service, 'ryvion_authz_tokens_reconciled_total', { source: 'access_log' })).toBeGreaterThanOrEqual(140);
   });
 
   it('the usage endpoint needs the secret and a well-formed batch', async () => {

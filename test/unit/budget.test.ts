@@ -24,7 +24,7 @@ describe('readRequestBody', () => {
 });
 
 describe('ReservationSigner', () => {
-  const claims: ReservationClaims = { nonce: 'n1', accountId: 'acct_1', keyId: 'key_1', model: 'm', reservedAt: 1, expiresAt: 2, inputTokens: 3, outputTokens: 4, costMicros: 5, periods: ['a:acct_1|month|2026-12-01'] };
+  const claims: ReservationClaims = { nonce: 'n1', accountId: 'acct_1', keyId: 'key_1', inputPerMillion: 7, outputPerMillion: 8, reservedAt: 1, expiresAt: 2, inputTokens: 3, outputTokens: 4, costMicros: 5, periods: ['a:acct_1|month|2026-12-01'] };
 
   it('verifies what it signed, and nothing signed under another secret or altered', () => {
     const a = new ReservationSigner('a'.repeat(48));
@@ -32,10 +32,20 @@ describe('ReservationSigner', () => {
     expect(a.verify(id)).toEqual(claims);
     expect(new ReservationSigner('b'.repeat(48)).verify(id)).toBeUndefined();
     const [head, payload, mac] = [id.slice(0, 5), id.slice(5, id.lastIndexOf('.')), id.slice(id.lastIndexOf('.') + 1)];
-    const altered = Buffer.from(JSON.stringify(JSON.parse(Buffer.from(payload, 'base64url').toString()).map((v: unknown, i: number) => (i === 8 ? 0 : v)))).toString('base64url');
+    const altered = Buffer.from(JSON.stringify(JSON.parse(Buffer.from(payload, 'base64url').toString()).map((v: unknown, i: number) => (i === 9 ? 0 : v)))).toString('base64url');
     expect(a.verify(`${head}${altered}.${mac}`)).toBeUndefined();
     for (const junk of [undefined, 5, '', 'rsv1.', 'rsv1.x.y', `${id}x`, 'x'.repeat(5000)]) expect(a.verify(junk)).toBeUndefined();
   });
+});
+
+it('a reservation id at its largest stays within the 512 characters the access-log receiver accepts', () => {
+  const big = Number.MAX_SAFE_INTEGER;
+  const id = new ReservationSigner('a'.repeat(48)).sign({
+    nonce: 'x'.repeat(16), accountId: `acct_${'A'.repeat(20)}`, keyId: `key_${'K'.repeat(20)}`, inputPerMillion: big, outputPerMillion: big,
+    reservedAt: big, expiresAt: big, inputTokens: big, outputTokens: big, costMicros: big,
+    periods: [`a:acct_${'A'.repeat(20)}|month|2026-12-01`, `k:key_${'K'.repeat(20)}|month|2026-12-01`],
+  });
+  expect(id.length).toBeLessThanOrEqual(512);
 });
 
 describe('budget periods (UTC)', () => {

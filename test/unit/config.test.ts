@@ -24,6 +24,9 @@ describe('configuration', () => {
     [{ STORE_TIMEOUT_MS: 'abc' }, /^STORE_TIMEOUT_MS: must be a whole number of milliseconds$/],
     [{ CACHE_MEMORY_MAX_KEYS: '1.5' }, /^CACHE_MEMORY_MAX_KEYS: must be a whole number of entries$/],
     [{ GRPC_PORT: 'x' }, /^GRPC_PORT: must be a port number, 1-65535$/],
+    [{ ACCESS_LOG_SECRET: 'too-short' }, /^ACCESS_LOG_SECRET: must be at least 32 characters/],
+    [{ ACCESS_LOG_SECRET: `${'a'.repeat(20)} ${'b'.repeat(20)}` }, /^ACCESS_LOG_SECRET: must be printable ASCII without spaces/],
+    [{ ACCESS_LOG_SECRET_PREVIOUS: 'a'.repeat(40) }, /^ACCESS_LOG_SECRET_PREVIOUS: set ACCESS_LOG_SECRET too/],
   ])('rejects %o with one line naming the variable', (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     try {

@@ -6,7 +6,10 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as protoLoader from '@grpc/proto-loader';
+import { envoyEntry, envoyMessage, STREAM_ACCESS_LOGS_PATH, upstreamStreamMethod } from '../helpers/access-log.js';
 import {
+  AccessLogType,
+  accessLogService,
   AUTHORIZATION_CHECK_PATH,
   HeaderAppendAction,
   LOADER_OPTIONS,
@@ -14,6 +17,7 @@ import {
   loadAuthorizationDefinition,
   type CheckRequest,
   type CheckResponse,
+  type StreamAccessLogsMessage,
 } from '../../src/transport/grpc/proto.js';
 
 const SERVICE = 'envoy.service.auth.v3.Authorization';
@@ -495,5 +499,75 @@ describe('ext_authz wire compatibility with Envoy', () => {
         dynamic_metadata: { fields: { account_id: { stringValue: 'acct_test_0001', kind: 'stringValue' } } },
       });
     });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The gRPC access log (envoy.service.accesslog.v3): Envoy encodes, we decode.
+
+describe('access log wire compatibility with Envoy', () => {
+  const ourStream = accessLogService()['StreamAccessLogs']!;
+  const usageHeaders = { 'x-ryvion-usage-input-tokens': '120', 'x-ryvion-usage-output-tokens': '48' };
+
+  it("our StreamAccessLogs path is Envoy's, client-streaming", () => {
+    expect(ourStream.path).toBe(STREAM_ACCESS_LOGS_PATH);
+    expect(upstreamStreamMethod.path).toBe(STREAM_ACCESS_LOGS_PATH);
+    expect([ourStream.requestStream, ourStream.responseStream]).toEqual([true, false]);
+  });
+
+  it('a StreamAccessLogsMessage encoded by Envoy\'s protos, with every field Envoy fills, decodes with ours: identifier, ext_authz metadata, usage headers and trailers, entry type; extras skipped', () => {
+    const message = envoyMessage(
+      [
+        envoyEntry({ reservationId: 'rsv_wire', headers: { ...usageHeaders, 'content-type': 'application/json' }, trailers: { 'grpc-status': '0' } }),
+        envoyEntry({ reservationId: 'rsv_periodic', type: 'DownstreamPeriodic', intermediate: true }),
+      ],
+      true,
+    );
+    const bytes = upstreamStreamMethod.requestSerialize(message);
+    // The fixture's extras are real Envoy fields: Envoy's own decoder keeps them.
+    expect(upstreamStreamMethod.requestDeserialize(bytes)).toMatchObject({
+      http_logs: {
+        log_entry: [
+          {
+            common_properties: { start_time: { seconds: '1764637200' }, upstream_cluster: 'ryvion_api', downstream_remote_address: { socket_address: { port_value: 50122 } } },
+            request: { path: '/v1/chat/completions', request_method: 3 /* POST */ },
+            response: { response_code: { value: 200 }, response_code_details: 'via_upstream' },
+          },
+          {},
+        ],
+      },
+    });
+    const decoded = ourStream.requestDeserialize(bytes) as StreamAccessLogsMessage;
+    expect(decoded.identifier).toEqual({ node: { id: 'envoy-0', cluster: 'ryvion-edge' }, log_name: 'ryvion_usage' });
+    const [first, second] = decoded.http_logs!.log_entry!;
+    expect(first!.common_properties!.metadata!.filter_metadata!['envoy.filters.http.ext_authz']!.fields['reservation_id']).toMatchObject({ stringValue: 'rsv_wire' });
+    expect(first!.common_properties!.access_log_type).toBe(AccessLogType.DownstreamEnd);
+    expect(first!.common_properties!.route_name).toBe('ryvion_inference');
+    expect(first!.response).toEqual({ response_headers: { ...usageHeaders, 'content-type': 'application/json' }, response_trailers: { 'grpc-status': '0' } });
+    expect(Object.keys(first!).sort()).toEqual(['common_properties', 'response']);
+    expect(second!.common_properties).toMatchObject({ access_log_type: 5, intermediate_log_entry: true });
+  });
+
+  it('a message encoded by our protos decodes with Envoy\'s the same way', () => {
+    const ours = {
+      identifier: { node: { id: 'envoy-1' }, log_name: 'ryvion_usage' },
+      http_logs: {
+        log_entry: [
+          {
+            common_properties: {
+              metadata: { filter_metadata: { 'envoy.filters.http.ext_authz': { fields: { reservation_id: { stringValue: 'rsv_back' } } } } },
+              access_log_type: AccessLogType.DownstreamEnd,
+            },
+            response: { response_trailers: usageHeaders },
+          },
+        ],
+      },
+    };
+    expect(upstreamStreamMethod.requestDeserialize(ourStream.requestSerialize(ours))).toMatchObject(ours);
+  });
+
+  it('a tcp_logs message (field 3, not in our subset) decodes with ours as a message without HTTP entries', () => {
+    const bytes = upstreamStreamMethod.requestSerialize({ tcp_logs: { log_entry: [{ common_properties: { route_name: 'tcp' } }] } });
+    expect(ourStream.requestDeserialize(bytes)).toEqual({});
   });
 });

@@ -200,6 +200,29 @@ Replica count of the Deployment: one without Redis (caches and limits are per re
 {{- end }}
 
 {{/*
+The x-ryvion-meta-* headers of the policy's `forward_metadata` fields, one YAML list item a line
+(empty: none): the fields of the chart's own policy content, plus proxyExamples.forwardMetadata
+(for a policy the chart does not see, policy.existingConfigMap). The proxy examples remove them
+where ext_authz does not run, as they remove the identity headers. The name is the service's
+(src/check/metadata-forward.ts): lower case, "_" written "-".
+*/}}
+{{- define "ryvion-authz.metaHeaders" -}}
+{{- $fields := list }}
+{{- if not .Values.policy.existingConfigMap }}
+{{- $policy := fromYaml (.Values.policy.content | default (.Files.Get "files/policy.yaml")) }}
+{{- $fields = concat $fields ($policy.forward_metadata | default list) }}
+{{- end }}
+{{- $fields = concat $fields (.Values.proxyExamples.forwardMetadata | default list) }}
+{{- $headers := list }}
+{{- range $fields }}
+{{- $headers = append $headers (printf "x-ryvion-meta-%s" (. | toString | lower | replace "_" "-")) }}
+{{- end }}
+{{- range uniq $headers }}
+{{ printf "- %s" . }}
+{{- end }}
+{{- end }}
+
+{{/*
 DATABASE_URL from the existing Secret (never a value in plain text); the pods and the migration Job use it.
 DATABASE_LISTEN_URL (the pods only) when database.listenUrl names a key.
 */}}

@@ -26,7 +26,22 @@ The Envoy Gateway configuration of deploy/envoy-gateway, for this release's Serv
 #   - timeout 250ms: Envoy Gateway's default is 10 s; a cold key look-up fits well inside.
 #     (`extAuth.timeout` exists from v1.6; older releases keep the fixed 10 s.)
 #   - failOpen false: a request never passes because the gate did not answer.
-#   - headersToExtAuth: only what the gate reads; cookies and the rest stay out of the Check.
+#   - headersToExtAuth: only what the gate reads (with x-envoy-auth-partial-body, Envoy's mark of
+#     a truncated body); cookies and the rest stay out of the Check.
+#   - bodyToExtAuth: the gate reads model and max_tokens from the body of inference requests to
+#     reserve tokens (docs/budgets-envoy.md); {{ include "ryvion-authz.proxy.bodyMaxBytes" . }} bytes at most, so the CheckRequest stays
+#     under the gate's 1 MiB gRPC message cap. Envoy Gateway sets neither allow_partial_message
+#     (a longer body is refused with 413) nor pack_as_bytes (the body goes as a UTF-8 string):
+#     request-body-patch.yaml sets both.
+#   - Uploads (knowledge-base documents and files, policy permission kb.upload) have their own
+#     route and SecurityPolicy without bodyToExtAuth, so they stream to the API unbuffered. A
+#     RegularExpression match: Envoy Gateway orders it before the PathPrefix "/" route.
+#   - EnvoyProxy ryvion-gateway-proxy: the gRPC access log (ALS) to the gate, with the
+#     x-ryvion-usage-* response headers and trailers, only for requests whose ext_authz metadata
+#     holds a token reservation. Attach it to the Gateway (spec.infrastructure.parametersRef) or
+#     its GatewayClass. Envoy Gateway cannot set the stream's initial metadata, so the gate's
+#     secret (x-ryvion-access-log-secret) is not sent and the gate refuses the stream until an
+#     EnvoyPatchPolicy adds it (docs/budgets-envoy.md), or use the usage endpoint instead.
 #   - ClientTrafficPolicy: encoded "/" and "\" rejected, slashes merged (RFC 3986 normalisation
 #     is on by default), header names with underscores rejected, so no spelling of a path or of
 #     an identity header slips past the gate.
@@ -53,11 +68,58 @@ spec:
       - authorization
       - x-api-key
       - x-request-id
+      - x-envoy-auth-partial-body
+    bodyToExtAuth:
+      maxRequestBytes: {{ include "ryvion-authz.proxy.bodyMaxBytes" . }}
     grpc:
       backendRefs:
         - name: {{ include "ryvion-authz.fullname" . }}
           namespace: {{ .Release.Namespace }}
           port: {{ .Values.ports.grpc }}
+---
+# Uploads: the same Check without the body (no bodyToExtAuth), so nothing is buffered.
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: SecurityPolicy
+metadata:
+  name: ryvion-api-uploads-ext-authz
+  namespace: {{ $apiNs }}
+spec:
+  targetRefs:
+    - group: gateway.networking.k8s.io
+      kind: HTTPRoute
+      name: ryvion-api-uploads
+  extAuth:
+    failOpen: false
+    statusOnError: 503
+    timeout: 250ms
+    headersToExtAuth:
+      - authorization
+      - x-api-key
+      - x-request-id
+    grpc:
+      backendRefs:
+        - name: {{ include "ryvion-authz.fullname" . }}
+          namespace: {{ .Release.Namespace }}
+          port: {{ .Values.ports.grpc }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: ryvion-api-uploads
+  namespace: {{ $apiNs }}
+spec:
+  parentRefs:
+    - name: {{ $gw.gateway }}
+  rules:
+    - matches:
+        - path:
+            type: RegularExpression
+            value: {{ include "ryvion-authz.proxy.uploadPathRegex" . | squote }}
+      backendRefs:
+        - name: {{ .Values.proxyExamples.api.service }}
+          port: {{ .Values.proxyExamples.api.port }}
+      timeouts:
+        request: 600s
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -105,6 +167,7 @@ spec:
               - x-ryvion-account-id
               - x-ryvion-key-id
               - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 14 }}{{ end }}
       backendRefs:
         - name: {{ include "ryvion-authz.fullname" . }}
           {{- if ne $apiNs .Release.Namespace }}
@@ -134,6 +197,39 @@ spec:
   clientIPDetection:
     xForwardedFor:
       numTrustedHops: {{ .Values.proxyExamples.trustedHops }}
+---
+# Token usage of reserved requests to the gate's StreamAccessLogs (best effort: Envoy buffers and
+# may drop entries). Naming access-log settings replaces Envoy Gateway's default log, so the first
+# setting keeps it (stdout).
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyProxy
+metadata:
+  name: ryvion-gateway-proxy
+  namespace: {{ $apiNs }}
+spec:
+  telemetry:
+    accessLog:
+      settings:
+        - sinks:
+            - type: File
+              file:
+                path: /dev/stdout
+        - matches:
+            - "'reservation_id' in metadata.filter_metadata['envoy.filters.http.ext_authz']"
+          sinks:
+            - type: ALS
+              als:
+                type: HTTP
+                logName: ryvion_usage
+                backendRefs:
+                  - name: {{ include "ryvion-authz.fullname" . }}
+                    namespace: {{ .Release.Namespace }}
+                    port: {{ .Values.ports.grpc }}
+                http:
+                  responseHeaders:
+                    {{- include "ryvion-authz.proxy.usageHeaders" . | nindent 20 }}
+                  responseTrailers:
+                    {{- include "ryvion-authz.proxy.usageHeaders" . | nindent 20 }}
 {{- end }}
 
 {{- define "ryvion-authz.proxy.envoyGatewayPatch" -}}
@@ -143,8 +239,9 @@ spec:
 # "{{ .Release.Name }}" in namespace "{{ .Release.Namespace }}": edit the template, not this file. For your own
 # release: npm run deploy:render -- --release NAME --namespace NS --out DIR
 # Envoy Gateway v1.6 and v1.7 only (v1.8 and later: use extAuth.statusOnError in ryvion-api.yaml
-# instead, and do not apply this). Sets ext_authz's status_on_error to 503 on the filter that the
-# SecurityPolicy ryvion-api-ext-authz generates, so an unreachable gate is a retried 503, not a 403.
+# instead, and do not apply this). Sets ext_authz's status_on_error to 503 on the filters that the
+# SecurityPolicies ryvion-api-ext-authz and ryvion-api-uploads-ext-authz generate, so an
+# unreachable gate is a retried 503, not a 403.
 #
 # Needs EnvoyPatchPolicy enabled in the Envoy Gateway configuration
 # (`extensionApis: { enableEnvoyPatchPolicy: true }` in the envoy-gateway-config ConfigMap, or the
@@ -169,12 +266,53 @@ spec:
     name: {{ $gw.gateway }}
   type: JSONPatch
   jsonPatches:
+    {{- range list "ryvion-api-ext-authz" "ryvion-api-uploads-ext-authz" }}
     - type: type.googleapis.com/envoy.config.listener.v3.Listener
       name: {{ printf "%s/%s/%s" $apiNs $gw.gateway $gw.listener }}
       operation:
         op: add
-        jsonPath: {{ printf "..http_filters[?(@.name=='envoy.filters.http.ext_authz/securitypolicy/%s/ryvion-api-ext-authz')].typed_config" $apiNs | quote }}
+        jsonPath: {{ printf "..http_filters[?(@.name=='envoy.filters.http.ext_authz/securitypolicy/%s/%s')].typed_config" $apiNs . | quote }}
         path: status_on_error
         value:
           code: ServiceUnavailable
+    {{- end }}
+{{- end }}
+
+{{- define "ryvion-authz.proxy.envoyGatewayBodyPatch" -}}
+{{- $apiNs := default .Release.Namespace .Values.proxyExamples.api.namespace }}
+{{- $gw := .Values.proxyExamples.envoyGateway -}}
+# Generated by `npm run deploy:render` from helm/ryvion-authz/templates/_proxy-envoy-gateway.tpl for release
+# "{{ .Release.Name }}" in namespace "{{ .Release.Namespace }}": edit the template, not this file. For your own
+# release: npm run deploy:render -- --release NAME --namespace NS --out DIR
+# Envoy Gateway, every version with bodyToExtAuth: the two body settings its API does not have, on
+# the ext_authz filter that the SecurityPolicy ryvion-api-ext-authz generates (docs/budgets-envoy.md):
+#   - allow_partial_message: a body longer than maxRequestBytes reaches the gate cut short, marked
+#     x-envoy-auth-partial-body: true, instead of Envoy answering 413;
+#   - pack_as_bytes: the body goes as bytes (raw_body), not as a UTF-8 string that mangles others.
+#
+# Needs EnvoyPatchPolicy enabled in the Envoy Gateway configuration
+# (`extensionApis: { enableEnvoyPatchPolicy: true }` in the envoy-gateway-config ConfigMap, or the
+# Helm value `config.envoyGateway.extensionApis.enableEnvoyPatchPolicy: true`). It depends on names
+# Envoy Gateway generates, as status-on-error-patch.yaml says: check them after an upgrade.
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyPatchPolicy
+metadata:
+  name: ryvion-api-ext-authz-request-body
+  namespace: {{ $apiNs }}
+spec:
+  targetRef:
+    group: gateway.networking.k8s.io
+    kind: Gateway
+    name: {{ $gw.gateway }}
+  type: JSONPatch
+  jsonPatches:
+    {{- range list "allow_partial_message" "pack_as_bytes" }}
+    - type: type.googleapis.com/envoy.config.listener.v3.Listener
+      name: {{ printf "%s/%s/%s" $apiNs $gw.gateway $gw.listener }}
+      operation:
+        op: add
+        jsonPath: {{ printf "..http_filters[?(@.name=='envoy.filters.http.ext_authz/securitypolicy/%s/ryvion-api-ext-authz')].typed_config.with_request_body" $apiNs | quote }}
+        path: {{ . }}
+        value: true
+    {{- end }}
 {{- end }}

@@ -19,9 +19,22 @@ The Envoy bootstraps of deploy/envoy, for this release's Services (`npm run depl
 #   - failure_mode_allow false: a request never passes because the gate did not answer.
 #   - status_on_error 503: when the gate cannot be reached Envoy would answer 403, which the
 #     OpenAI SDKs raise as a PermissionDeniedError and never retry; 503 is retried.
-#   - allowed_headers: only what the gate reads (the two credential headers, x-request-id);
-#     cookies and the rest of the request stay out of the Check call. No request body, no
-#     peer certificate.
+#   - allowed_headers: only what the gate reads (the two credential headers, x-request-id, and
+#     x-envoy-auth-partial-body, Envoy's mark of a truncated body); cookies and the rest of the
+#     request stay out of the Check call. No peer certificate.
+#   - with_request_body: the gate reads model and max_tokens from the body of inference requests
+#     to reserve tokens (docs/budgets-envoy.md). pack_as_bytes: raw_body, byte for byte (body is a
+#     UTF-8 string that mangles other bytes); allow_partial_message: a longer body is sent cut
+#     short, marked x-envoy-auth-partial-body: true, instead of Envoy's 413;
+#     max_request_bytes {{ include "ryvion-authz.proxy.bodyMaxBytes" . }}: with the headers the CheckRequest stays under the gate's 1 MiB
+#     gRPC message cap (a larger one fails the RPC and falls to status_on_error).
+#   - Upload routes (knowledge-base documents and files, policy permission kb.upload): no body
+#     buffering, so uploads stream to the API and are not held (or refused) by Envoy.
+#   - The gRPC access log (envoy.access_loggers.http_grpc) to the gate: for requests that hold a
+#     token reservation (ext_authz metadata reservation_id), the usage the API reports in the
+#     x-ryvion-usage-* response headers or trailers. Authenticated by a secret in the stream's
+#     initial metadata: {{ include "ryvion-authz.proxy.accessLogSecretPlaceholder" . }} below is a placeholder that must be replaced
+#     with the Secret's value before Envoy starts (Envoy does not read environment variables).
 #   - path normalisation (RFC 3986, merged slashes, encoded "/" and "\" rejected) before
 #     routing and ext_authz, so the upstream receives the path that was judged.
 #   - /api/v1/auth/ (the key management API) goes to ryvion-authz's HTTP port with ext_authz
@@ -74,6 +87,9 @@ static_resources:
                           account_id: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:account_id)%"
                           key_id: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:key_id)%"
                           permission: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:permission)%"
+                  # Token usage of reserved requests, to the gate's StreamAccessLogs (best effort:
+                  # Envoy buffers and may drop entries; the gate charges unreconciled reservations).
+{{- include "ryvion-authz.proxy.envoyUsageLog" . }}
                 route_config:
                   name: ryvion_api
                   virtual_hosts:
@@ -81,7 +97,8 @@ static_resources:
                       domains: ["*"]
                       routes:
                         # The key management API: no ext_authz (it authenticates the key itself),
-                        # and no client-supplied identity headers.
+                        # and no client-supplied identity headers (nor the x-ryvion-meta-* of the
+                        # policy's forward_metadata: proxyExamples.forwardMetadata).
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
                           route:
@@ -91,6 +108,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -105,10 +123,25 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
                               disabled: true
+                        # Uploads (policy permission kb.upload): ext_authz decides without the body, so
+                        # the upload streams to the API and is not buffered by Envoy.
+                        - name: ryvion_uploads
+                          match:
+                            safe_regex:
+                              regex: {{ include "ryvion-authz.proxy.uploadPathRegex" . | squote }}
+                          route:
+                            cluster: ryvion_api
+                            timeout: 600s
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              check_settings:
+                                disable_request_body_buffering: true
                         # Everything else: ext_authz decides; on allow it overwrites the x-ryvion-* headers.
                         - name: ryvion_api
                           match: { prefix: / }
@@ -137,7 +170,11 @@ static_resources:
                           - exact: authorization
                           - exact: x-api-key
                           - exact: x-request-id
-                      # with_request_body is left unset: the gate never needs the body.
+                          - exact: x-envoy-auth-partial-body
+                      with_request_body:
+                        max_request_bytes: {{ include "ryvion-authz.proxy.bodyMaxBytes" . }}
+                        allow_partial_message: true
+                        pack_as_bytes: true
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -271,7 +308,8 @@ static_resources:
                       domains: ["*"]
                       routes:
                         # The key management API: no ext_authz (it authenticates the key itself),
-                        # and no client-supplied identity headers.
+                        # and no client-supplied identity headers (nor the x-ryvion-meta-* of the
+                        # policy's forward_metadata: proxyExamples.forwardMetadata).
                         - name: ryvion_authz_api
                           match: { prefix: /api/v1/auth/ }
                           route:
@@ -281,6 +319,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -295,6 +334,7 @@ static_resources:
                             - x-ryvion-account-id
                             - x-ryvion-key-id
                             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 28 }}{{ end }}
                           typed_per_filter_config:
                             envoy.filters.http.ext_authz:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
@@ -408,4 +448,56 @@ static_resources:
                                       regex: '.*%(3[bB]|25(2[eEfF]|5[cC]|3[bB]|25|00)|[cC][01]|[eE]0%[89]|[eE][dD]%[aAbB]|[fF]0%8|[fF][5-9a-fA-F]).*'
                             principals:
                               - any: true
+{{- end }}
+
+{{/*
+What the Envoy-based proxies share for token limits (docs/budgets-envoy.md).
+bodyMaxBytes: the body ext_authz sends, 768 KiB: the CheckRequest must stay under the gate's gRPC
+message cap (GRPC_MAX_RECEIVE_MESSAGE_BYTES, 1 MiB), and the headers (up to Envoy's 60 KiB, the
+path counted twice) and framing take the rest.
+*/}}
+{{- define "ryvion-authz.proxy.bodyMaxBytes" -}}786432{{- end }}
+{{- define "ryvion-authz.proxy.uploadPathRegex" -}}/v1/knowledge-bases/[^/]+/(documents|files){{- end }}
+{{- define "ryvion-authz.proxy.accessLogSecretPlaceholder" -}}${RYVION_ACCESS_LOG_SECRET}{{- end }}
+{{- define "ryvion-authz.proxy.usageHeaders" -}}
+- x-ryvion-usage-input-tokens
+- x-ryvion-usage-output-tokens
+{{- end }}
+
+{{/*
+The gRPC access log of reserved requests, to the gate's gRPC port (cluster ryvion_authz). Only
+entries whose ext_authz metadata holds reservation_id are sent: the gate sets it exactly on the
+requests it reserved tokens for, so the filter follows the policy's inference routes without
+repeating them here.
+*/}}
+{{- define "ryvion-authz.proxy.envoyUsageLog" }}
+                  - name: envoy.access_loggers.http_grpc
+                    filter:
+                      metadata_filter:
+                        matcher:
+                          filter: envoy.filters.http.ext_authz
+                          path:
+                            - key: reservation_id
+                          value:
+                            present_match: true
+                        match_if_key_not_found: false
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+                      common_config:
+                        log_name: ryvion_usage
+                        transport_api_version: V3
+                        grpc_service:
+                          envoy_grpc:
+                            cluster_name: ryvion_authz
+                          initial_metadata:
+                            - key: x-ryvion-access-log-secret
+                              # Placeholder: replace with the value of the Secret named by the chart's
+                              # accessLog.existingSecret before Envoy starts (docs/budgets-envoy.md).
+                              value: {{ include "ryvion-authz.proxy.accessLogSecretPlaceholder" . | quote }}
+                        buffer_flush_interval: 1s
+                        buffer_size_bytes: 16384
+                      additional_response_headers_to_log:
+{{- include "ryvion-authz.proxy.usageHeaders" . | nindent 24 }}
+                      additional_response_trailers_to_log:
+{{- include "ryvion-authz.proxy.usageHeaders" . | nindent 24 }}
 {{- end }}

@@ -23,8 +23,19 @@ The Istio configuration of deploy/istio, for this release's Service (`npm run de
 #     for every workload, not only the Ryvion API. Check other services' routes before applying.
 #   - The provider names the ClusterIP Service: Istio's proxies get every pod behind it as an
 #     endpoint and balance each Check over them, so no headless Service is needed here.
-# Istio sends every request header to a gRPC provider; the gate reads only authorization,
-# x-api-key and x-request-id.
+#   - includeRequestBodyInCheck: the gate reads model and max_tokens from the body of inference
+#     requests to reserve tokens (docs/budgets-envoy.md): as bytes (packAsBytes), cut short
+#     rather than refused with 413 (allowPartialMessage), {{ include "ryvion-authz.proxy.bodyMaxBytes" . }} bytes at most so the
+#     CheckRequest stays under the gate's 1 MiB gRPC message cap. Istio cannot turn body
+#     buffering off per route (one CUSTOM provider per workload, provider settings apply to
+#     every route): uploads are buffered up to that size before the Check, then sent on whole.
+#   - {{ include "ryvion-authz.fullname" . }}-usage: the gRPC access log (envoyHttpAls) to the gate's gRPC port with the
+#     x-ryvion-usage-* response headers and trailers; ryvion-api.yaml's Telemetry turns it on for
+#     requests that hold a reservation. Istio cannot set the stream's initial metadata, so the
+#     gate's secret (x-ryvion-access-log-secret) is not sent and the gate refuses the stream
+#     until an EnvoyFilter adds it (docs/budgets-envoy.md), or use the usage endpoint instead.
+# Istio sends every request header to a gRPC provider (x-envoy-auth-partial-body among them);
+# the gate reads only authorization, x-api-key, x-request-id and that one.
 apiVersion: install.istio.io/v1alpha1
 kind: IstioOperator
 metadata:
@@ -49,6 +60,19 @@ spec:
           timeout: 0.25s
           failOpen: false
           statusOnError: "503"
+          includeRequestBodyInCheck:
+            maxRequestBytes: {{ include "ryvion-authz.proxy.bodyMaxBytes" . }}
+            allowPartialMessage: true
+            packAsBytes: true
+      - name: {{ include "ryvion-authz.fullname" . }}-usage
+        envoyHttpAls:
+          service: {{ include "ryvion-authz.fqdn" . }}
+          port: {{ .Values.ports.grpc }}
+          logName: ryvion_usage
+          additionalResponseHeadersToLog:
+            {{- include "ryvion-authz.proxy.usageHeaders" . | nindent 12 }}
+          additionalResponseTrailersToLog:
+            {{- include "ryvion-authz.proxy.usageHeaders" . | nindent 12 }}
 {{- end }}
 
 {{- define "ryvion-authz.proxy.istioApi" -}}
@@ -69,6 +93,10 @@ spec:
 #   - VirtualService: /api/v1/auth/ and /api/v1/secret-scanning/ go to ryvion-authz's HTTP port, where no Check runs, so
 #     client-sent x-ryvion-* identity headers are removed on that route; everything else goes
 #     to the API, where the Check overwrites them on allow.
+#   - Telemetry: the access log of the API workload's proxy (where the Check runs) goes to the
+#     provider {{ include "ryvion-authz.fullname" . }}-usage, only for requests whose ext_authz metadata holds a token
+#     reservation (reservation_id). Naming providers here replaces the mesh's default access log
+#     for this workload: add yours (e.g. `envoy`) to the list to keep it.
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
@@ -110,6 +138,7 @@ spec:
             - x-ryvion-account-id
             - x-ryvion-key-id
             - x-ryvion-scope
+{{- with include "ryvion-authz.metaHeaders" $ | trim }}{{ . | nindent 12 }}{{ end }}
       route:
         - destination:
             host: {{ include "ryvion-authz.fqdn" . }}
@@ -124,4 +153,20 @@ spec:
               number: {{ .Values.proxyExamples.api.port }}
       # Streamed completions can run for minutes.
       timeout: 600s
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: ryvion-api-usage
+  namespace: {{ $apiNs }}
+spec:
+  selector:
+    matchLabels:
+      {{- toYaml .Values.proxyExamples.api.podLabels | nindent 6 }}
+  accessLogging:
+    - providers:
+        - name: {{ include "ryvion-authz.fullname" . }}-usage
+      filter:
+        # CEL over Envoy's attributes: metadata is the request's dynamic metadata.
+        expression: "'reservation_id' in metadata.filter_metadata['envoy.filters.http.ext_authz']"
 {{- end }}

@@ -108,3 +108,38 @@ export interface CheckResponse {
   };
   dynamic_metadata?: ProtoStruct;
 }
+
+export function loadAccessLogDefinition(): protoLoader.PackageDefinition {
+  return protoLoader.loadSync(path.join('envoy', 'service', 'accesslog', 'v3', 'als.proto'), LOADER_OPTIONS);
+}
+
+export const ACCESS_LOG_SERVICE_NAME = 'envoy.service.accesslog.v3.AccessLogService';
+
+export function accessLogService(def: protoLoader.PackageDefinition = loadAccessLogDefinition()): grpc.ServiceDefinition {
+  const svc = def[ACCESS_LOG_SERVICE_NAME];
+  if (!svc || !('StreamAccessLogs' in svc)) throw new Error(`${ACCESS_LOG_SERVICE_NAME} missing from proto/`);
+  return svc as grpc.ServiceDefinition;
+}
+
+/** envoy.data.accesslog.v3.AccessLogType (enums: Number). */
+export const AccessLogType = { NotSet: 0, DownstreamEnd: 6 } as const;
+
+/** envoy.data.accesslog.v3.HTTPAccessLogEntry, the fields the gate reads; decoded, so anything may be absent. */
+export interface HttpAccessLogEntry {
+  common_properties?: {
+    metadata?: { filter_metadata?: Record<string, ProtoStruct> };
+    route_name?: string;
+    intermediate_log_entry?: boolean;
+    access_log_type?: number;
+  };
+  response?: {
+    response_headers?: Record<string, string>;
+    response_trailers?: Record<string, string>;
+  };
+}
+
+/** envoy.service.accesslog.v3.StreamAccessLogsMessage */
+export interface StreamAccessLogsMessage {
+  identifier?: { node?: { id?: string; cluster?: string }; log_name?: string };
+  http_logs?: { log_entry?: HttpAccessLogEntry[] };
+}

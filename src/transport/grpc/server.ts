@@ -1,4 +1,5 @@
-// gRPC server: envoy.service.auth.v3.Authorization/Check and grpc.health.v1.Health.
+// gRPC server: envoy.service.auth.v3.Authorization/Check, grpc.health.v1.Health and, when configured,
+// envoy.service.accesslog.v3.AccessLogService (access-log.ts).
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { DecisionBoundary } from '../../check/boundary.js';
@@ -9,6 +10,7 @@ import { authorizationService, type CheckRequest, type CheckResponse } from './p
 import { newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
 import { withFastCheckResponse } from './wire.js';
 import { GrpcListener } from './listener.js';
+import type { AccessLogReceiver } from './access-log.js';
 
 export const CHECK_SERVICE_NAME = 'envoy.service.auth.v3.Authorization';
 
@@ -29,7 +31,16 @@ export interface GrpcServerOptions extends ResponseOptions {
   handshakeTimeoutMs?: number;
   /** GRPC_IDLE_TIMEOUT_MS: a connection without a call for this long is closed; a call in progress, however long, keeps it. */
   idleTimeoutMs?: number;
+  /** StreamAccessLogs on the same port (ACCESS_LOG_SECRET set); absent: that method answers UNIMPLEMENTED. */
+  accessLog?: AccessLogReceiver | undefined;
 }
+
+/**
+ * The largest message the gRPC port accepts. The shipped Envoy configurations keep ext_authz's
+ * `max_request_bytes` (the body in a CheckRequest) well below it, leaving room for the headers:
+ * a larger CheckRequest would fail the RPC and fall to `status_on_error`.
+ */
+export const GRPC_MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024;
 
 export const DEFAULT_GRPC_MAX_CONNECTIONS = 4096;
 export const DEFAULT_GRPC_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -48,7 +59,7 @@ export class GrpcCheckServer {
   ) {
     this.boundary = new DecisionBoundary(pipeline, recorder);
     this.server = new grpc.Server({
-      'grpc.max_receive_message_length': 1024 * 1024,
+      'grpc.max_receive_message_length': GRPC_MAX_RECEIVE_MESSAGE_BYTES,
       'grpc.max_connection_idle_ms': opts.idleTimeoutMs ?? DEFAULT_GRPC_IDLE_TIMEOUT_MS,
     });
     this.listener = new GrpcListener(this.server.createConnectionInjector(grpc.ServerCredentials.createInsecure()), {
@@ -58,6 +69,7 @@ export class GrpcCheckServer {
     // CheckResponse through the hand-written encoder (wire.ts): the same bytes, a fraction of the CPU.
     this.server.addService(withFastCheckResponse(authorizationService()), { Check: this.check });
     this.health.addToServer(this.server);
+    opts.accessLog?.addTo(this.server);
   }
 
   /** Binds and returns the port actually bound (0 picks a free one). */
@@ -83,6 +95,9 @@ export class GrpcCheckServer {
         clearTimeout(timer);
         resolve();
       });
+      // Access-log streams never end on their own: end them once no new call can start, and Envoy
+      // reconnects to another replica.
+      this.opts.accessLog?.closeStreams();
     });
   }
 

@@ -6,6 +6,7 @@ import type { AuditActor } from '../../keys/audit.js';
 import { effectiveConstraints } from '../../keys/constraints.js';
 import { isKeyId } from '../../keys/ids.js';
 import { tokenLimitsInputSchema } from '../../keys/token-limits.js';
+import { keyMetadataSchema } from '../../keys/metadata.js';
 import { keyNameProblem, keyView, REVOKED_CACHE_NOT_UPDATED, type KeyService } from '../../keys/management.js';
 import type { Logger } from '../../observability/logger.js';
 import type { CompiledPolicy } from '../../policy/policy.js';
@@ -26,9 +27,6 @@ export interface KeyManagementDeps {
   maxRollOverlapSeconds: number;
 }
 
-/** The largest `metadata` object a key may carry, as JSON. */
-export const METADATA_MAX_BYTES = 1024;
-
 const createKeyBody = z.strictObject({
   name: z
     .string()
@@ -43,11 +41,7 @@ const createKeyBody = z.strictObject({
     .nullable()
     .optional(),
   allowed_cidrs: z.array(z.string()).nullable().optional(),
-  metadata: z
-    .record(z.string(), z.unknown())
-    .refine((m) => Buffer.byteLength(JSON.stringify(m), 'utf8') <= METADATA_MAX_BYTES, `must be at most ${METADATA_MAX_BYTES} bytes as JSON`)
-    .nullable()
-    .optional(),
+  metadata: keyMetadataSchema.nullable().optional(),
   // LLM limits (keys/token-limits.ts): no more than the calling key's own.
   ...tokenLimitsInputSchema.shape,
 });
