@@ -12,6 +12,7 @@ const LAYERS = [
   ['src/policy'],
   ['src/keys'],
   ['src/ratelimit'],
+  ['src/budget'],
   ['src/check'],
   ['src/transport'],
   ['src/service.ts', 'src/signals.ts'],

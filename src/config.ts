@@ -134,6 +134,13 @@ const schema = z.object({
   RATE_LIMIT_ENABLED: bool.default(true).meta(doc({ description: 'per-account and per-key request limits', unit: 'bool' })),
   // Unset: 1 / the number of live replicas (replica_leases), at least 0.05 (MIN_LOCAL_SHARE in ratelimit/limiter.ts). Set: that fixed share.
   RATE_LIMIT_LOCAL_SHARE: z.coerce.number().gt(0, 'must be above 0').max(1, 'must be at most 1').optional().meta(doc({ description: 'share of each limit a replica allows alone while Redis is down', unit: 'fraction 0-1', default: '1 / live replicas, at least 0.05' })),
+  // LLM limits (issue 19; docs/budgets.md).
+  USAGE_PORT: port.optional().meta(doc({ description: '`POST /internal/usage`: upstreams report the actual token usage of reservations here (own port, never the key API); needs `USAGE_SECRET`', unit: 'port', default: 'off' })),
+  USAGE_SECRET: z.string().min(32, 'must be at least 32 characters (generate one with: openssl rand -base64 48)').optional().meta(doc({ description: 'bearer secret of `POST /internal/usage`; from a Kubernetes Secret', unit: '≥ 32 characters' })),
+  TOKEN_RESERVATION_TTL_MS: positiveInt.min(10_000, 'must be at least 10000').max(86_400_000, 'must be at most 86400000').default(15 * 60_000).meta(doc({ description: 'how long a token reservation waits for its usage report before it expires into a charge of the reserved amount; longer than your longest streamed completion', unit: 'milliseconds' })),
+  SPEND_LEDGER_FLUSH_MS: positiveInt.min(50, 'must be at least 50').max(60_000, 'must be at most 60000').default(1000).meta(doc({ description: 'how often settled spend is written to the Postgres ledger, in one batch', unit: 'milliseconds' })),
+  BUDGET_REDIS_DOWN: z.enum(['deny', 'local'], { error: 'must be deny or local' }).default('deny').meta(doc({ description: 'while Redis is unreachable, requests with a spend budget: `deny` (503), or `local`: each replica admits at most its share (as `RATE_LIMIT_LOCAL_SHARE`) of what Redis last said remained of each budget, nothing for a budget it has not seen', unit: '`deny` or `local`' })),
+  RESERVATION_SWEEP_INTERVAL_MS: positiveInt.min(100, 'must be at least 100').default(5000).meta(doc({ description: 'how often each replica expires reservations past `TOKEN_RESERVATION_TTL_MS` into charges', unit: 'milliseconds' })),
   MAX_KEYS_PER_ACCOUNT: positiveInt.default(100).meta(doc({ description: 'live (not revoked, not expired) keys an account may hold; one more is 409 `key_limit_reached` (API) or exit 1 (CLI)', unit: 'keys' })),
   MANAGEMENT_WRITE_TIMEOUT_MS: positiveInt.max(60_000, 'must be at most 60000').default(5000).meta(doc({ description: "each statement of a key create or revoke (not the Check path's `STORE_TIMEOUT_MS`); a COMMIT not confirmed in time answers 503 `outcome_unknown`", unit: 'milliseconds' })),
   KEY_ROLL_MAX_OVERLAP_SECONDS: z.coerce.number().int('must be a whole number').min(0, 'must be 0 or more').max(366 * 86_400, 'must be at most 31622400').default(7 * 86_400).meta(doc({ description: 'the longest overlap a roll may give the old key (default 7 days)', unit: 'seconds' })),
@@ -208,9 +215,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, required: readonly RequiredSe
     throw new ConfigError('ACCESS_LOG_SECRET_PREVIOUS: set ACCESS_LOG_SECRET too (the new secret); the previous one is only accepted beside it');
   }
   checkRedisSecurity(config);
-  const ports = [config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT];
+  if ((config.USAGE_PORT === undefined) !== (config.USAGE_SECRET === undefined)) {
+    throw new ConfigError('USAGE_SECRET: set both USAGE_PORT and USAGE_SECRET, or neither');
+  }
+  const ports = [config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT, ...(config.USAGE_PORT !== undefined ? [config.USAGE_PORT] : [])];
   if (new Set(ports).size !== ports.length) {
-    throw new ConfigError('GRPC_PORT: GRPC_PORT, HTTP_PORT and OPS_PORT must differ');
+    throw new ConfigError('GRPC_PORT: GRPC_PORT, HTTP_PORT, OPS_PORT and USAGE_PORT must differ');
   }
   // Look-ups beyond the pool would wait inside it: SPEC wants a 503 at the cap, not a queue.
   const lookups = config.POSTGRES_LOOKUP_CONCURRENCY ?? Math.max(1, config.DATABASE_POOL_MAX - 2);

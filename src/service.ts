@@ -30,6 +30,11 @@ import { GithubKeySource, SecretScanning } from './keys/secret-scanning.js';
 import { LeakNotifier } from './keys/leak-notifier.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
 import { TrustedProxies } from './transport/http/client-address.js';
+import { createUsageServer } from './transport/http/usage-server.js';
+import { TokenGate } from './budget/gate.js';
+import { Ledger } from './budget/ledger.js';
+import { RedisTokens } from './budget/redis-tokens.js';
+import { ReservationSigner } from './budget/reservation-id.js';
 
 /** Start-up waits this many attempts for a Postgres that is slow to accept connections (each up to the pool's connect timeout). */
 const STARTUP_POSTGRES_ATTEMPTS = 3;
@@ -54,6 +59,10 @@ export interface RunningService {
   /** HTTP API: key management and the HTTP authorization mode (/authz). */
   httpPort: number;
   opsPort: number;
+  /** POST /internal/usage (USAGE_PORT); undefined when off. */
+  usagePort: number | undefined;
+  /** Token limits and budgets: reserve, reconcile (`report`), expire, ledger. */
+  tokens: TokenGate;
   health: HealthState;
   metrics: Metrics;
   repository: KeyRepository;
@@ -149,12 +158,27 @@ export async function startService(config: Config, logger: Logger, opts: Service
         logger,
       })
     : undefined;
+  if (!config.KEY_PEPPER) throw new ConfigError('KEY_PEPPER: required but not set');
+  const tokens = new TokenGate({
+    redis: keyStore.redis ? new RedisTokens(keyStore.redis, config.REDIS_KEY_PREFIX) : undefined,
+    ledger: new Ledger(pool),
+    // Reservation ids are signed with a key derived from the pepper every replica already shares.
+    signer: new ReservationSigner(config.KEY_PEPPER),
+    reservationTtlMs: config.TOKEN_RESERVATION_TTL_MS,
+    clock,
+    logger,
+    metrics,
+    redisDown: config.BUDGET_REDIS_DOWN,
+    localShare: () => rateLimiter?.share() ?? config.RATE_LIMIT_LOCAL_SHARE ?? 1 / Math.max(1, liveReplicas?.current() ?? 1),
+  });
+  tokens.start(config.SPEND_LEDGER_FLUSH_MS, config.RESERVATION_SWEEP_INTERVAL_MS);
   const pipeline = new CheckPipeline({
     environment: config.KEY_ENVIRONMENT,
     hasher,
     keys: keyStore.resolver,
     failedAuth: new FailedAuthLimiter(config.FAILED_AUTH_PER_SOURCE_PER_MINUTE, () => clock.now()),
     usage: keyStore.usage,
+    tokens,
     ...(rateLimiter ? { rateLimiter } : {}),
     policy: () => policy,
     clock,
@@ -176,7 +200,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
 
   routeGrpcLogs(logger);
   const accessLog = config.ACCESS_LOG_SECRET
-    ? new AccessLogReceiver({ secret: config.ACCESS_LOG_SECRET, previousSecret: config.ACCESS_LOG_SECRET_PREVIOUS, sink: opts.usageSink, metrics, logger })
+    ? new AccessLogReceiver({ secret: config.ACCESS_LOG_SECRET, previousSecret: config.ACCESS_LOG_SECRET_PREVIOUS, sink: opts.usageSink ?? tokens, metrics, logger })
     : undefined;
   if (!accessLog && opts.usageSink) logger.warn('ACCESS_LOG_SECRET is not set: the gRPC access log (StreamAccessLogs) is not served, so no usage arrives from Envoy');
   const grpcServer = new GrpcCheckServer(pipeline, recorder, {
@@ -233,6 +257,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     metrics,
     logger,
     policy: () => policy,
+    tokens,
     clock,
     secretScanning: { handler: secretScanning, bodyLimitBytes: config.SECRET_SCANNING_BODY_LIMIT_BYTES },
     options: {
@@ -247,20 +272,25 @@ export async function startService(config: Config, logger: Logger, opts: Service
     },
   });
   const ops = createOpsServer(metrics, health);
+  const usage = config.USAGE_SECRET !== undefined ? createUsageServer({ reporter: tokens, secret: config.USAGE_SECRET, logger }) : undefined;
 
   let grpcPort: number;
   let httpPort: number;
   let opsPort: number;
+  let usagePort: number | undefined;
   try {
     grpcPort = await grpcServer.listen(config.BIND_ADDRESS, config.GRPC_PORT);
     httpPort = await listenHttpServer(api, config.BIND_ADDRESS, config.HTTP_PORT);
     opsPort = await listenHttp(ops, config.BIND_ADDRESS, config.OPS_PORT);
+    if (usage) usagePort = await listenHttp(usage, config.BIND_ADDRESS, config.USAGE_PORT ?? 0);
   } catch (err) {
     watcher.close();
     liveReplicas?.stop();
+    await tokens.stop();
     await grpcServer.shutdown(0);
     await api.close();
     await closeHttp(ops);
+    if (usage) await closeHttp(usage);
     await leakNotifier?.stop();
     await keyStore.stop();
     await pool.end().catch(() => undefined);
@@ -279,6 +309,8 @@ export async function startService(config: Config, logger: Logger, opts: Service
       // Both stop taking new calls at once and drain within the same deadline.
       await Promise.all([grpcServer.shutdown(config.SHUTDOWN_DRAIN_MS), closeHttpServer(api, config.SHUTDOWN_DRAIN_MS)]);
       await closeHttp(ops);
+      if (usage) await closeHttp(usage);
+      await tokens.stop();
       await postgresProbe.stop();
       liveReplicas?.stop();
       await leakNotifier?.stop();
@@ -286,5 +318,5 @@ export async function startService(config: Config, logger: Logger, opts: Service
       await pool.end().catch(() => undefined);
     })());
 
-  return { grpcPort, httpPort, opsPort, health, metrics, repository, keys: keyStore.keys, keyStore, pool, stop };
+  return { grpcPort, httpPort, opsPort, usagePort, tokens, health, metrics, repository, keys: keyStore.keys, keyStore, pool, stop };
 }

@@ -15,6 +15,10 @@ export interface RequestAttributes {
   requestId: string | undefined;
   /** Client address as the proxy reports it, for per-source limits. */
   sourceAddress: string | undefined;
+  /** The request body, when the proxy forwards it (Envoy `with_request_body`, Traefik `forwardBody`). */
+  body?: Uint8Array | undefined;
+  /** The proxy cut the body short (Envoy: `x-envoy-auth-partial-body: true`). */
+  bodyTruncated?: boolean;
 }
 
 /**

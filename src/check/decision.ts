@@ -1,6 +1,8 @@
 // The Decision value every check ends in: an allow, or a denial with its reason.
 import type { LimitState } from '../ratelimit/gcra.js';
 import type { ForwardedField } from './metadata-forward.js';
+import type { TokenLimits } from '../keys/token-limits.js';
+import type { TokenState } from '../budget/gate.js';
 
 /** Error codes a client can see (OpenAI error shape `error.code`); also metric labels and log fields. */
 export const DenyReason = {
@@ -18,8 +20,14 @@ export const DenyReason = {
   invalid_request: 'invalid_request',
   /** The path cannot be normalised safely (encoded separator or NUL, `..` above the root). */
   invalid_path: 'invalid_path',
-  /** Per-key or per-account request limit reached. */
+  /** Per-key or per-account request limit, or tokens per minute, reached. */
   rate_limit_exceeded: 'rate_limit_exceeded',
+  /** The request names a model outside the key's or account's `allowed_models`. */
+  model_not_allowed: 'model_not_allowed',
+  /** The spend budget of the key or account is exhausted for its period (OpenAI's code; not retryable). */
+  insufficient_quota: 'insufficient_quota',
+  /** An inference route's body is missing, truncated or unparsable, and the policy denies that. */
+  invalid_body: 'invalid_body',
   /** The stores could not verify the key in time; it may be fine, so never a 401. */
   auth_unavailable: 'auth_unavailable',
 } as const;
@@ -47,6 +55,8 @@ export interface Identity {
   keyRpm: number | null;
   /** Its IP allow-list: a key it creates may not be usable from anywhere else (keys/constraints.ts). */
   allowedCidrs?: readonly string[] | null;
+  /** Its own token limits: a key it creates may not spend more (keys/token-limits.ts). */
+  tokenLimits?: TokenLimits | null;
 }
 
 export interface Allow {
@@ -60,6 +70,12 @@ export interface Allow {
   rateLimit?: readonly LimitState[];
   /** Key metadata the policy forwards upstream (check/metadata-forward.ts). */
   metadata?: readonly ForwardedField[];
+  /** Tokens per minute that applied, for the x-ratelimit-*-tokens headers. */
+  tokenLimits?: readonly TokenState[];
+  /** The signed reservation id, sent upstream (x-ryvion-reservation-id, metadata `reservation_id`). */
+  reservationId?: string;
+  /** Allowed on an inference route: a client-sent reservation id header is removed when the gate set none. */
+  inference?: true;
 }
 
 export type Deny =
@@ -76,9 +92,13 @@ export type Deny =
       /** Absent when the source address is throttled for failed authentications, before any key is known. */
       identity?: Identity;
       retryAfterMs: number;
-      detail: 'key' | 'account' | 'failed_auth_per_source';
+      detail: 'key' | 'account' | 'failed_auth_per_source' | 'tokens_key' | 'tokens_account' | 'tokens_request_too_large';
       states?: readonly LimitState[];
+      tokenStates?: readonly TokenState[];
     }
+  | { allow: false; reason: 'model_not_allowed'; identity: Identity; model: string }
+  | { allow: false; reason: 'insufficient_quota'; identity: Identity; detail: 'key' | 'account' }
+  | { allow: false; reason: 'invalid_body'; identity: Identity; detail: 'missing' | 'truncated' | 'unparsable' | 'no_model' }
   | { allow: false; reason: 'auth_unavailable'; detail: string };
 
 export type Decision = Allow | Deny;

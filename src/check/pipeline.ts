@@ -16,6 +16,9 @@ import { LookupThrottledError, type PostgresGuard } from '../keys/lookup-guard.j
 import { canonicalMethod } from './method.js';
 import { ipAllowListDenial } from './ip-allow-list.js';
 import { forwardedMetadata } from './metadata-forward.js';
+import type { TokenPolicy } from '../policy/policy.js';
+import type { TokenDecision, AdmitInput } from '../budget/gate.js';
+import type { LimitState } from '../ratelimit/gcra.js';
 
 
 /** The part of a compiled policy the pipeline uses; read per call so a reload takes effect at once. */
@@ -23,6 +26,12 @@ export interface RouteAuthorizer {
   authorize(method: string, rawPath: string, scope: string): AuthorizeResult;
   limitsOf(plan: string): PlanLimits;
   readonly forwardMetadata?: readonly string[];
+  readonly tokens?: TokenPolicy | undefined;
+}
+
+/** Token limits, budgets and model allow-lists on inference routes (budget/gate.ts). */
+export interface TokenAdmission {
+  admit(input: AdmitInput): Promise<TokenDecision>;
 }
 
 /**
@@ -47,6 +56,8 @@ export interface PipelineDeps {
   failedAuth?: FailedAuthLimiter;
   /** Per-key and per-account request limits; absent: no rate limiting. */
   rateLimiter?: RequestLimiter;
+  /** Token limits, budgets and model allow-lists; absent: inference routes are judged like any other. */
+  tokens?: TokenAdmission;
   /** Told about every allowed key (last_used_at, batched). */
   usage?: { touch(keyId: string): void };
   policy: () => RouteAuthorizer;
@@ -112,13 +123,16 @@ export class CheckPipeline {
     const route = policy.authorize(method, attrs.path, key.scope);
     let permission: string | null;
     let shadowDenied: string | undefined;
+    let inference = false;
     switch (route.kind) {
       case 'allow':
         permission = route.permission;
+        inference = route.inference === true;
         break;
       case 'shadow_deny':
         permission = route.permission;
         shadowDenied = route.permission;
+        inference = route.inference === true;
         break;
       case 'insufficient_scope':
         return { allow: false, reason: 'insufficient_scope', identity, permission: route.permission };
@@ -128,10 +142,41 @@ export class CheckPipeline {
         return { allow: false, reason: 'invalid_path', identity, detail: route.reason };
     }
 
-    // 5. Request limits, per account and per key, checked together.
-    let rateLimit;
-    if (this.deps.rateLimiter) {
-      const limits = limitsFor(policy.limitsOf(key.plan), key);
+    // 5. On inference routes: the model allow-list, then tokens per minute and budgets reserved
+    //    together with the request limits, in one Redis call (budget/gate.ts).
+    const plan = policy.limitsOf(key.plan);
+    let rateLimit: readonly LimitState[] | undefined;
+    let tokens: TokenDecision = { kind: 'none' };
+    if (inference && policy.tokens && this.deps.tokens) {
+      const requestLimits = this.deps.rateLimiter ? limitsFor(plan, key) : [];
+      tokens = await this.deps.tokens.admit({ key, plan, tokens: policy.tokens, requestLimits, body: attrs.body, bodyTruncated: attrs.bodyTruncated === true });
+      switch (tokens.kind) {
+        case 'model_not_allowed':
+          return { allow: false, reason: 'model_not_allowed', identity, model: tokens.model };
+        case 'invalid_body':
+          return { allow: false, reason: 'invalid_body', identity, detail: tokens.problem };
+        case 'insufficient_quota':
+          return { allow: false, reason: 'insufficient_quota', identity, detail: tokens.deniedBy };
+        case 'unavailable':
+          return { allow: false, reason: 'auth_unavailable', detail: tokens.detail };
+        case 'request_too_large':
+          return { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: 60_000, detail: 'tokens_request_too_large', tokenStates: [tokens.limit] };
+        case 'rate_limited':
+          return {
+            allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: tokens.retryAfterMs,
+            detail: tokens.by === 'tokens' ? `tokens_${tokens.deniedBy}` : tokens.deniedBy, states: tokens.requestStates, tokenStates: tokens.tokenStates,
+          };
+        case 'allowed':
+          rateLimit = tokens.requestStates;
+          break;
+        case 'none':
+          break;
+      }
+    }
+
+    // 6. Request limits, per account and per key, checked together (unless decided with the tokens).
+    if (this.deps.rateLimiter && rateLimit === undefined) {
+      const limits = limitsFor(plan, key);
       const outcome = await this.deps.rateLimiter.check(limits, key.accountId, key.id);
       if (!outcome.allowed) {
         return { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: outcome.retryAfterMs, detail: outcome.deniedBy ?? 'account', states: outcome.states };
@@ -143,6 +188,11 @@ export class CheckPipeline {
     const allow: Decision = { allow: true, identity, permission };
     if (shadowDenied !== undefined) allow.shadowDenied = shadowDenied;
     if (rateLimit && rateLimit.length > 0) allow.rateLimit = rateLimit;
+    if (inference && policy.tokens && this.deps.tokens) allow.inference = true;
+    if (tokens.kind === 'allowed') {
+      if (tokens.tokenStates.length > 0) allow.tokenLimits = tokens.tokenStates;
+      if (tokens.reservationId !== undefined) allow.reservationId = tokens.reservationId;
+    }
     const forwarded = forwardedMetadata(key, policy.forwardMetadata);
     if (forwarded.length > 0) allow.metadata = forwarded;
     return allow;
@@ -159,5 +209,5 @@ export class CheckPipeline {
 }
 
 function identityOf(key: KeyRecord): Identity {
-  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm, allowedCidrs: key.allowedCidrs ?? null };
+  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm, allowedCidrs: key.allowedCidrs ?? null, tokenLimits: key.keyTokens ?? null };
 }

@@ -6,6 +6,7 @@ import { KeyRepository, NotFoundError, ConflictError, type Account } from '../ke
 import { auditView, connectKeyService, keyNameProblem, keyView, REVOKED_CACHE_NOT_UPDATED, type KeyService } from '../keys/management.js';
 import { effectiveConstraints } from '../keys/constraints.js';
 import { isAccountId, isKeyId } from '../keys/ids.js';
+import { tokenLimitsFrom, tokenLimitsInputSchema, type TokenLimits } from '../keys/token-limits.js';
 import { checkKeyMetadata } from '../keys/metadata.js';
 import { createLogger } from '../observability/logger.js';
 import { loadPolicyFile, PolicyError } from '../policy/policy.js';
@@ -54,8 +55,42 @@ function parseRpm(value: string | undefined): number | null {
 }
 
 function accountJson(a: Account): Record<string, unknown> {
-  return { id: a.id, email: a.email, plan: a.plan, rate_limit_rpm: a.rateLimitRpm, created_at: a.createdAt.toISOString() };
+  return {
+    id: a.id, email: a.email, plan: a.plan, rate_limit_rpm: a.rateLimitRpm,
+    tokens_per_minute: a.tokenLimits?.tokens_per_minute ?? null, budget: a.tokenLimits?.budget ?? null, allowed_models: a.tokenLimits?.allowed_models ?? null,
+    created_at: a.createdAt.toISOString(),
+  };
 }
+
+interface TokenOptions {
+  tpm?: string;
+  budget?: string;
+  models?: string;
+}
+
+/** --tpm N, --budget AMOUNT/PERIOD (micro-units per day|week|month), --models a,b: checked as the key API checks them. */
+function parseTokenOptions(o: TokenOptions): TokenLimits | null {
+  const input: Record<string, unknown> = {};
+  if (o.tpm !== undefined) {
+    if (!/^\d+$/.test(o.tpm)) throw new UsageError('--tpm: a whole number of tokens per minute, 1 or more');
+    input.tokens_per_minute = Number(o.tpm);
+  }
+  if (o.budget !== undefined) {
+    const m = /^(\d+)\/(day|week|month)$/.exec(o.budget);
+    if (!m) throw new UsageError('--budget: AMOUNT/PERIOD, the amount in micro-units of the policy\'s currency, e.g. 20000000/month');
+    input.budget = { amount: Number(m[1]), period: m[2] };
+  }
+  if (o.models !== undefined) input.allowed_models = o.models.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  const parsed = tokenLimitsInputSchema.safeParse(input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const flag = { tokens_per_minute: '--tpm', budget: '--budget', allowed_models: '--models' }[String(issue.path[0]) as 'budget'] ?? '--tpm';
+    throw new UsageError(`${flag}: ${issue.message}`);
+  }
+  return tokenLimitsFrom(parsed.data);
+}
+
+const hasTokenOptions = (o: TokenOptions): boolean => o.tpm !== undefined || o.budget !== undefined || o.models !== undefined;
 
 function requireAccountId(id: string): string {
   if (!isAccountId(id)) throw new UsageError(`--account: "${id}" is not an account id (acct_...)`);
@@ -194,6 +229,25 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       print(!!o.json, accountJson(account), rpm ? `${accountId}: ${rpm} requests/min` : `${accountId}: the limit of plan ${account.plan}`);
     });
 
+  accounts
+    .command('set-tokens')
+    .description("set or clear an account's own token limits: tokens per minute, spend budget, allowed models")
+    .requiredOption('--account <id>', 'account id')
+    .option('--tpm <n>', 'tokens per minute')
+    .option('--budget <amount/period>', "spend budget: micro-units of the policy's currency per day, week or month (e.g. 20000000/month)")
+    .option('--models <list>', 'allowed models, comma-separated')
+    .option('--clear', "go back to the plan's token limits")
+    .option('--json', 'print JSON')
+    .action(async (o: TokenOptions & { account: string; clear?: boolean; json?: boolean }) => {
+      const accountId = requireAccountId(o.account);
+      if (hasTokenOptions(o) === !!o.clear) throw new UsageError('give --tpm, --budget or --models, or --clear');
+      const limits = o.clear ? null : parseTokenOptions(o);
+      const config = adminConfig(env);
+      const account = await withRepository(config, async (repo) => ((await repo.setTokenLimits('account', accountId, limits)) ? repo.getAccount(accountId) : null));
+      if (!account) throw new NotFoundError(`no account ${accountId}`);
+      print(!!o.json, accountJson(account), `${accountId}: ${limits ? JSON.stringify(limits) : `the token limits of plan ${account.plan}`}`);
+    });
+
   const keys = program.command('keys').description('manage API keys');
   keys
     .command('create')
@@ -205,19 +259,23 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .option('--rpm <n>', "the key's own request limit per minute (meant to be lower than the account's)")
     .option('--allowed-cidrs <list>', 'comma-separated IP addresses or CIDR blocks the key may be used from (IPv4 and IPv6, at most 64); default: anywhere')
     .option('--metadata <json>', 'a JSON object of at most 1 KiB stored with the key, e.g. \'{"team": "search"}\'')
+    .option('--tpm <n>', "the key's own tokens per minute")
+    .option('--budget <amount/period>', "the key's own spend budget: micro-units of the policy's currency per day, week or month (e.g. 20000000/month)")
+    .option('--models <list>', 'the models the key may use, comma-separated')
     .option('--json', 'print JSON')
-    .action(async (o: { account: string; name: string; scope: string; expiresAt?: string; rpm?: string; allowedCidrs?: string; metadata?: string; json?: boolean }) => {
+    .action(async (o: TokenOptions & { account: string; name: string; scope: string; expiresAt?: string; rpm?: string; allowedCidrs?: string; metadata?: string; json?: boolean }) => {
       const accountId = requireAccountId(o.account);
       const name = parseName(o.name);
       const expiresAt = parseExpiry(o.expiresAt);
       const rateLimitRpm = parseRpm(o.rpm);
       const allowedCidrs = parseAllowedCidrs(o.allowedCidrs);
       const metadata = parseMetadata(o.metadata);
+      const tokenLimits = parseTokenOptions(o);
       const config = adminConfig(env);
       const scopes = loadPolicyFile(policyPath(config)).scopes;
       if (!scopes.includes(o.scope)) throw new UsageError(`--scope: "${o.scope}" is not one of ${scopes.join(', ')}`);
       const created = await withKeyService(config, (keys) =>
-        keys.createKey({ accountId, name, scope: o.scope, expiresAt, rateLimitRpm, allowedCidrs, metadata }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
+        keys.createKey({ accountId, name, scope: o.scope, expiresAt, rateLimitRpm, allowedCidrs, metadata, tokenLimits }, { keyId: null, via: 'cli' }, { maxLiveKeys: config.MAX_KEYS_PER_ACCOUNT }),
       );
       if (created.kind === 'limit_reached') throw new ConflictError(`account ${accountId} already has ${created.limit} live keys (MAX_KEYS_PER_ACCOUNT)`);
       const { key, secret } = created;
@@ -240,6 +298,25 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
         ? list.map((k) => `${k.id}  ${k.prefix}  ${k.scope.padEnd(10)}  ${k.revokedAt ? 'revoked' : k.expiresAt && k.expiresAt <= new Date() ? 'expired' : 'active '}  ${k.name}${k.successorOf ? `  (successor of ${k.successorOf})` : ''}  last used ${k.lastUsedAt?.toISOString() ?? 'never'}`).join('\n')
         : 'no keys';
       print(!!o.json, list.map(keyView), human);
+    });
+
+  keys
+    .command('set-tokens')
+    .description("set or clear a key's own token limits (the operator's change: not bound by another key's limits)")
+    .argument('<key-id>', 'key id (key_...)')
+    .option('--tpm <n>', 'tokens per minute')
+    .option('--budget <amount/period>', "spend budget: micro-units of the policy's currency per day, week or month (e.g. 20000000/month)")
+    .option('--models <list>', 'allowed models, comma-separated')
+    .option('--clear', "go back to the plan's token limits")
+    .option('--json', 'print JSON')
+    .action(async (keyId: string, o: TokenOptions & { clear?: boolean; json?: boolean }) => {
+      if (!isKeyId(keyId)) throw new UsageError(`"${keyId}" is not a key id (key_...)`);
+      if (hasTokenOptions(o) === !!o.clear) throw new UsageError('give --tpm, --budget or --models, or --clear');
+      const limits = o.clear ? null : parseTokenOptions(o);
+      const config = adminConfig(env);
+      const key = await withRepository(config, async (repo) => ((await repo.setTokenLimits('key', keyId, limits)) ? repo.getKey(keyId) : null));
+      if (!key) throw new NotFoundError(`no key ${keyId}`);
+      print(!!o.json, keyView(key), `${keyId}: ${limits ? JSON.stringify(limits) : "the plan's token limits"} (replicas apply it as their cached entries expire)`);
     });
 
   keys

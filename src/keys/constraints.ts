@@ -1,6 +1,8 @@
 // What a key may hand down to a key it creates: never a longer life, a higher per-key limit or
-// a wider IP allow-list than its own.
+// a wider IP allow-list than its own, nor more tokens per minute, a larger budget or more models
+// (keys/token-limits.ts).
 import { cidrContains, formatCidr, parseCidr } from './cidr.js';
+import { effectiveTokenLimits, type TokenLimitField, type TokenLimits, type TokenLimitsInput } from './token-limits.js';
 
 /** The creating key's own constraints. */
 export interface CallerConstraints {
@@ -9,6 +11,8 @@ export interface CallerConstraints {
   keyRpm: number | null;
   /** Its IP allow-list (canonical CIDRs); absent or null: any address. */
   allowedCidrs?: readonly string[] | null;
+  /** Its own token limits; absent or null: the plan's only. */
+  tokenLimits?: TokenLimits | null;
 }
 
 /** What the request asked for; undefined: not given (inherits), null: explicitly none. */
@@ -17,12 +21,14 @@ export interface RequestedConstraints {
   keyRpm?: number | null;
   /** CIDR blocks or addresses as given; null: any address. */
   allowedCidrs?: readonly string[] | null;
+  /** Token limit fields as given; an absent field inherits the caller's. */
+  tokenLimits?: TokenLimitsInput;
 }
 
 export type ConstraintsOutcome =
-  | { ok: true; expiresAt: Date | null; keyRpm: number | null; allowedCidrs: string[] | null }
+  | { ok: true; expiresAt: Date | null; keyRpm: number | null; allowedCidrs: string[] | null; tokenLimits: TokenLimits | null }
   /** A 400 naming the request field at fault. */
-  | { ok: false; param: 'expires_at' | 'rate_limit_rpm' | 'allowed_cidrs'; message: string };
+  | { ok: false; param: 'expires_at' | 'rate_limit_rpm' | 'allowed_cidrs' | TokenLimitField; message: string };
 
 export const MAX_ALLOWED_CIDRS = 64;
 
@@ -59,7 +65,9 @@ export function effectiveConstraints(caller: CallerConstraints, requested: Reque
   }
   const cidrs = allowedCidrsFor(caller.allowedCidrs ?? null, requested.allowedCidrs);
   if (!cidrs.ok) return { ok: false, param: 'allowed_cidrs', message: `Invalid value for 'allowed_cidrs': ${cidrs.problem}` };
-  return { ok: true, expiresAt, keyRpm, allowedCidrs: cidrs.value };
+  const tokens = effectiveTokenLimits(caller.tokenLimits ?? null, requested.tokenLimits);
+  if (!tokens.ok) return { ok: false, param: tokens.param, message: `Invalid value for '${tokens.param}': ${tokens.message}` };
+  return { ok: true, expiresAt, keyRpm, allowedCidrs: cidrs.value, tokenLimits: tokens.value };
 }
 
 /**

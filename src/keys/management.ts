@@ -46,6 +46,9 @@ export function keyView(k: KeyInfo): Record<string, unknown> {
     successor_of: k.successorOf,
     allowed_cidrs: k.allowedCidrs,
     metadata: k.metadata,
+    tokens_per_minute: k.tokenLimits?.tokens_per_minute ?? null,
+    budget: k.tokenLimits?.budget ?? null,
+    allowed_models: k.tokenLimits?.allowed_models ?? null,
   };
 }
 

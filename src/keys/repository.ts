@@ -6,6 +6,7 @@ import { displayPrefix, generateKey, type KeyEnvironment } from './format.js';
 import type { KeyHash, KeyHasher } from './hash.js';
 import { newAccountId, newKeyId } from './ids.js';
 import type { Invalidation } from './invalidation/messages.js';
+import { readTokenLimits, type TokenLimits } from './token-limits.js';
 
 /** What a decision needs to know about a key. */
 export interface KeyRecord {
@@ -27,6 +28,9 @@ export interface KeyRecord {
   allowedCidrs?: readonly string[] | null;
   /** The key's metadata object; absent or null: none. */
   metadata?: Readonly<Record<string, unknown>> | null;
+  /** The account's and the key's own token limits (keys/token-limits.ts); absent or null: the plan's. */
+  accountTokens?: TokenLimits | null;
+  keyTokens?: TokenLimits | null;
 }
 
 export interface Account {
@@ -35,6 +39,8 @@ export interface Account {
   plan: string;
   /** Requests per minute that replace the plan's account limit; null: the plan's. */
   rateLimitRpm: number | null;
+  /** Its own token limits; null: the plan's. */
+  tokenLimits: TokenLimits | null;
   createdAt: Date;
 }
 
@@ -43,11 +49,14 @@ interface AccountRow {
   email: string;
   plan: string;
   rate_limit_rpm: number | null;
+  token_limits: unknown;
   created_at: Date;
 }
 
-const ACCOUNT_COLUMNS = 'id, email, plan, rate_limit_rpm, created_at';
-const toAccount = (r: AccountRow): Account => ({ id: r.id, email: r.email, plan: r.plan, rateLimitRpm: r.rate_limit_rpm, createdAt: r.created_at });
+const ACCOUNT_COLUMNS = 'id, email, plan, rate_limit_rpm, token_limits, created_at';
+const toAccount = (r: AccountRow): Account => ({
+  id: r.id, email: r.email, plan: r.plan, rateLimitRpm: r.rate_limit_rpm, tokenLimits: readTokenLimits(r.token_limits), createdAt: r.created_at,
+});
 
 /** A key as listings show it: never the secret, never the hash. */
 export interface KeyInfo {
@@ -67,6 +76,8 @@ export interface KeyInfo {
   /** Canonical CIDR blocks it may be used from; null: any address. */
   allowedCidrs: string[] | null;
   metadata: Record<string, unknown> | null;
+  /** Its own token limits; null: the plan's. */
+  tokenLimits: TokenLimits | null;
 }
 
 /** What a roll did; `record` is the old key as it now is (shorter expiry, higher version). */
@@ -103,11 +114,13 @@ interface KeyRow {
   key_rpm: number | null;
   allowed_cidrs: string[] | null;
   metadata: Record<string, unknown> | null;
+  account_tokens: unknown;
+  key_tokens: unknown;
 }
 
 // What a decision reads about a key, from `api_keys k JOIN accounts a`.
 const KEY_RECORD_COLUMNS =
-  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm, k.allowed_cidrs, k.metadata';
+  'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm, k.allowed_cidrs, k.metadata, a.token_limits AS account_tokens, k.token_limits AS key_tokens';
 
 const toKeyRecord = (r: KeyRow): KeyRecord => ({
   id: r.id,
@@ -123,6 +136,8 @@ const toKeyRecord = (r: KeyRow): KeyRecord => ({
   keyRpm: r.key_rpm,
   allowedCidrs: r.allowed_cidrs,
   metadata: r.metadata,
+  accountTokens: readTokenLimits(r.account_tokens),
+  keyTokens: readTokenLimits(r.key_tokens),
 });
 
 interface KeyInfoRow {
@@ -139,11 +154,12 @@ interface KeyInfoRow {
   rate_limit_rpm: number | null;
   allowed_cidrs: string[] | null;
   metadata: Record<string, unknown> | null;
+  token_limits: unknown;
 }
 
-const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm, allowed_cidrs, metadata';
+const KEY_INFO_COLUMNS = 'id, account_id, name, scope, display_prefix, created_at, expires_at, last_used_at, revoked_at, successor_of, rate_limit_rpm, allowed_cidrs, metadata, token_limits';
 // The KeyInfo columns that KEY_RECORD_COLUMNS (from `api_keys k`) does not already hold.
-const KEY_INFO_EXTRA_COLUMNS = 'k.display_prefix, k.created_at, k.last_used_at, k.successor_of, k.rate_limit_rpm';
+const KEY_INFO_EXTRA_COLUMNS = 'k.display_prefix, k.created_at, k.last_used_at, k.successor_of, k.rate_limit_rpm, k.token_limits';
 
 const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   id: r.id,
@@ -159,6 +175,7 @@ const toKeyInfo = (r: KeyInfoRow): KeyInfo => ({
   rateLimitRpm: r.rate_limit_rpm,
   allowedCidrs: r.allowed_cidrs,
   metadata: r.metadata,
+  tokenLimits: readTokenLimits(r.token_limits),
 });
 
 export interface CreateKeyFields {
@@ -171,6 +188,8 @@ export interface CreateKeyFields {
   allowedCidrs?: string[] | null;
   /** A JSON object of at most 1 KiB (checked by the caller); null or absent: none. */
   metadata?: Record<string, unknown> | null;
+  /** Token limits (keys/token-limits.ts); null or absent: the plan's. */
+  tokenLimits?: TokenLimits | null;
 }
 
 /** A leaked key's place in its account's owner notification for one secret scanning report. */
@@ -207,11 +226,11 @@ export class KeyRepository implements KeyLookup {
     return rows[0] ? toKeyRecord(rows[0]) : null;
   }
 
-  async createAccount(email: string, plan: string, rateLimitRpm: number | null = null): Promise<Account> {
+  async createAccount(email: string, plan: string, rateLimitRpm: number | null = null, tokenLimits: TokenLimits | null = null): Promise<Account> {
     try {
       const rows = await this.run<AccountRow>(
-        `INSERT INTO accounts (id, email, plan, rate_limit_rpm) VALUES ($1, $2, $3, $4) RETURNING ${ACCOUNT_COLUMNS}`,
-        [newAccountId(), email, plan, rateLimitRpm],
+        `INSERT INTO accounts (id, email, plan, rate_limit_rpm, token_limits) VALUES ($1, $2, $3, $4, $5) RETURNING ${ACCOUNT_COLUMNS}`,
+        [newAccountId(), email, plan, rateLimitRpm, tokenLimits ? JSON.stringify(tokenLimits) : null],
       );
       return toAccount(rows[0]!);
     } catch (err) {
@@ -232,6 +251,16 @@ export class KeyRepository implements KeyLookup {
   async setAccountLimit(id: string, rateLimitRpm: number | null): Promise<Account | null> {
     const rows = await this.run<AccountRow>(`UPDATE accounts SET rate_limit_rpm = $2 WHERE id = $1 RETURNING ${ACCOUNT_COLUMNS}`, [id, rateLimitRpm]);
     return rows[0] ? toAccount(rows[0]) : null;
+  }
+
+  /**
+   * Replaces (or with null, clears) an account's or a key's own token limits. Replicas pick it up
+   * as their cached key entries expire (CACHE_REDIS_TTL_MS at most), as with the request limit.
+   */
+  async setTokenLimits(kind: 'account' | 'key', id: string, limits: TokenLimits | null): Promise<boolean> {
+    const table = kind === 'account' ? 'accounts' : 'api_keys';
+    const rows = await this.run<{ id: string }>(`UPDATE ${table} SET token_limits = $2 WHERE id = $1 RETURNING id`, [id, limits ? JSON.stringify(limits) : null]);
+    return rows.length > 0;
   }
 
   /** Creates a key as the operator would (audited as via the CLI); the secret is returned this once. */
@@ -311,11 +340,12 @@ export class KeyRepository implements KeyLookup {
         if (Number(live.rows[0]!.n) >= opts.maxLiveKeys) return { kind: 'limit_reached', limit: opts.maxLiveKeys };
       }
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, allowed_cidrs, metadata)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${KEY_INFO_COLUMNS}`,
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, allowed_cidrs, metadata, token_limits)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ${KEY_INFO_COLUMNS}`,
         [
           newKeyId(), input.accountId, input.name, input.scope, hash, pepperVersion, displayPrefix(secret), input.expiresAt,
           input.rateLimitRpm ?? null, input.allowedCidrs ?? null, input.metadata ? JSON.stringify(input.metadata) : null,
+          input.tokenLimits ? JSON.stringify(input.tokenLimits) : null,
         ],
       );
       const key = toKeyInfo(inserted.rows[0]!);
@@ -407,11 +437,11 @@ export class KeyRepository implements KeyLookup {
       const earlier = await tx.query<{ id: string }>(`SELECT id FROM api_keys WHERE successor_of = $1`, [keyId]);
       if (earlier.rows[0]) return { kind: 'already_rolled', key: toKeyInfo(row), successorId: earlier.rows[0].id };
       const inserted = await tx.query<KeyInfoRow>(
-        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of, allowed_cidrs, metadata)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ${KEY_INFO_COLUMNS}`,
+        `INSERT INTO api_keys (id, account_id, name, scope, key_hash, pepper_version, display_prefix, expires_at, rate_limit_rpm, successor_of, allowed_cidrs, metadata, token_limits)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING ${KEY_INFO_COLUMNS}`,
         [
           newKeyId(), row.account_id, row.name, row.scope, hash, pepperVersion, displayPrefix(secret), row.expires_at, row.key_rpm, keyId,
-          row.allowed_cidrs, row.metadata ? JSON.stringify(row.metadata) : null,
+          row.allowed_cidrs, row.metadata ? JSON.stringify(row.metadata) : null, row.key_tokens ? JSON.stringify(row.key_tokens) : null,
         ],
       );
       const successor = toKeyInfo(inserted.rows[0]!);

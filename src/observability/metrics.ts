@@ -43,6 +43,55 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  // LLM limits (issue 19).
+  readonly tokensReserved = new client.Counter({
+    name: 'ryvion_authz_tokens_reserved_total',
+    help: 'Tokens reserved at the gate (prompt estimate plus maximum output) for allowed inference requests.',
+    registers: [this.registry],
+  });
+
+  readonly tokensReconciled = new client.Counter({
+    name: 'ryvion_authz_tokens_reconciled_total',
+    help: 'Tokens actually used, as reported after the response, by source (access_log|usage_endpoint).',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
+
+  readonly tokensExpired = new client.Counter({
+    name: 'ryvion_authz_tokens_expired_total',
+    help: 'Tokens of reservations never reconciled, charged at the reserved amount when they expired.',
+    registers: [this.registry],
+  });
+
+  readonly reservations = new client.Counter({
+    name: 'ryvion_authz_reservations_total',
+    help: 'Reservations by what became of them: reserved, reconciled, late (unknown to Redis, charged from the id), expired, unscheduled; and usage reports refused (report_replayed|report_forged|report_expired|report_invalid).',
+    labelNames: ['event'] as const,
+    registers: [this.registry],
+  });
+
+  readonly reconciliationLag = new client.Histogram({
+    name: 'ryvion_authz_reconciliation_lag_seconds',
+    help: 'From a reservation to its usage report.',
+    labelNames: ['source'] as const,
+    buckets: [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600],
+    registers: [this.registry],
+  });
+
+  readonly budgetRemaining = new client.Histogram({
+    name: 'ryvion_authz_budget_remaining_ratio',
+    help: 'Share of the spend budget left after each reservation (bucketed; per subject kind).',
+    labelNames: ['subject'] as const,
+    buckets: [0, 0.05, 0.1, 0.25, 0.5, 0.75, 1],
+    registers: [this.registry],
+  });
+
+  readonly ledgerPending = new client.Gauge({
+    name: 'ryvion_authz_spend_ledger_pending',
+    help: 'Settlements waiting for the next ledger batch (Postgres).',
+    registers: [this.registry],
+  });
+
   readonly decisionDuration = new client.Histogram({
     name: 'ryvion_authz_decision_duration_seconds',
     help: 'Time from receiving a check to answering it.',

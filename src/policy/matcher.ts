@@ -10,8 +10,8 @@ import { normalizeSegments } from './normalize.js';
 export type Permission = string;
 
 export type AuthorizeResult =
-  | { kind: 'allow'; permission: Permission | null }
-  | { kind: 'shadow_deny'; permission: Permission }
+  | { kind: 'allow'; permission: Permission | null; inference?: true }
+  | { kind: 'shadow_deny'; permission: Permission; inference?: true }
   | { kind: 'insufficient_scope'; permission: Permission }
   | { kind: 'no_route' }
   | { kind: 'invalid_path'; reason: string };
@@ -25,6 +25,31 @@ export interface CompiledPolicy {
   limitsOf(plan: string): PlanLimits;
   /** Key metadata fields forwarded upstream on allow (`forward_metadata`). */
   readonly forwardMetadata: readonly string[];
+  /** How inference requests are priced (`tokens:`); undefined: no token limits anywhere. */
+  readonly tokens?: TokenPolicy | undefined;
+}
+
+/** A plan's (or an account's, a key's) LLM limits; the same shape as keys/token-limits.ts's TokenLimits. */
+export interface PlanTokenLimits {
+  tokens_per_minute?: number;
+  budget?: { amount: number; period: 'day' | 'week' | 'month' };
+  allowed_models?: readonly string[];
+}
+
+export interface ModelPrice {
+  /** Micro-units of the currency per million tokens. */
+  inputPerMillion: number;
+  outputPerMillion: number;
+  /** Output tokens reserved when a request names no maximum. */
+  defaultMaxOutput: number;
+}
+
+export interface TokenPolicy {
+  currency: string;
+  /** The model's prices, or the default model's. */
+  priceOf(model: string): ModelPrice;
+  unreadableBody: 'deny' | 'reserve';
+  unreadableBodyTokens: number;
 }
 
 /** A limit of `requests` per `windowMs`, of which `burst` may arrive at once. */
@@ -37,6 +62,8 @@ export interface RequestLimit {
 export interface PlanLimits {
   account?: RequestLimit;
   key?: RequestLimit;
+  accountTokens?: PlanTokenLimits;
+  keyTokens?: PlanTokenLimits;
 }
 
 interface CompiledRule {
@@ -65,6 +92,7 @@ export class RoutePolicy implements CompiledPolicy {
   private readonly unmatched: AuthorizeResult;
   private readonly plans: ReadonlyMap<string, PlanLimits>;
   private readonly defaultPlan: PlanLimits;
+  readonly tokens: TokenPolicy | undefined;
 
   constructor(
     readonly source: string,
@@ -74,18 +102,32 @@ export class RoutePolicy implements CompiledPolicy {
     this.forwardMetadata = Object.freeze([...new Set(policy.forward_metadata)]);
     this.grants = new Map(Object.entries(policy.scopes).map(([scope, permissions]) => [scope, new Set(permissions)]));
     this.unmatched = policy.default_action === 'allow' ? DEFAULT_ALLOW : NO_ROUTE;
-    const toLimit = (l: { requests: number; window: number; burst?: number | undefined } | undefined): RequestLimit | undefined =>
-      l && { requests: l.requests, windowMs: l.window, burst: l.burst ?? Math.max(1, Math.ceil(l.requests / 10)) };
+    type Subject = NonNullable<PolicyDocument['plans'][string]['account']>;
+    const toLimit = (l: Subject | undefined): RequestLimit | undefined =>
+      l?.requests !== undefined && l.window !== undefined ? { requests: l.requests, windowMs: l.window, burst: l.burst ?? Math.max(1, Math.ceil(l.requests / 10)) } : undefined;
+    const toTokens = (l: Subject | undefined): PlanTokenLimits | undefined => {
+      if (!l) return undefined;
+      const out: PlanTokenLimits = {};
+      if (l.tokens_per_minute !== undefined) out.tokens_per_minute = l.tokens_per_minute;
+      if (l.budget !== undefined) out.budget = l.budget;
+      if (l.allowed_models !== undefined) out.allowed_models = l.allowed_models;
+      return Object.keys(out).length > 0 ? Object.freeze(out) : undefined;
+    };
     this.plans = new Map(
       Object.entries(policy.plans).map(([name, p]) => {
         const limits: PlanLimits = {};
         const account = toLimit(p.account);
         const key = toLimit(p.key);
+        const accountTokens = toTokens(p.account);
+        const keyTokens = toTokens(p.key);
         if (account) limits.account = account;
         if (key) limits.key = key;
+        if (accountTokens) limits.accountTokens = accountTokens;
+        if (keyTokens) limits.keyTokens = keyTokens;
         return [name, Object.freeze(limits)];
       }),
     );
+    this.tokens = policy.tokens && compileTokens(policy.tokens);
     this.defaultPlan = this.plans.get(policy.default_plan) ?? {};
 
     const byMethod = new Map<string, Route[]>();
@@ -133,9 +175,10 @@ export class RoutePolicy implements CompiledPolicy {
 function compileRule(spec: PolicyDocument['rules'][number]): CompiledRule {
   const permission = spec.any_valid_key === true ? null : (spec.permission ?? null);
   const enforce = spec.enforce ?? true;
-  const allowed: AuthorizeResult = Object.freeze({ kind: 'allow', permission });
+  const inference = spec.inference === true ? ({ inference: true } as const) : {};
+  const allowed: AuthorizeResult = Object.freeze({ kind: 'allow', permission, ...inference });
   if (permission === null) return { permission, allowed, denied: allowed };
-  const denied: AuthorizeResult = Object.freeze({ kind: enforce ? 'insufficient_scope' : 'shadow_deny', permission });
+  const denied: AuthorizeResult = Object.freeze(enforce ? { kind: 'insufficient_scope', permission } : { kind: 'shadow_deny', permission, ...inference });
   return { permission, allowed, denied };
 }
 
@@ -153,4 +196,17 @@ function matchSegments(pattern: readonly string[], pi: number, segments: readonl
     if (p !== ONE_SEGMENT && p !== segments[si]) return false;
   }
   return si === segments.length;
+}
+
+function compileTokens(t: NonNullable<PolicyDocument['tokens']>): TokenPolicy {
+  const price = (p: { input_per_million: number; output_per_million: number; default_max_output: number }): ModelPrice =>
+    Object.freeze({ inputPerMillion: p.input_per_million, outputPerMillion: p.output_per_million, defaultMaxOutput: p.default_max_output });
+  const fallback = price(t.default_model);
+  const models = new Map(Object.entries(t.models).map(([name, p]) => [name, price(p)]));
+  return Object.freeze({
+    currency: t.currency,
+    priceOf: (model: string) => models.get(model) ?? fallback,
+    unreadableBody: t.unreadable_body,
+    unreadableBodyTokens: t.unreadable_body_tokens,
+  });
 }

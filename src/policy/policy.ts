@@ -7,7 +7,7 @@ import { Locator, sortProblems } from './locator.js';
 import { RoutePolicy, type CompiledPolicy } from './matcher.js';
 import { crossCheck, policySchema } from './schema.js';
 
-export type { AuthorizeResult, CompiledPolicy, Permission, PlanLimits, RequestLimit } from './matcher.js';
+export type { AuthorizeResult, CompiledPolicy, ModelPrice, Permission, PlanLimits, PlanTokenLimits, RequestLimit, TokenPolicy } from './matcher.js';
 
 export class PolicyError extends Error {
   // Every problem found, sorted by line; `message` is the first so a log line stays one line.

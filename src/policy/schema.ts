@@ -44,6 +44,8 @@ const ruleSchema = z
     permission: nameSchema('permission').optional(),
     any_valid_key: z.boolean().optional(),
     enforce: z.boolean().optional(),
+    // An inference route: its body is read for the model and token counts (issue 19, `tokens:`).
+    inference: z.boolean().optional(),
   })
   .refine((rule) => rule.any_valid_key === true || rule.permission !== undefined, {
     ...onlyIfValid,
@@ -68,14 +70,44 @@ const durationSchema = z.string().transform((text, ctx) => {
   return ms;
 });
 
-const limitSchema = z.strictObject({
-  requests: z.number().int().positive(),
-  window: durationSchema,
-  // How many may arrive at once; default a tenth of `requests` (at least 1).
-  burst: z.number().int().positive().optional(),
-});
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$/;
+const modelNameSchema = z.string().regex(MODEL_NAME, 'a model name: letters, digits and ._:/@+- (at most 128)');
+const micros = z.number().int('must be a whole number of micro-units').min(0).max(Number.MAX_SAFE_INTEGER);
+
+const limitSchema = z
+  .strictObject({
+    requests: z.number().int().positive().optional(),
+    window: durationSchema.optional(),
+    // How many may arrive at once; default a tenth of `requests` (at least 1).
+    burst: z.number().int().positive().optional(),
+    // LLM limits (issue 19); the `tokens:` section says how requests are priced.
+    tokens_per_minute: z.number().int().positive().max(1_000_000_000).optional(),
+    budget: z.strictObject({ amount: micros.min(1), period: z.enum(['day', 'week', 'month']) }).optional(),
+    allowed_models: z.array(modelNameSchema).min(1).max(64).optional(),
+  })
+  .refine((l) => (l.requests === undefined) === (l.window === undefined), { ...onlyIfValid, message: 'a request limit needs both "requests" and "window"' })
+  .refine((l) => l.requests !== undefined || l.burst === undefined, { ...onlyIfValid, path: ['burst'], message: '"burst" needs "requests" and "window"' });
 
 const planSchema = z.strictObject({ account: limitSchema.optional(), key: limitSchema.optional() });
+
+const modelPriceSchema = z.strictObject({
+  // Micro-units of `currency` per million tokens.
+  input_per_million: micros,
+  output_per_million: micros,
+  // Output tokens reserved for a request that names no max_tokens / max_completion_tokens.
+  default_max_output: z.number().int().min(0).max(10_000_000),
+});
+
+const tokensSchema = z.strictObject({
+  // ISO 4217 code of the currency budgets and prices are in (micro-units of it).
+  currency: z.string().regex(/^[A-Z]{3}$/, 'an ISO 4217 currency code, like USD'),
+  // Prices and output reservation of a model not listed under `models`.
+  default_model: modelPriceSchema,
+  models: z.record(modelNameSchema, modelPriceSchema).default({}),
+  // A body that is missing, truncated or not JSON on an inference route: 400, or reserve `unreadable_body_tokens`.
+  unreadable_body: z.enum(['deny', 'reserve']).default('deny'),
+  unreadable_body_tokens: z.number().int().positive().max(10_000_000).default(4096),
+});
 
 export const policySchema = z.strictObject({
   version: z.literal(1),
@@ -90,6 +122,8 @@ export const policySchema = z.strictObject({
     .array(z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'a metadata field name: lower-case letters, digits, "_" and "-", at most 63'))
     .max(16)
     .default([]),
+  // Token limits, budgets and model allow-lists: how inference requests are priced (issue 19).
+  tokens: tokensSchema.optional(),
 });
 
 export type PolicyDocument = z.infer<typeof policySchema>;
@@ -138,6 +172,17 @@ export function crossCheck(policy: PolicyDocument, locator: Locator): Problem[] 
         problems.push(locator.at(['scopes', scope, i], `permission ${JSON.stringify(permission)} is not used by any rule`));
       }
     });
+  }
+  if (policy.tokens === undefined) {
+    // Token limits without prices would silently never apply.
+    for (const [name, plan] of Object.entries(policy.plans)) {
+      for (const subject of ['account', 'key'] as const) {
+        const l = plan[subject];
+        for (const field of ['tokens_per_minute', 'budget', 'allowed_models'] as const) {
+          if (l?.[field] !== undefined) problems.push(locator.at(['plans', name, subject, field], `"${field}" needs a "tokens:" section (currency and model prices)`));
+        }
+      }
+    }
   }
   if (Object.keys(policy.plans).length > 0 && !(policy.default_plan in policy.plans)) {
     problems.push(locator.at(['default_plan'], `default plan ${JSON.stringify(policy.default_plan)} is not one of the plans`));

@@ -27,3 +27,15 @@ export function rateLimitHeaders(states: readonly LimitState[]): Array<[string, 
     ['ratelimit', `"${s.limit.name}";r=${s.remaining};t=${resetSeconds}`],
   ];
 }
+
+/** OpenAI's token headers for the tokens-per-minute limit closest to running out; none when none applies. */
+export function tokenLimitHeaders(states: ReadonlyArray<{ limit: { tokensPerMinute: number }; remaining: number; resetMs: number }>): Array<[string, string]> {
+  let s: (typeof states)[number] | undefined;
+  for (const x of states) if (!s || x.remaining / x.limit.tokensPerMinute < s.remaining / s.limit.tokensPerMinute) s = x;
+  if (!s) return [];
+  return [
+    ['x-ratelimit-limit-tokens', String(s.limit.tokensPerMinute)],
+    ['x-ratelimit-remaining-tokens', String(s.remaining)],
+    ['x-ratelimit-reset-tokens', formatResetDuration(s.resetMs)],
+  ];
+}

@@ -59,6 +59,11 @@ end
 return out
 `;
 
+/** Keys share the account's hash tag, so one script can touch them all on Redis Cluster (budget/redis-tokens.ts's too). */
+export function gcraKey(prefix: string, limit: Limit, accountId: string, keyId: string): string {
+  return limit.name === 'account' ? `${prefix}rl:{${accountId}}:account` : `${prefix}rl:{${accountId}}:key:${keyId}`;
+}
+
 type WithGcra = RedisClient & { ryvionGcra(...args: Array<string | number>): Promise<number[]> };
 
 export class RedisGcra {
@@ -72,9 +77,8 @@ export class RedisGcra {
     this.client = client as WithGcra;
   }
 
-  /** Keys share the account's hash tag, so one script can touch them all on Redis Cluster. */
   keyFor(limit: Limit, accountId: string, keyId: string): string {
-    return limit.name === 'account' ? `${this.prefix}rl:{${accountId}}:account` : `${this.prefix}rl:{${accountId}}:key:${keyId}`;
+    return gcraKey(this.prefix, limit, accountId, keyId);
   }
 
   async check(limits: readonly Limit[], accountId: string, keyId: string): Promise<GcraResult> {

@@ -70,6 +70,7 @@ const SECRET_SAMPLES: Record<string, string> = {
   REDIS_URL: 'redis://redis.ryvion.svc:6379',
   KEY_PEPPER: 'p'.repeat(48),
   KEY_PEPPER_PREVIOUS: 'q'.repeat(48),
+  USAGE_SECRET: 'u'.repeat(48),
   ACCESS_LOG_SECRET: 'a'.repeat(64),
   ACCESS_LOG_SECRET_PREVIOUS: 'b'.repeat(64),
   OWNER_NOTIFICATION_WEBHOOK_SECRET: 'n'.repeat(32),
@@ -119,6 +120,7 @@ const VALUE_SETS: Record<string, object> = {
     image: { repository: 'registry.example.com/ryvion/ryvion-authz', digest: `sha256:${'a'.repeat(64)}` },
     imagePullSecrets: [{ name: 'registry' }],
     keyPepper: { existingSecret: 'ryvion-authz-pepper', version: 2, previousSecretKey: 'KEY_PEPPER_PREVIOUS' },
+    usage: { enabled: true, existingSecret: 'ryvion-authz-usage' },
     database: { listenUrl: { existingSecretKey: 'DATABASE_LISTEN_URL' } },
     accessLog: { existingSecret: 'ryvion-authz-access-log', previousSecretKey: 'ACCESS_LOG_SECRET_PREVIOUS' },
     config: { KEY_ENVIRONMENT: 'test', LOG_LEVEL: 'debug', STORE_TIMEOUT_MS: 80, UNAVAILABLE_MODE: 'rpc_error', RATE_LIMIT_LOCAL_SHARE: 0.25, TRUSTED_PROXIES: '10.20.0.0/16' },
@@ -328,7 +330,10 @@ describe('helm chart: wiring to the service', () => {
 
     const service = findObject(objects, 'Service', 'ryvion-authz').spec as { selector: Record<string, string>; ports: ServicePort[] };
     const byName = Object.fromEntries(service.ports.map((p) => [p.name, p]));
-    expect(Object.keys(byName).sort()).toEqual(['grpc', 'http', 'metrics']);
+    // `usage` (POST /internal/usage) only when enabled, on USAGE_PORT.
+    const usage = config.USAGE_PORT !== undefined;
+    expect(Object.keys(byName).sort()).toEqual(usage ? ['grpc', 'http', 'metrics', 'usage'] : ['grpc', 'http', 'metrics']);
+    if (usage) expect(portNumber(c, 'usage')).toBe(config.USAGE_PORT);
     expect(byName.grpc!.appProtocol).toBe('grpc');
     for (const p of service.ports) {
       expect(portNumber(c, p.targetPort), `Service port ${p.name} reaches a container port`).toBe(portNumber(c, p.name));
@@ -449,7 +454,8 @@ describe('helm chart: wiring to the service', () => {
     expect(np.policyTypes).toEqual(['Ingress', 'Egress']);
     const ingressPorts = np.ingress.flatMap((r) => r.ports.map((p) => portNumber(c, p.port)));
     const config = loadConfig(environmentOf(c), ['DATABASE_URL', 'KEY_PEPPER']);
-    expect(ingressPorts.sort()).toEqual([config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT].sort());
+    // The usage port (enabled in this value set) is open to the same peers as the HTTP port.
+    expect(ingressPorts.sort()).toEqual([config.GRPC_PORT, config.HTTP_PORT, config.OPS_PORT, config.USAGE_PORT!].sort());
     expect(np.ingress[0]!.from).toEqual([{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'istio-system' } } }]);
     const egressPorts = np.egress.flatMap((r) => r.ports.map((p) => `${p.protocol}/${p.port}`));
     expect(egressPorts).toEqual(expect.arrayContaining(['UDP/53', 'TCP/53', 'TCP/5432', 'TCP/6379']));

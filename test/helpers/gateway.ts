@@ -14,6 +14,8 @@ export interface UpstreamSeen {
 
 export class TestGateway {
   readonly seen: UpstreamSeen[] = [];
+  /** Every request the gateway received, allowed or denied (what a client's retries add up to). */
+  calls = 0;
   private server: http.Server | undefined;
   port = 0;
 
@@ -31,7 +33,11 @@ export class TestGateway {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    for await (const chunk of req) void chunk; // drain the body
+    this.calls++;
+    // The body goes to the check as Envoy's with_request_body + pack_as_bytes sends it (raw_body).
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const body = Buffer.concat(chunks);
     const headers: Record<string, string> = { ':method': req.method ?? 'GET', ':path': req.url ?? '/', ':authority': req.headers.host ?? '' };
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
       const name = req.rawHeaders[i]!.toLowerCase();
@@ -41,7 +47,7 @@ export class TestGateway {
     const check: CheckRequest = {
       attributes: {
         source: { address: { socket_address: { address: '127.0.0.1', port_value: 40000 } } },
-        request: { http: { method: req.method ?? 'GET', path: req.url ?? '/', host: req.headers.host ?? '', headers } },
+        request: { http: { method: req.method ?? 'GET', path: req.url ?? '/', host: req.headers.host ?? '', headers, ...(body.length > 0 ? { raw_body: body } : {}) } },
       },
     };
     const decision = await this.client.check(check);

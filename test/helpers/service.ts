@@ -15,7 +15,7 @@ export function testConfig(env: Record<string, string>): Config {
     { LOG_LEVEL: 'silent', BIND_ADDRESS: '127.0.0.1', RATE_LIMIT_ENABLED: 'false', SHUTDOWN_READINESS_DELAY_MS: '0', ...env },
     ['DATABASE_URL', 'KEY_PEPPER'],
   );
-  return { ...config, GRPC_PORT: 0, HTTP_PORT: 0, OPS_PORT: 0 };
+  return { ...config, GRPC_PORT: 0, HTTP_PORT: 0, OPS_PORT: 0, ...(config.USAGE_PORT !== undefined ? { USAGE_PORT: 0 } : {}) };
 }
 
 export async function startTestService(

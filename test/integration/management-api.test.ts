@@ -188,6 +188,9 @@ describe('the public documentation\'s curl commands', () => {
       successor_of: null,
       allowed_cidrs: null,
       metadata: null,
+      tokens_per_minute: null,
+      budget: null,
+      allowed_models: null,
       key: expect.stringMatching(/^ryv_live_[0-9A-Za-z]{49}$/),
     });
     const secret = r.body.key as string;
@@ -207,7 +210,7 @@ describe('the public documentation\'s curl commands', () => {
     expect(data.filter((k) => k.name === 'my-new-key')).toHaveLength(2);
     for (const k of data) {
       expect(Object.keys(k).sort()).toEqual([
-        'account_id', 'allowed_cidrs', 'created_at', 'expires_at', 'id', 'last_used_at', 'metadata', 'name', 'object', 'prefix', 'revoked_at', 'scope', 'successor_of',
+        'account_id', 'allowed_cidrs', 'allowed_models', 'budget', 'created_at', 'expires_at', 'id', 'last_used_at', 'metadata', 'name', 'object', 'prefix', 'revoked_at', 'scope', 'successor_of', 'tokens_per_minute',
       ]);
       expect(k.object).toBe('api_key');
     }

@@ -19,7 +19,7 @@ describe('configuration', () => {
     [{ KEY_ENVIRONMENT: 'prod' }, /^KEY_ENVIRONMENT: must be live or test/],
     [{ MIGRATE_ON_START: 'maybe' }, /^MIGRATE_ON_START: must be true or false/],
     [{ DATABASE_URL: 'mysql://x' }, /^DATABASE_URL: must be a postgres/],
-    [{ HTTP_PORT: '9191' }, /^GRPC_PORT: GRPC_PORT, HTTP_PORT and OPS_PORT must differ/],
+    [{ HTTP_PORT: '9191' }, /^GRPC_PORT: GRPC_PORT, HTTP_PORT, OPS_PORT and USAGE_PORT must differ/],
     [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL: /],
     [{ STORE_TIMEOUT_MS: 'abc' }, /^STORE_TIMEOUT_MS: must be a whole number of milliseconds$/],
     [{ CACHE_MEMORY_MAX_KEYS: '1.5' }, /^CACHE_MEMORY_MAX_KEYS: must be a whole number of entries$/],

@@ -71,7 +71,8 @@ const unmatched: Array<[method: string, path: string]> = [
 const SCOPES = ['buyer', 'read-only', 'write-only', 'no-such-scope'] as const;
 
 function expected(outcome: Outcome, permission: string | null): AuthorizeResult {
-  if (outcome === A) return { kind: 'allow', permission };
+  // The inference rule is marked as one (its body is read for token limits: issue 19).
+  if (outcome === A) return permission === 'inference' ? { kind: 'allow', permission, inference: true } : { kind: 'allow', permission };
   if (permission === null) throw new Error('an any-valid-key route cannot deny');
   return { kind: 'insufficient_scope', permission };
 }

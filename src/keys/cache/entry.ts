@@ -1,5 +1,6 @@
 // What the cache tiers hold for one key hash: a record, a revocation, or "no such key".
 import type { KeyRecord } from '../repository.js';
+import { readTokenLimits, type TokenLimits } from '../token-limits.js';
 
 /**
  * `version` orders entries: a fill never replaces a higher version, so a fill
@@ -24,6 +25,8 @@ interface WireRecord {
   kr?: number | null;
   c?: readonly string[] | null;
   m?: Record<string, unknown> | null;
+  at?: TokenLimits;
+  kt?: TokenLimits;
 }
 
 /** Compact JSON for Redis; `v` must stay a top-level number (the fill script reads it). */
@@ -42,6 +45,8 @@ export function encodeEntry(entry: CacheEntry): string {
     kr: r.keyRpm,
     ...(r.allowedCidrs ? { c: r.allowedCidrs } : {}),
     ...(r.metadata ? { m: r.metadata } : {}),
+    ...(r.accountTokens ? { at: r.accountTokens } : {}),
+    ...(r.keyTokens ? { kt: r.keyTokens } : {}),
   };
   return JSON.stringify({ v: entry.version, k: wire });
 }
@@ -76,6 +81,8 @@ export function decodeEntry(hash: string, text: string): CacheEntry | undefined 
       keyRpm: typeof k.kr === 'number' ? k.kr : null,
       ...(Array.isArray(k.c) && k.c.every((x) => typeof x === 'string') ? { allowedCidrs: k.c } : {}),
       ...(typeof k.m === 'object' && k.m !== null && !Array.isArray(k.m) ? { metadata: k.m } : {}),
+      ...(k.at !== undefined ? { accountTokens: readTokenLimits(k.at) } : {}),
+      ...(k.kt !== undefined ? { keyTokens: readTokenLimits(k.kt) } : {}),
     },
   };
 }

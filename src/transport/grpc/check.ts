@@ -7,6 +7,9 @@ import type { Allow, Decision, Deny } from '../../check/decision.js';
 import { allowResponse, denialResponse, GrpcCode } from '../../check/outcomes.js';
 import { HeaderAppendAction, type CheckRequest, type CheckResponse, type HeaderValueOption, type ProtoStruct } from './proto.js';
 
+/** Set by Envoy when `allow_partial_message` cut the body it sends for authorization. */
+export const PARTIAL_BODY_HEADER = 'x-envoy-auth-partial-body';
+
 export interface ResponseOptions {
   stripCredentialHeaders: boolean;
   mcpResourceMetadataUrl?: string | undefined;
@@ -20,6 +23,7 @@ export function toAttributes(req: CheckRequest): RequestAttributes {
   let requestId: string | undefined;
   let pseudoPath: string | undefined;
   let pseudoMethod: string | undefined;
+  let partialBody = false;
 
   const take = (name: string, value: string): void => {
     switch (name.toLowerCase()) {
@@ -37,6 +41,10 @@ export function toAttributes(req: CheckRequest): RequestAttributes {
         break;
       case ':method':
         pseudoMethod ??= value;
+        break;
+      case PARTIAL_BODY_HEADER:
+        // Envoy's allow_partial_message: the body was cut at max_request_bytes.
+        if (value.trim().toLowerCase() === 'true') partialBody = true;
         break;
     }
   };
@@ -75,6 +83,10 @@ export function toAttributes(req: CheckRequest): RequestAttributes {
     sourceAddress: socket?.address || undefined,
   };
   if (credentialsDisagree) attrs.credentialsDisagree = true;
+  // pack_as_bytes gives raw_body; otherwise `body` is the UTF-8 text Envoy made of it.
+  if (http?.raw_body && http.raw_body.length > 0) attrs.body = http.raw_body;
+  else if (http?.body) attrs.body = Buffer.from(http.body, 'utf8');
+  if (partialBody) attrs.bodyTruncated = true;
   return attrs;
 }
 

@@ -68,6 +68,9 @@ export interface CheckRequest {
         host?: string;
         scheme?: string;
         protocol?: string;
+        /** with_request_body: the body as UTF-8 text, or (pack_as_bytes) as bytes. */
+        body?: string;
+        raw_body?: Buffer | Uint8Array;
       };
     };
     context_extensions?: Record<string, string>;

@@ -9,6 +9,7 @@ import type { DecisionRecorder } from '../../check/decision-log.js';
 import { asciiUpperCase } from '../../check/method.js';
 import { requestIdOf, toAttributes } from './attributes.js';
 import type { TrustedProxies } from './client-address.js';
+import { PARTIAL_BODY_HEADER } from '../grpc/check.js';
 
 /** `/authz` alone (nginx, Traefik) or followed by the original path (Envoy `path_prefix`). */
 export const AUTHZ_PREFIX = '/authz';
@@ -92,17 +93,52 @@ function valuesOf(req: IncomingMessage, names: readonly string[]): Map<string, s
   return out;
 }
 
+/** The most of a forwarded body read for token limits (the gRPC server's message cap); beyond it the body counts as truncated. */
+export const MAX_AUTHZ_BODY_BYTES = 1024 * 1024;
+
 /**
- * Answers one auth call. The body, if the proxy forwards one, is never read: it cannot change the
- * decision, and Node drains or drops it after the answer. Never rejects: every call gets one answer,
- * a 503 denial when the pipeline throws (fail closed).
+ * The body the proxy forwarded (Traefik `forwardBody`, Envoy http_service `with_request_body`),
+ * up to MAX_AUTHZ_BODY_BYTES; nginx `auth_request` never sends one. Read only when the request
+ * says it has one, so a bodiless auth call is decided at once.
+ */
+function readBody(req: IncomingMessage): Promise<{ body: Buffer | undefined; truncated: boolean }> {
+  const length = req.headers['content-length'];
+  if ((length === undefined || length === '0') && req.headers['transfer-encoding'] === undefined) return Promise.resolve({ body: undefined, truncated: false });
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let truncated = false;
+    const done = (): void => resolve({ body: chunks.length > 0 ? Buffer.concat(chunks) : undefined, truncated });
+    req.on('data', (chunk: Buffer) => {
+      if (truncated) return;
+      if (size + chunk.length > MAX_AUTHZ_BODY_BYTES) {
+        truncated = true;
+        return;
+      }
+      size += chunk.length;
+      chunks.push(chunk);
+    });
+    req.once('end', done);
+    req.once('error', done);
+    req.once('close', done);
+  });
+}
+
+/**
+ * Answers one auth call. A forwarded body is read (bounded) for the token limits of inference
+ * routes. Never rejects: every call gets one answer, a 503 denial when the pipeline throws (fail closed).
  */
 export function createAuthzHandler(deps: AuthzDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { options } = deps;
   const boundary = new DecisionBoundary(deps.pipeline, deps.recorder);
   return (req, res) => {
     const nginx = req.headers[NGINX_MODE_HEADER] === 'nginx';
-    void boundary.decideSafely('http', () => toAuthzAttributes(req, options.trustedProxies), requestIdOf(req)).then(({ decision, attrs, requestId }) => {
+    void readBody(req).then(({ body, truncated }) => boundary.decideSafely('http', () => {
+      const attrs = toAuthzAttributes(req, options.trustedProxies);
+      if (body) attrs.body = body;
+      if (truncated || String(req.headers[PARTIAL_BODY_HEADER] ?? '').toLowerCase() === 'true') attrs.bodyTruncated = true;
+      return attrs;
+    }, requestIdOf(req))).then(({ decision, attrs, requestId }) => {
       if (res.destroyed) return;
       res.setHeader('x-request-id', requestId);
       res.setHeader('cache-control', 'no-store');

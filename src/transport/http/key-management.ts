@@ -5,16 +5,20 @@ import type { Clock } from '../../time/clock.js';
 import type { AuditActor } from '../../keys/audit.js';
 import { effectiveConstraints } from '../../keys/constraints.js';
 import { isKeyId } from '../../keys/ids.js';
+import { tokenLimitsInputSchema } from '../../keys/token-limits.js';
 import { keyMetadataSchema } from '../../keys/metadata.js';
 import { keyNameProblem, keyView, REVOKED_CACHE_NOT_UPDATED, type KeyService } from '../../keys/management.js';
 import type { Logger } from '../../observability/logger.js';
 import type { CompiledPolicy } from '../../policy/policy.js';
 import { ApiError, ApiErrorCode, invalidRequest } from './errors.js';
+import type { TokenGate } from '../../budget/gate.js';
 
 export interface KeyManagementDeps {
   keys: KeyService;
   /** Read per call, so a policy reload changes the known scopes at once. */
-  policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'>;
+  policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'> & Partial<Pick<CompiledPolicy, 'limitsOf' | 'tokens'>>;
+  /** Token limits and what remains of them, for /auth/me (budget/gate.ts). */
+  tokens?: Pick<TokenGate, 'status'>;
   clock: Clock;
   logger: Logger;
   /** Live (not revoked, not expired) keys an account may hold; creation beyond it is refused. */
@@ -38,6 +42,8 @@ const createKeyBody = z.strictObject({
     .optional(),
   allowed_cidrs: z.array(z.string()).nullable().optional(),
   metadata: keyMetadataSchema.nullable().optional(),
+  // LLM limits (keys/token-limits.ts): no more than the calling key's own.
+  ...tokenLimitsInputSchema.shape,
 });
 
 const rollKeyBody = (maxSeconds: number) =>
@@ -76,11 +82,12 @@ export class KeyManagement {
     }
     // The new key lives no longer, and runs no faster, than the key that makes it.
     const requestedExpiry = input.expires_at === undefined ? undefined : input.expires_at === null ? null : new Date(input.expires_at);
-    const constraints = effectiveConstraints(caller, { expiresAt: requestedExpiry, allowedCidrs: input.allowed_cidrs }, this.deps.clock.now());
+    const tokenLimits = { tokens_per_minute: input.tokens_per_minute, budget: input.budget, allowed_models: input.allowed_models };
+    const constraints = effectiveConstraints(caller, { expiresAt: requestedExpiry, allowedCidrs: input.allowed_cidrs, tokenLimits }, this.deps.clock.now());
     if (!constraints.ok) throw invalidRequest(ApiErrorCode.invalid_value, constraints.message, constraints.param);
 
     const created = await this.deps.keys.createKey(
-      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm, allowedCidrs: constraints.allowedCidrs, metadata: input.metadata ?? null },
+      { accountId: caller.accountId, name: input.name, scope, expiresAt: constraints.expiresAt, rateLimitRpm: constraints.keyRpm, allowedCidrs: constraints.allowedCidrs, metadata: input.metadata ?? null, tokenLimits: constraints.tokenLimits },
       this.actor(caller, requestId),
       { maxLiveKeys: this.deps.maxKeysPerAccount },
     );
@@ -141,12 +148,17 @@ export class KeyManagement {
     // The successor keeps the old key's expiry and limit: no more than the caller may hand out.
     const now = this.deps.clock.now();
     if (target.revokedAt !== null || (target.expiresAt !== null && target.expiresAt.getTime() <= now)) throw keyNotLive(keyId);
-    const constraints = effectiveConstraints(caller, { expiresAt: target.expiresAt, keyRpm: target.rateLimitRpm, allowedCidrs: target.allowedCidrs }, now);
+    const targetTokens = target.tokenLimits ?? {};
+    const constraints = effectiveConstraints(caller, {
+      expiresAt: target.expiresAt, keyRpm: target.rateLimitRpm, allowedCidrs: target.allowedCidrs,
+      tokenLimits: { tokens_per_minute: targetTokens.tokens_per_minute ?? null, budget: targetTokens.budget ?? null, allowed_models: targetTokens.allowed_models ? [...targetTokens.allowed_models] : null },
+    }, now);
     if (!constraints.ok) {
       const what =
         constraints.param === 'expires_at' ? `expire later than the calling key (${caller.expiresAt?.toISOString()})`
         : constraints.param === 'rate_limit_rpm' ? `have a higher request limit than the calling key (${caller.keyRpm}/min)`
-        : 'be usable from addresses outside the calling key\'s allowed_cidrs';
+        : constraints.param === 'allowed_cidrs' ? 'be usable from addresses outside the calling key\'s allowed_cidrs'
+        : `have a wider ${constraints.param} than the calling key`;
       throw new ApiError(403, 'permission_error', ApiErrorCode.scope_not_allowed, `This key cannot roll key ${keyId}: its successor would ${what}.`, 'id');
     }
 
@@ -169,11 +181,21 @@ export class KeyManagement {
   async me(caller: Identity): Promise<Record<string, unknown>> {
     const [account, key] = await Promise.all([this.deps.keys.getAccount(caller.accountId), this.deps.keys.getKey(caller.keyId)]);
     if (!account || !key) throw new Error(`the authenticated key ${caller.keyId} or its account is missing from Postgres`);
-    return {
+    const me: Record<string, unknown> = {
       object: 'auth.me',
       account: { id: account.id, email: account.email, plan: account.plan },
       key: { id: key.id, name: key.name, scope: key.scope, metadata: key.metadata },
     };
+    const policy = this.deps.policy();
+    if (this.deps.tokens && policy.limitsOf && policy.tokens) {
+      // Token limits (row override, else plan) and what remains of each now.
+      me.limits = await this.deps.tokens.status(
+        { id: key.id, accountId: account.id, accountTokens: account.tokenLimits, keyTokens: key.tokenLimits },
+        policy.limitsOf(account.plan),
+        policy.tokens.currency,
+      );
+    }
+    return me;
   }
 
   private actor(caller: Identity, requestId: string): AuditActor {

@@ -16,6 +16,7 @@ import type { CompiledPolicy } from '../../policy/policy.js';
 import { StoreUnavailableError, WriteOutcomeUnknownError } from '../../store/errors.js';
 import { toAttributes, requestIdOf } from './attributes.js';
 import { createAuthzHandler, isAuthzPath } from './authz.js';
+import type { TokenGate } from '../../budget/gate.js';
 import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './client-address.js';
 import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
 import { KeyManagement } from './key-management.js';
@@ -56,7 +57,9 @@ export interface HttpServerDeps {
   recorder: DecisionRecorder;
   metrics: Metrics;
   logger: Logger;
-  policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'>;
+  policy: () => Pick<CompiledPolicy, 'scopes' | 'permissionsOf'> & Partial<Pick<CompiledPolicy, 'limitsOf' | 'tokens'>>;
+  /** Token limits and what remains of them, for /auth/me. */
+  tokens?: Pick<TokenGate, 'status'>;
   clock?: Clock;
   options: HttpServerOptions;
   /** GitHub's secret scanning reports (POST /api/v1/secret-scanning/github), with that route's body limit. */
@@ -77,6 +80,7 @@ export function createHttpServer(deps: HttpServerDeps): FastifyInstance {
   const management = new KeyManagement({
     keys: deps.keys,
     policy: deps.policy,
+    ...(deps.tokens ? { tokens: deps.tokens } : {}),
     clock: deps.clock ?? systemClock,
     logger: deps.logger,
     maxKeysPerAccount: deps.options.maxKeysPerAccount,
