@@ -5,6 +5,8 @@ import { splitJoined } from '../../check/attributes.js';
 import { acceptRequestId } from '../../check/request-id.js';
 import type { Allow, Decision, Deny } from '../../check/decision.js';
 import { allowResponse, denialResponse, GrpcCode } from '../../check/outcomes.js';
+import type { Identity } from '../../check/decision.js';
+import { rateLimitHeaders } from '../../ratelimit/headers.js';
 import { HeaderAppendAction, type CheckRequest, type CheckResponse, type HeaderValueOption, type ProtoStruct } from './proto.js';
 
 export interface ResponseOptions {
@@ -100,17 +102,61 @@ export function toCheckResponse(decision: Decision, requestId: string, path: str
   return decision.allow ? okResponse(decision, requestId, opts) : deniedResponse(decision, requestId, path, opts);
 }
 
-function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckResponse {
-  const r = allowResponse(d, opts);
-  const metadata: ProtoStruct = { fields: Object.fromEntries(r.metadata.map(([k, v]) => [k, str(v)])) };
+/** The parts of an allow that depend only on the key, the matched permission and the options. */
+interface StaticAllow {
+  headers: readonly HeaderValueOption[];
+  headersToRemove: readonly string[];
+  metadata: ProtoStruct;
+}
+
+// Built once per identity (one object per key record held in memory: check/pipeline.ts), per
+// permission and per options, and frozen, so the encoder writes their bytes once (wire.ts).
+// Weakly held: they go when the key's record leaves the memory tier.
+const staticAllows = new WeakMap<ResponseOptions, WeakMap<Identity, Map<string | null, StaticAllow>>>();
+
+function staticAllow(d: Allow, opts: ResponseOptions): StaticAllow {
+  // Forwarded metadata (rare) is built per call: its values come from the key, its fields from the policy.
+  if (d.metadata && d.metadata.length > 0) return buildStaticAllow(d, opts);
+  let byIdentity = staticAllows.get(opts);
+  if (!byIdentity) staticAllows.set(opts, (byIdentity = new WeakMap()));
+  let byPermission = byIdentity.get(d.identity);
+  if (!byPermission) byIdentity.set(d.identity, (byPermission = new Map()));
+  let parts = byPermission.get(d.permission);
+  if (!parts) byPermission.set(d.permission, (parts = deepFreeze(buildStaticAllow(d, opts))));
+  return parts;
+}
+
+function buildStaticAllow(d: Allow, opts: ResponseOptions): StaticAllow {
+  const r = allowResponse({ ...d, rateLimit: [] }, opts);
   return {
-    status: { code: GrpcCode.OK },
+    headers: r.identityHeaders.map(([k, v]) => overwrite(k, v)),
+    headersToRemove: [...r.headersToRemove],
+    metadata: { fields: Object.fromEntries(r.metadata.map(([k, v]) => [k, str(v)])) },
+  };
+}
+
+function deepFreeze<T>(v: T): T {
+  if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {
+    for (const child of Object.values(v)) deepFreeze(child);
+    Object.freeze(v);
+  }
+  return v;
+}
+
+const OK_STATUS = Object.freeze({ code: GrpcCode.OK });
+
+function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckResponse {
+  const parts = staticAllow(d, opts);
+  const responseHeaders = [overwrite('x-request-id', requestId)];
+  if (d.rateLimit && d.rateLimit.length > 0) for (const [k, v] of rateLimitHeaders(d.rateLimit)) responseHeaders.push(overwrite(k, v));
+  return {
+    status: OK_STATUS,
     ok_response: {
-      headers: r.identityHeaders.map(([k, v]) => overwrite(k, v)),
-      headers_to_remove: [...r.headersToRemove],
-      response_headers_to_add: [overwrite('x-request-id', requestId), ...r.responseHeaders.map(([k, v]) => overwrite(k, v))],
+      headers: parts.headers as HeaderValueOption[],
+      headers_to_remove: parts.headersToRemove as string[],
+      response_headers_to_add: responseHeaders,
     },
-    dynamic_metadata: metadata,
+    dynamic_metadata: parts.metadata,
   };
 }
 
