@@ -21,7 +21,8 @@ const healthProtoDir = {
 
 await build({
   entryPoints: { 'ryvion-authz': 'src/cli/entry.ts' },
-  outdir: 'dist/bundle',
+  // RYVION_BUNDLE_OUTDIR: elsewhere (the bench builds its own copy, bench/lib/build.ts).
+  outdir: process.env.RYVION_BUNDLE_OUTDIR ?? 'dist/bundle',
   chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
   splitting: true,

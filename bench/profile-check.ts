@@ -139,7 +139,7 @@ async function main(): Promise<void> {
       } else {
         const opsPort = await freePort();
         child = await spawnChild({
-          name: label, script: t.entry('src/cli/entry.ts'), grpcPort, opsPort, nodeArgs, logFile: `${probeFile}.log`,
+          name: label, script: t.service, grpcPort, opsPort, nodeArgs, logFile: `${probeFile}.log`,
           env: {
             ...env, DATABASE_URL: db.url, REDIS_URL: process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379', REDIS_KEY_PREFIX: redis.prefix, KEY_PEPPER: pepper,
             LOG_LEVEL: 'info', BIND_ADDRESS: '127.0.0.1', GRPC_PORT: String(grpcPort), HTTP_PORT: String(await freePort()), OPS_PORT: String(opsPort),
