@@ -8,7 +8,7 @@ import { createHook } from 'node:async_hooks';
 import { Session } from 'node:inspector';
 import { appendFileSync } from 'node:fs';
 import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
-import { getHeapStatistics } from 'node:v8';
+import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
 
 const file = process.env.BENCH_PROBE_FILE;
 if (file) {
@@ -33,11 +33,15 @@ if (file) {
   }
   const heapProfile = process.env.BENCH_PROBE_HEAP_PROFILE;
   let session: Session | undefined;
+  // BENCH_PROBE_HEAP_LIVE=1: the sampling profile keeps only objects still alive at its stop (what holds the heap).
+  const collected = process.env.BENCH_PROBE_HEAP_LIVE !== '1';
+  // With --expose-gc: each line also says the heap in use after a full collection.
+  const gcNow = (globalThis as { gc?: () => void }).gc;
   process.on('SIGUSR2', () => {
     if (heapProfile && !session) {
       session = new Session();
       session.connect();
-      session.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+      session.post('HeapProfiler.startSampling', { samplingInterval: collected ? 1024 : 16384, includeObjectsCollectedByMajorGC: collected, includeObjectsCollectedByMinorGC: collected });
     } else if (heapProfile && session) {
       const s = session;
       session = undefined;
@@ -47,6 +51,13 @@ if (file) {
       });
     }
     const h = getHeapStatistics();
-    appendFileSync(file, `${JSON.stringify({ heapUsed: h.used_heap_size, heapTotal: h.total_heap_size, gc, inits, cpu: process.cpuUsage() })}\n`);
+    const line: Record<string, unknown> = { heapUsed: h.used_heap_size, heapTotal: h.total_heap_size, rss: process.memoryUsage.rss(), gc, inits, cpu: process.cpuUsage() };
+    if (gcNow) {
+      gcNow();
+      line.heapUsedAfterGc = getHeapStatistics().used_heap_size;
+      line.spacesAfterGc = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_used_size]));
+      line.rssAfterGc = process.memoryUsage.rss();
+    }
+    appendFileSync(file, `${JSON.stringify(line)}\n`);
   });
 }

@@ -24,7 +24,8 @@ import { runH2load, type H2loadResult } from './lib/h2load.js';
 import { freePort, running, spawnChild, type Child } from './lib/procs.js';
 import { checkRequest, encodeCheckRequest, grpcFrame } from './lib/request.js';
 import { median, round } from './lib/stats.js';
-import { benchRedis, createBenchDatabase } from './lib/stores.js';
+import { benchRedis, createBenchDatabase, insertBulkKeys } from './lib/stores.js';
+import { runGrpcLoad, type GrpcLoadResult } from './lib/grpc-load.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const modes = new Set((process.argv[2] ?? 'alloc,gc,async,rate').split(','));
@@ -224,6 +225,45 @@ async function main(): Promise<void> {
         await stopAll();
       }
       out.heapSampling = profiles;
+    }
+
+    if (modes.has('memory')) {
+      // 100 k keys through the service once (CACHE_MEMORY_TTL_MS=600000: all stay in memory), the
+      // same pass through the do-nothing server; then RSS and heap of both, before and after a full
+      // collection, and what the service's live heap was allocated by (sampling profile of live objects).
+      const count = Number(process.env.PROFILE_KEYS ?? 100_000);
+      const keys = (await insertBulkKeys(db.pool, hasher, { count, accounts: 1000, rpm: 1_000_000_000, scope: 'buyer' })).keys;
+      const keysFile = path.join(tree.dir, 'fill.txt');
+      writeFileSync(keysFile, keys.join('\n') + '\n');
+      const heapFile = path.join(tree.dir, 'heap-live.json');
+      const noop = await start('noop', undefined, '--expose-gc');
+      const svc = await start('service', tree, '--expose-gc', { CACHE_MEMORY_TTL_MS: '600000', BENCH_PROBE_HEAP_PROFILE: heapFile, BENCH_PROBE_HEAP_LIVE: '1' });
+      const fill = (s: Server): Promise<GrpcLoadResult> =>
+        runGrpcLoad({ workerScript: tree.entry('bench/load-worker.ts'), port: s.child.grpcPort, keysFile, workers: 2, concurrencyPerWorker: 3, channelsPerWorker: 4, mode: 'once', sharedSequence: false, durationMs: 600_000 });
+      const atStart = { noop: noop.child.rss().rss, service: svc.child.rss().rss };
+      await probe(svc); // starts the live-object sampling
+      const nf = await fill(noop);
+      const sf = await fill(svc);
+      log(`memory: filled ${nf.answered} (do-nothing) and ${sf.answered} (service, answers ${JSON.stringify(sf.codes)})`);
+      const rss = { noop: noop.child.rss().rss, service: svc.child.rss().rss };
+      const pn = (await probe(noop)) as Probe & { heapUsedAfterGc: number; rssAfterGc: number; spacesAfterGc: Record<string, number> };
+      await probe(svc); // stops the sampling, writes the profile
+      const ps = (await probe(svc)) as Probe & { heapUsedAfterGc: number; rssAfterGc: number; spacesAfterGc: Record<string, number> };
+      for (let i = 0; i < 500 && !existsSync(heapFile); i++) await sleep(10);
+      await sleep(500);
+      const mb = (v: number): number => round(v / 2 ** 20, 1);
+      out.memory = {
+        keys: count,
+        rssAtStartMb: { noop: mb(atStart.noop), service: mb(atStart.service) },
+        rssAfterFillMb: { noop: mb(rss.noop), service: mb(rss.service), serviceAboveNoop: mb(rss.service - rss.noop) },
+        heapUsedAfterFillMb: { noop: mb(pn.heapUsed), service: mb(ps.heapUsed) },
+        heapUsedAfterFullGcMb: { noop: mb(pn.heapUsedAfterGc), service: mb(ps.heapUsedAfterGc) },
+        rssAfterFullGcMb: { noop: mb(pn.rssAfterGc), service: mb(ps.rssAfterGc) },
+        spacesAfterFullGcMb: { noop: Object.fromEntries(Object.entries(pn.spacesAfterGc).map(([k, v]) => [k, mb(v)])), service: Object.fromEntries(Object.entries(ps.spacesAfterGc).map(([k, v]) => [k, mb(v)])) },
+        serviceLiveHeapBytesPerKey: summariseHeapProfile(JSON.parse(readFileSync(heapFile, 'utf8')) as HeapNode | { head: HeapNode }, count),
+      };
+      log(`memory: ${JSON.stringify(out.memory).slice(0, 600)}`);
+      await stopAll();
     }
 
     if (modes.has('async')) {

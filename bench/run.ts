@@ -288,6 +288,16 @@ function checkH2(r: H2loadResult, what: string): void {
   }
 }
 
+/** Round `r` of an alternation: the do-nothing server first in even rounds, the service first in odd ones. */
+async function alternated<N, V>(r: number, runNoop: () => Promise<N>, runSvc: () => Promise<V>): Promise<[N, V]> {
+  if (r % 2 === 0) {
+    const n = await runNoop();
+    return [n, await runSvc()];
+  }
+  const s = await runSvc();
+  return [await runNoop(), s];
+}
+
 /** Scenarios 1 to 3: h2load, one fixed body, the service and the do-nothing server alternated. */
 async function h2Scenario(
   e: Env,
@@ -317,16 +327,8 @@ async function h2Scenario(
       const runNoop = async (): Promise<[H2loadResult, number]> => withCpu(e.noop, () => h2(e, e.noop.grpcPort, spec.body, { durationS: S.durationS, warmupS: 0 }));
       const runSvc = async (): Promise<[[H2loadResult, number], Counts]> =>
         measured(service, e.db, spec.expected, () => withCpu(service, () => h2(e, service.grpcPort, spec.body, { durationS: S.durationS, warmupS: 0 })));
-      let n: [H2loadResult, number];
-      let s: [[H2loadResult, number], Counts];
       const load0 = os.loadavg()[0]!;
-      if (r % 2 === 0) {
-        n = await runNoop();
-        s = await runSvc();
-      } else {
-        s = await runSvc();
-        n = await runNoop();
-      }
+      const [n, s] = await alternated(r, runNoop, runSvc);
       const [sh, sCpu] = s[0];
       const [nh, nCpu] = n;
       checkH2(nh, 'do-nothing server');
@@ -578,15 +580,7 @@ async function scenario7(e: Env, validKeys: string[], rate: number): Promise<Sce
       const runNoop = (): Promise<GrpcLoadResult> => grpcLoad(e, e.noop.grpcPort, file, 'once', false, S.durationS * 1000, PACED_MAX_IN_FLIGHT, rate);
       const runSvc = (): Promise<[GrpcLoadResult, Counts]> =>
         measured(service, e.db, ['allowed', 'invalid_api_key'], () => grpcLoad(e, service.grpcPort, file, 'once', false, S.durationS * 1000, PACED_MAX_IN_FLIGHT, rate));
-      let n: GrpcLoadResult;
-      let s: [GrpcLoadResult, Counts];
-      if (r % 2 === 0) {
-        n = await runNoop();
-        s = await runSvc();
-      } else {
-        s = await runSvc();
-        n = await runNoop();
-      }
+      const [n, s] = await alternated(r, runNoop, runSvc);
       counts = add(counts, s[1]);
       rss = Math.max(rss, service.rss().rss);
       svc.push(s[0]);

@@ -1,5 +1,6 @@
 // Adapter between Envoy's CheckRequest/CheckResponse and the decision pipeline.
 import { randomUUID } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import type { RequestAttributes } from '../../check/attributes.js';
 import { splitJoined } from '../../check/attributes.js';
 import { acceptRequestId } from '../../check/request-id.js';
@@ -109,20 +110,33 @@ interface StaticAllow {
   metadata: ProtoStruct;
 }
 
-// Built once per identity (one object per key record held in memory: check/pipeline.ts), per
-// permission and per options, and frozen, so the encoder writes their bytes once (wire.ts).
-// Weakly held: they go when the key's record leaves the memory tier.
-const staticAllows = new WeakMap<ResponseOptions, WeakMap<Identity, Map<string | null, StaticAllow>>>();
+/**
+ * Identities whose allow parts are kept: the busiest keys, which send most checks. Bounded because
+ * the parts and their encoded bytes cost about 1.5 KB a key: for all 100 k keys of the bench's
+ * memory tier that tripled its heap (bench/README.md); 4 096 cost at most about 6 MB.
+ */
+export const STATIC_ALLOW_IDENTITIES = 4096;
+
+interface Kept {
+  opts: ResponseOptions;
+  permission: string | null;
+  parts: StaticAllow;
+}
+
+// Built once per identity (one object per key record held in memory: check/pipeline.ts),
+// permission and options, and frozen, so the encoder writes their bytes once (wire.ts).
+const staticAllows = new LRUCache<Identity, Kept[]>({ max: STATIC_ALLOW_IDENTITIES });
 
 function staticAllow(d: Allow, opts: ResponseOptions): StaticAllow {
   // Forwarded metadata (rare) is built per call: its values come from the key, its fields from the policy.
   if (d.metadata && d.metadata.length > 0) return buildStaticAllow(d, opts);
-  let byIdentity = staticAllows.get(opts);
-  if (!byIdentity) staticAllows.set(opts, (byIdentity = new WeakMap()));
-  let byPermission = byIdentity.get(d.identity);
-  if (!byPermission) byIdentity.set(d.identity, (byPermission = new Map()));
-  let parts = byPermission.get(d.permission);
-  if (!parts) byPermission.set(d.permission, (parts = deepFreeze(buildStaticAllow(d, opts))));
+  let kept = staticAllows.get(d.identity);
+  if (!kept) staticAllows.set(d.identity, (kept = []));
+  for (const k of kept) if (k.opts === opts && k.permission === d.permission) return k.parts;
+  const parts = deepFreeze(buildStaticAllow(d, opts));
+  // A key seen under many permissions (or servers) keeps its latest few.
+  if (kept.length >= 8) kept.shift();
+  kept.push({ opts, permission: d.permission, parts });
   return parts;
 }
 
