@@ -6,7 +6,8 @@
 #
 # Two stages on the same official Node LTS base (Debian bookworm, slim):
 #   build    installs every dependency and compiles src/ to dist/, the same commands as .ci/run
-#            (`npm ci`, then the build that `npm ci` runs through `prepare`);
+#            (`npm ci`, then the build that `npm ci` runs through `prepare`): tsc's output and the
+#            esbuild bundle dist/bundle/ (esbuild.mjs) that bin/ryvion-authz.js runs;
 #   runtime  production dependencies only, the compiled code and the files the package ships
 #            (package.json "files": bin, dist, proto, migrations, policy), owned by root and run
 #            as an unprivileged numeric user, so it works with a read-only root filesystem and
@@ -23,7 +24,7 @@ COPY package.json package-lock.json ./
 # --ignore-scripts: no dependency install scripts run; the build is the explicit step below
 # (`prepare` in package.json runs the same `npm run build` in CI's `npm ci`).
 RUN npm ci --no-audit --no-fund --ignore-scripts
-COPY tsconfig.json ./
+COPY tsconfig.json esbuild.mjs ./
 COPY src ./src
 RUN npm run build
 
@@ -32,6 +33,8 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
 # Production dependencies only; no install scripts (none of them needs one), no npm cache left behind.
+# The bundle holds most of them; it imports node-pg-migrate (`migrate`) and grpc-health-check's
+# .proto from here.
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 COPY --from=build /src/dist ./dist
 COPY bin ./bin

@@ -23,6 +23,12 @@ export interface WorkerConfig {
   concurrency: number;
   /** HTTP/2 connections. */
   channels: number;
+  /**
+   * Paced: calls started per second by this worker, on schedule whether or not answers came back
+   * (at most `concurrency` in flight); latency counts from the scheduled start, so a stall shows.
+   * Unset: closed loop, each slot sends its next call when the last is answered.
+   */
+  ratePerSec?: number;
 }
 
 export interface WorkerResult {
@@ -84,7 +90,36 @@ function call(session: http2.ClientHttp2Session, frame: Buffer): Promise<string>
   });
 }
 
+async function paced(durationMs: number, rate: number): Promise<WorkerResult> {
+  const codes: Record<string, number> = {};
+  const latenciesUs: number[] = [];
+  let next = 0;
+  let inFlight = 0;
+  const started = performance.now();
+  const total = Math.floor((durationMs / 1000) * rate);
+  await new Promise<void>((resolve) => {
+    const tick = (): void => {
+      const due = Math.min(total, Math.floor(((performance.now() - started) / 1000) * rate) + 1);
+      while (next < due && inFlight < config.concurrency) {
+        const i = next++;
+        const scheduled = started + (i * 1000) / rate;
+        inFlight++;
+        void call(sessions[i % sessions.length]!, frames[i % frames.length]!).then((label) => {
+          inFlight--;
+          latenciesUs.push(Math.round((performance.now() - scheduled) * 1000));
+          codes[label] = (codes[label] ?? 0) + 1;
+          if (next >= total && inFlight === 0) resolve();
+        });
+      }
+      if (next < total) setTimeout(tick, 1);
+    };
+    tick();
+  });
+  return { sent: next, codes, latenciesUs, elapsedMs: performance.now() - started };
+}
+
 async function run(durationMs: number): Promise<WorkerResult> {
+  if (config.ratePerSec) return paced(durationMs, config.ratePerSec);
   const codes: Record<string, number> = {};
   const latenciesUs: number[] = [];
   let next = 0;

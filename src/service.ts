@@ -70,6 +70,11 @@ export interface RunningService {
   keys: KeyService;
   keyStore: KeyStore;
   pool: pg.Pool;
+  /**
+   * Where start-up went, in ms: `process` from the process's start to startService (Node itself
+   * and loading the code), then each step of startService. Logged on the ready line.
+   */
+  startupMs: Record<string, number>;
   /** Graceful stop: not ready, keep serving SHUTDOWN_READINESS_DELAY_MS, drain up to SHUTDOWN_DRAIN_MS, close servers, then Redis, then Postgres. */
   stop(): Promise<void>;
 }
@@ -98,6 +103,14 @@ export function policyPath(config: Config): string {
 
 export async function startService(config: Config, logger: Logger, opts: ServiceOptions = {}): Promise<RunningService> {
   if (!config.DATABASE_URL) throw new ConfigError('DATABASE_URL: required but not set');
+  // performance.now() counts from the process's start.
+  let last = performance.now();
+  const startupMs: Record<string, number> = { process: Math.round(last) };
+  const step = (name: string): void => {
+    const now = performance.now();
+    startupMs[name] = Math.round(now - last);
+    last = now;
+  };
   const hasher = keyHasherFrom(config);
   const health = new HealthState();
   const metrics = new Metrics({ defaultMetrics: opts.defaultMetrics });
@@ -111,10 +124,12 @@ export async function startService(config: Config, logger: Logger, opts: Service
   }
   health.setPolicyLoaded();
   metrics.policyLastReload.setToCurrentTime();
+  step('policy');
 
   if (config.MIGRATE_ON_START) {
     const applied = await migrate(config.DATABASE_URL);
     if (applied.length > 0) logger.info({ migrations: applied }, 'applied migrations');
+    step('migrations');
   }
   const pool = createPool({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_MAX, timeoutMs: config.STORE_TIMEOUT_MS });
   metrics.observePostgresPool(config.DATABASE_POOL_MAX, () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }));
@@ -132,6 +147,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     if (err instanceof StartupError) throw err;
     throw new StartupError(`DATABASE_URL: cannot reach Postgres (${(err as Error).message})`);
   }
+  step('postgres_schema_check');
   health.setStore('redis', 'not_configured');
   metrics.storeUp.labels('postgres').set(1);
   // Down until its first `ready`, so the series exists from the first scrape.
@@ -140,6 +156,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
   const clock = opts.clock ?? systemClock;
   const repository = new KeyRepository(pool, hasher, config.KEY_ENVIRONMENT, config.MANAGEMENT_WRITE_TIMEOUT_MS);
   const keyStore = await startKeyStore({ config, pool, repository, logger, metrics, health, clock });
+  step('key_store');
   // Only a shared limiter falls back to a share; a fixed RATE_LIMIT_LOCAL_SHARE needs no count.
   let liveReplicas: LiveReplicaCount | undefined;
   if (config.RATE_LIMIT_ENABLED && keyStore.redis && config.RATE_LIMIT_LOCAL_SHARE === undefined) {
@@ -274,6 +291,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
   const ops = createOpsServer(metrics, health);
   const usage = config.USAGE_SECRET !== undefined ? createUsageServer({ reporter: tokens, secret: config.USAGE_SECRET, logger }) : undefined;
 
+  step('servers');
   let grpcPort: number;
   let httpPort: number;
   let opsPort: number;
@@ -297,6 +315,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     throw new StartupError(`cannot listen: ${(err as Error).message}`);
   }
   health.setListening();
+  step('listen');
   const postgresProbe = startPostgresProbe({ pool, health, metrics, logger, intervalMs: opts.postgresProbeIntervalMs });
 
   let stopping: Promise<void> | undefined;
@@ -318,5 +337,5 @@ export async function startService(config: Config, logger: Logger, opts: Service
       await pool.end().catch(() => undefined);
     })());
 
-  return { grpcPort, httpPort, opsPort, usagePort, tokens, health, metrics, repository, keys: keyStore.keys, keyStore, pool, stop };
+  return { grpcPort, httpPort, opsPort, usagePort, tokens, health, metrics, repository, keys: keyStore.keys, keyStore, pool, startupMs, stop };
 }

@@ -1,7 +1,9 @@
-// Compiles src/ and the bench's child programs to plain JavaScript in a temporary directory,
-// so the service runs the way production runs it (node on compiled JS, no loader), while the
-// working tree's dist/ is left alone. Transpile only: `npm run typecheck` does the type-checking.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+// Compiles src/ and the bench's child programs to plain JavaScript in a temporary directory, and
+// bundles the service there as `npm run build` does (esbuild.mjs), so the service runs the way
+// production runs it (bin/ryvion-authz.js: node on the bundle, no loader), while the working
+// tree's dist/ is left alone. Transpile only: `npm run typecheck` does the type-checking.
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import ts from 'typescript';
@@ -10,6 +12,8 @@ export interface BuiltTree {
   dir: string;
   /** Absolute path of a compiled module, from its source path relative to the repository root. */
   entry(relativeTs: string): string;
+  /** The service's command as production runs it: bin/ryvion-authz.js on the bundle (src/cli/entry.js in a tree kept from before the bundle). */
+  service: string;
   remove(): void;
 }
 
@@ -42,18 +46,25 @@ export function buildTree(root: string): BuiltTree {
   for (const name of ['proto', 'migrations', 'policy', 'node_modules', 'package.json']) {
     symlinkSync(path.join(root, name), path.join(dir, name));
   }
+  const bundled = spawnSync(process.execPath, ['esbuild.mjs'], { cwd: root, env: { ...process.env, RYVION_BUNDLE_OUTDIR: path.join(dir, 'dist', 'bundle') }, encoding: 'utf8' });
+  if (bundled.status !== 0) throw new Error(`esbuild.mjs failed: ${bundled.stderr}`);
+  mkdirSync(path.join(dir, 'bin'));
+  copyFileSync(path.join(root, 'bin', 'ryvion-authz.js'), path.join(dir, 'bin', 'ryvion-authz.js'));
   return {
     dir,
     entry: (relativeTs) => path.join(dir, relativeTs.replace(/\.ts$/, '.js')),
+    service: path.join(dir, 'bin', 'ryvion-authz.js'),
     remove: () => rmSync(dir, { recursive: true, force: true }),
   };
 }
 
 /** A tree built before (BENCH_KEEP_BUILD=1), reused as it is. */
 export function existingTree(dir: string): BuiltTree {
+  const bin = path.join(dir, 'bin', 'ryvion-authz.js');
   return {
     dir,
     entry: (relativeTs) => path.join(dir, relativeTs.replace(/\.ts$/, '.js')),
+    service: existsSync(bin) ? bin : path.join(dir, 'src', 'cli', 'entry.js'),
     remove: () => undefined,
   };
 }

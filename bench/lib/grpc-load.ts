@@ -16,6 +16,8 @@ export interface GrpcLoadOptions {
   /** true: every worker walks the whole list in the same order (the same key arrives from several at once). */
   sharedSequence: boolean;
   durationMs: number;
+  /** Paced load: calls per second over all workers (load-worker.ts); unset: closed loop. */
+  ratePerSec?: number;
 }
 
 export interface GrpcLoadResult {
@@ -27,6 +29,7 @@ export interface GrpcLoadResult {
   codes: Record<string, number>;
   p50Ms: number;
   p99Ms: number;
+  p999Ms: number;
   elapsedMs: number;
 }
 
@@ -47,6 +50,7 @@ export async function runGrpcLoad(o: GrpcLoadOptions): Promise<GrpcLoadResult> {
         mode: o.mode,
         concurrency: o.concurrencyPerWorker,
         channels: o.channelsPerWorker,
+        ...(o.ratePerSec ? { ratePerSec: o.ratePerSec / o.workers } : {}),
       };
       const child = spawn(...pinned('generator', process.execPath, [o.workerScript]), {
         env: { PATH: process.env.PATH ?? '', BENCH_WORKER: JSON.stringify(config) },
@@ -96,6 +100,7 @@ export async function runGrpcLoad(o: GrpcLoadOptions): Promise<GrpcLoadResult> {
       codes,
       p50Ms: percentile(sorted, 50) / 1000,
       p99Ms: percentile(sorted, 99) / 1000,
+      p999Ms: percentile(sorted, 99.9) / 1000,
       elapsedMs: Math.max(elapsedMs, workerElapsed),
     };
   } finally {

@@ -13,6 +13,8 @@ export interface H2loadOptions {
   warmupS: number;
   /** Offered load per client (h2load --rps); unset: as fast as the server answers. */
   rpsPerClient?: number;
+  /** A fixed number of requests (h2load -n) instead of a duration; durationS is then ignored. */
+  requests?: number;
   logFile: string;
 }
 
@@ -40,7 +42,7 @@ export function h2loadCommand(o: H2loadOptions): string[] {
   return [
     '-c', String(o.clients),
     '-m', String(o.streams),
-    '-D', String(o.durationS),
+    ...(o.requests ? ['-n', String(o.requests)] : ['-D', String(o.durationS)]),
     ...(o.warmupS > 0 ? ['--warm-up-time', String(o.warmupS)] : []),
     ...(o.rpsPerClient ? ['--rps', String(o.rpsPerClient)] : []),
     '-d', o.bodyFile,

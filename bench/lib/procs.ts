@@ -67,6 +67,8 @@ export interface SpawnOptions {
   logFile: string;
   /** A command (and its arguments) that runs `node …` for the child, e.g. to start it in a cgroup; none by default. */
   wrapper?: string[];
+  /** Node options put before the script (V8 flags that NODE_OPTIONS refuses, such as --trace-gc-nvp). */
+  nodeArgs?: string[];
   /** Directory for --cpu-prof output; no profiling when undefined. */
   cpuProfDir?: string;
   readyTimeoutMs?: number;
@@ -90,7 +92,7 @@ function procStatus(pid: number): { rss: number; peak: number } {
 
 export async function spawnChild(opts: SpawnOptions): Promise<Child> {
   const out = openSync(opts.logFile, 'w');
-  const nodeArgs = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`, `--cpu-prof-name=${opts.name}-${Date.now()}.cpuprofile`] : [];
+  const nodeArgs = [...(opts.nodeArgs ?? []), ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`, `--cpu-prof-name=${opts.name}-${Date.now()}.cpuprofile`] : [])];
   const startedWall = Date.now();
   const started = performance.now();
   const [command, args] = pinned('server', opts.wrapper?.[0] ?? process.execPath, [

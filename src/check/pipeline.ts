@@ -208,6 +208,16 @@ export class CheckPipeline {
   }
 }
 
+// One Identity per key record (records are never changed; a new version is a new record), so
+// that what is built from it can be kept with it: the gRPC transport's allow (transport/grpc/check.ts).
+const identities = new WeakMap<KeyRecord, Identity>();
+
 function identityOf(key: KeyRecord): Identity {
+  let identity = identities.get(key);
+  if (!identity) identities.set(key, (identity = Object.freeze(newIdentity(key))));
+  return identity;
+}
+
+function newIdentity(key: KeyRecord): Identity {
   return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm, allowedCidrs: key.allowedCidrs ?? null, tokenLimits: key.keyTokens ?? null };
 }

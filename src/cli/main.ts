@@ -16,6 +16,7 @@ import { systemClock } from '../time/clock.js';
 import { StoreUnavailableError, WriteOutcomeUnknownError } from '../store/errors.js';
 import { installSignalHandlers } from '../signals.js';
 import { adminConfig } from './admin-config.js';
+import { packagePath } from '../paths.js';
 
 /** Bad or missing arguments: exit 2, nothing written. */
 class UsageError extends Error {}
@@ -148,9 +149,8 @@ function parseMetadata(value: string | undefined): Record<string, unknown> | nul
   return checked.value;
 }
 
-/** package.json sits two levels above this file both in src/cli and in dist/cli. */
 function packageVersion(): string {
-  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  return (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;
 }
 
 export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
@@ -173,7 +173,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
       const service = await startService(config, logger);
       // Handlers first: whoever reads "ready" may send SIGTERM at once, and it must drain, not kill.
       installSignalHandlers(logger, () => service.stop());
-      logger.info({ grpc_port: service.grpcPort, http_port: service.httpPort, ops_port: service.opsPort }, 'ryvion-authz ready');
+      logger.info({ grpc_port: service.grpcPort, http_port: service.httpPort, ops_port: service.opsPort, startup_ms: service.startupMs }, 'ryvion-authz ready');
     });
 
   program

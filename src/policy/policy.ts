@@ -1,7 +1,7 @@
 // Route policy: reads the YAML file, validates it (schema.ts, problems located by locator.ts) and
 // compiles it into a matcher (matcher.ts) that judges method + path + scope.
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { packagePath } from '../paths.js';
 import { LineCounter, parseDocument } from 'yaml';
 import { Locator, sortProblems } from './locator.js';
 import { RoutePolicy, type CompiledPolicy } from './matcher.js';
@@ -21,7 +21,7 @@ export class PolicyError extends Error {
 }
 
 // Two levels up from src/policy/*.ts (tsx, vitest) and from dist/policy/*.js (tsc) alike.
-export const DEFAULT_POLICY_PATH: string = fileURLToPath(new URL('../../policy/default.yaml', import.meta.url));
+export const DEFAULT_POLICY_PATH: string = packagePath('policy', 'default.yaml');
 
 export function compilePolicy(yamlText: string, source: string): CompiledPolicy {
   const lineCounter = new LineCounter();

@@ -1,9 +1,9 @@
 // Postgres connection pool and schema migrations.
-import { fileURLToPath } from 'node:url';
 import { readdirSync } from 'node:fs';
 import pg from 'pg';
+import { packagePath } from '../paths.js';
 
-export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations', import.meta.url));
+export const MIGRATIONS_DIR = packagePath('migrations');
 const MIGRATIONS_TABLE = 'pgmigrations';
 
 export interface PoolOptions {

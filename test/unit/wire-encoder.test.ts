@@ -116,6 +116,45 @@ describe('encodeCheckResponse', () => {
     }
   });
 
+  it('builds the identity part of an allow once per key and options, and writes its bytes again exactly', () => {
+    const opts = { stripCredentialHeaders: true };
+    const first = toCheckResponse({ allow: true, identity, permission: 'inference', rateLimit: states }, 'rid-1', '/v1/chat/completions', opts);
+    const later = [
+      toCheckResponse({ allow: true, identity, permission: 'inference', rateLimit: [{ limit, remaining: 12, resetMs: 4500 }] }, 'rid-2', '/v1/chat/completions', opts),
+      toCheckResponse({ allow: true, identity, permission: 'inference' }, 'rid-3', '/v1/chat/completions', opts),
+    ];
+    for (const r of [first, ...later, first]) same(r);
+    for (const r of later) {
+      // Shared (and frozen) with the first answer: encoded once, copied after.
+      expect(r.ok_response!.headers).toBe(first.ok_response!.headers);
+      expect(r.ok_response!.headers_to_remove).toBe(first.ok_response!.headers_to_remove);
+      expect(r.dynamic_metadata).toBe(first.dynamic_metadata);
+      expect(Object.isFrozen(r.ok_response!.headers[0]!.header)).toBe(true);
+    }
+    // Per call: the request id and the rate-limit headers.
+    expect(later[0]!.ok_response!.response_headers_to_add.map((h) => h.header.value)).toContain('12');
+    expect(later[1]!.ok_response!.response_headers_to_add.map((h) => h.header.key)).toEqual(['x-request-id']);
+    // Another permission, other options or another key: other parts.
+    const other = [
+      toCheckResponse({ allow: true, identity, permission: null }, 'rid', '/', opts),
+      toCheckResponse({ allow: true, identity, permission: 'inference' }, 'rid', '/', { stripCredentialHeaders: false }),
+      toCheckResponse({ allow: true, identity: { ...identity, keyId: 'key_ZYXWVUTSRQPONMLKJIHG' }, permission: 'inference' }, 'rid', '/', opts),
+    ];
+    for (const r of other) {
+      same(r);
+      expect(r.dynamic_metadata).not.toBe(first.dynamic_metadata);
+    }
+  });
+
+  it('writes a frozen part again only in the field it was first written in', () => {
+    const headers = Object.freeze([Object.freeze({ header: Object.freeze({ key: 'x-a', value: 'b' }) })]);
+    const asOk = { status: { code: 0 }, ok_response: { headers, headers_to_remove: [], response_headers_to_add: headers } } as unknown as CheckResponse;
+    same(asOk);
+    same(asOk);
+    const asDenied = { status: { code: 7 }, denied_response: { status: { code: 403 }, headers, body: '' } } as unknown as CheckResponse;
+    same(asDenied);
+  });
+
   it('serves the fast encoding through the service definition', () => {
     const base = authorizationService();
     const svc = withFastCheckResponse(base);

@@ -1,10 +1,10 @@
 // Loads the ext_authz wire definitions in proto/ and names the message shapes we use.
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import * as protoLoader from '@grpc/proto-loader';
 import * as grpc from '@grpc/grpc-js';
+import { packagePath } from '../../paths.js';
 
-export const PROTO_DIR = fileURLToPath(new URL('../../../proto', import.meta.url));
+export const PROTO_DIR = packagePath('proto');
 
 // keepCase: field names stay as written in the .proto files (snake_case), so
 // the objects below read like Envoy's documentation.

@@ -10,6 +10,11 @@
 // (test/unit/wire-encoder.test.ts). Field numbers are those of proto/.
 //
 // As with protobufjs, properties that are not fields are ignored. A field this
+// A frozen list of header options, list of strings or Struct (an allow's identity headers, headers
+// to remove and metadata, shared by every allow of one key: transport/grpc/check.ts) is encoded
+// once and its bytes copied after that, held as long as the object is. Frozen means it and what
+// it holds never change: the object's own freeze is checked, its contents are the caller's word.
+//
 // encoder does not write (Status.details, HeaderValue.raw_value,
 // HeaderValueOption.keep_empty_value), a value of the wrong type, a negative or
 // fractional code, or both members of the oneof make `encodeCheckResponse`
@@ -130,14 +135,40 @@ function putOption(field: number, v: unknown): void {
   putLen(field, end);
 }
 
-function putOptions(field: number, v: unknown): void {
+// Bytes of frozen parts, by object and field number: see the top of this file.
+const encodedParts = new WeakMap<object, { field: number; bytes: Buffer }>();
+
+/** `write(field, v)`, or the bytes that wrote before when `v` is frozen. */
+function putPart(field: number, v: unknown, write: (field: number, v: unknown) => void): void {
+  const frozen = typeof v === 'object' && v !== null && Object.isFrozen(v);
+  const known = frozen ? encodedParts.get(v) : undefined;
+  if (known && known.field === field) {
+    room(known.bytes.length);
+    pos -= known.bytes.length;
+    known.bytes.copy(scratch, pos);
+    return;
+  }
+  const end = pos;
+  write(field, v);
+  if (frozen && !known) encodedParts.set(v, { field, bytes: Buffer.from(scratch.subarray(pos, end)) });
+}
+
+function writeOptions(field: number, v: unknown): void {
   const list = asList(v);
   for (let i = list.length - 1; i >= 0; i--) putOption(field, list[i]);
 }
 
-function putStringList(field: number, v: unknown): void {
+function putOptions(field: number, v: unknown): void {
+  putPart(field, v, writeOptions);
+}
+
+function writeStringList(field: number, v: unknown): void {
   const list = asList(v);
   for (let i = list.length - 1; i >= 0; i--) putString(field, list[i]);
+}
+
+function putStringList(field: number, v: unknown): void {
+  putPart(field, v, writeStringList);
 }
 
 // google.protobuf.Value
@@ -182,10 +213,14 @@ function putStructFields(v: unknown): void {
   }
 }
 
-function putStruct(field: number, v: unknown): void {
+function writeStruct(field: number, v: unknown): void {
   const end = pos;
   putStructFields(v);
   putLen(field, end);
+}
+
+function putStruct(field: number, v: unknown): void {
+  putPart(field, v, writeStruct);
 }
 
 function putResponse(r: CheckResponse): void {
