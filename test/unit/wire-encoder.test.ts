@@ -146,6 +146,26 @@ describe('encodeCheckResponse', () => {
     }
   });
 
+  it("an inference allow's reservation id and token headers are its own, never a kept allow's", () => {
+    const opts = { stripCredentialHeaders: true };
+    const ident = { ...identity, keyId: 'key_RESERVATIONSXXXXXXXX' };
+    const tokens = [{ limit: 10_000, remaining: 9_000, resetMs: 6_000 }];
+    const plain = toCheckResponse({ allow: true, identity: ident, permission: 'inference' }, 'rid-0', '/v1/chat/completions', opts);
+    const answers = ['res-1', 'res-2'].map((id, i) =>
+      toCheckResponse({ allow: true, identity: ident, permission: 'inference', inference: true, reservationId: id, tokenLimits: [{ ...tokens[0]!, remaining: 9_000 - i }] }, `rid-${i + 1}`, '/v1/chat/completions', opts),
+    );
+    const header = (r: CheckResponse, name: string) => r.ok_response!.headers.find((h) => h.header.key === name)?.header.value;
+    expect(answers.map((r) => header(r, 'x-ryvion-reservation-id'))).toEqual(['res-1', 'res-2']);
+    expect(answers.map((r) => r.dynamic_metadata!.fields!['reservation_id'])).toEqual([{ stringValue: 'res-1' }, { stringValue: 'res-2' }]);
+    expect(answers.map((r) => r.ok_response!.response_headers_to_add.find((h) => h.header.key === 'x-ratelimit-remaining-tokens')?.header.value)).toEqual(['9000', '8999']);
+    // An inference allow without a reservation removes a client-sent one; a kept plain allow does not carry that.
+    const none = toCheckResponse({ allow: true, identity: ident, permission: 'inference', inference: true }, 'rid-3', '/v1/chat/completions', opts);
+    expect(none.ok_response!.headers_to_remove).toContain('x-ryvion-reservation-id');
+    expect(header(plain, 'x-ryvion-reservation-id')).toBeUndefined();
+    expect(plain.ok_response!.headers_to_remove).not.toContain('x-ryvion-reservation-id');
+    for (const r of [plain, ...answers, none]) same(r);
+  });
+
   it('writes a frozen part again only in the field it was first written in', () => {
     const headers = Object.freeze([Object.freeze({ header: Object.freeze({ key: 'x-a', value: 'b' }) })]);
     const asOk = { status: { code: 0 }, ok_response: { headers, headers_to_remove: [], response_headers_to_add: headers } } as unknown as CheckResponse;
