@@ -248,7 +248,9 @@ static_resources:
 #
 # How the HTTP variant talks to ryvion-authz:
 #   - Envoy sends the original method and path_prefix + original path (/authz/v1/chat/completions)
-#     with the allowed headers and no body (with_request_body unset).
+#     with the allowed headers and no body (with_request_body unset): token limits, budgets and
+#     model allow-lists need the body, so use the gRPC variant (envoy.yaml) for inference routes
+#     that have them (docs/budgets.md); here their bodies are missing, decided by the policy's unreadable_body.
 #   - Exactly 200 allows; Envoy then copies the x-ryvion-* answer headers onto the upstream request,
 #     overriding any client value (allowed_upstream_headers), removes the headers named in
 #     x-envoy-auth-headers-to-remove (authorization, x-api-key), and adds x-ratelimit-* to the
@@ -397,7 +399,7 @@ static_resources:
                           - exact: x-api-key
                           - exact: x-request-id
                           - exact: x-forwarded-for
-                      # with_request_body is left unset: the gate never needs the body.
+                      # with_request_body is left unset: without token limits the gate never needs the body.
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
