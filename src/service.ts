@@ -28,7 +28,7 @@ import { GrpcCheckServer, routeGrpcLogs } from './transport/grpc/server.js';
 import { GithubKeySource, SecretScanning } from './keys/secret-scanning.js';
 import { LeakNotifier } from './keys/leak-notifier.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
-import { TrustedProxies } from './transport/http/client-address.js';
+import { TrustedProxies } from './net/trusted-proxies.js';
 
 /** Start-up waits this many attempts for a Postgres that is slow to accept connections (each up to the pool's connect timeout). */
 const STARTUP_POSTGRES_ATTEMPTS = 3;

@@ -1,6 +1,6 @@
 // What a key may hand down to a key it creates: never a longer life, a higher per-key limit or
 // a wider IP allow-list than its own.
-import { cidrContains, formatCidr, parseCidr } from './cidr.js';
+import { cidrContains, formatCidr, parseCidr } from '../net/cidr.js';
 
 /** The creating key's own constraints. */
 export interface CallerConstraints {

@@ -16,7 +16,7 @@ import type { CompiledPolicy } from '../../policy/policy.js';
 import { StoreUnavailableError, WriteOutcomeUnknownError } from '../../store/errors.js';
 import { toAttributes, requestIdOf } from './attributes.js';
 import { createAuthzHandler, isAuthzPath } from './authz.js';
-import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './client-address.js';
+import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from '../../net/trusted-proxies.js';
 import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
 import { KeyManagement } from './key-management.js';
 import type { KeyService } from '../../keys/management.js';
