@@ -24,7 +24,8 @@ let privateKey: KeyObject;
 let accountId: string;
 let logs = '';
 const webhookBodies: Array<{ body: string; signature: string | undefined }> = [];
-const webhookAnswers = [500];
+/** Keys whose first owner notification the webhook refuses (a 500), to show the retry. */
+const failFirstDelivery = new Set<string>();
 let webhook: http.Server;
 
 beforeAll(async () => {
@@ -40,7 +41,8 @@ beforeAll(async () => {
     req.on('data', (d: Buffer) => (body += d.toString()));
     req.on('end', () => {
       webhookBodies.push({ body, signature: req.headers['x-ryvion-signature'] as string | undefined });
-      res.statusCode = webhookAnswers.shift() ?? 200;
+      const keyId = (JSON.parse(body) as { key_id?: string }).key_id ?? '';
+      res.statusCode = failFirstDelivery.delete(keyId) ? 500 : 200;
       res.end();
     });
   });
@@ -88,17 +90,20 @@ async function newKey(): Promise<{ id: string; secret: string }> {
   return { id: key.id, secret };
 }
 
-describe('GitHub secret scanning', () => {
-  let leaked: { id: string; secret: string };
-  let body: string;
+/** A report of one live key of its own, as GitHub would send it; each case that needs a leak makes its own. */
+function leakReport(leaked: { secret: string }): string {
+  return JSON.stringify([{ token: leaked.secret, type: 'ryvion_api_key', url: 'https://github.com/o/r/blob/abc/.env', source: 'content' }]);
+}
 
+describe('GitHub secret scanning', () => {
   it('a signed report revokes a live key at once and answers true_positive; unknown, test and malformed tokens are false_positive', async () => {
-    leaked = await newKey();
+    const truePositives = await metricValue(service, 'ryvion_authz_secret_scanning_tokens_total', { label: 'true_positive' });
+    const leaked = await newKey();
     expect(await allowed(leaked.secret)).toBe(true);
     const unknown = generateKey('live');
     const testKey = generateKey('test');
     // Spacing GitHub's serialiser might use: the signature covers these exact bytes.
-    body = JSON.stringify(
+    const body = JSON.stringify(
       [
         { token: leaked.secret, type: 'ryvion_api_key', url: 'https://github.com/o/r/blob/abc/.env', source: 'content' },
         { token: unknown, type: 'ryvion_api_key', url: 'https://gist.github.com/x', source: 'gist' },
@@ -121,16 +126,25 @@ describe('GitHub secret scanning', () => {
     expect(events).toHaveLength(1);
     expect(events[0]!.actorKeyId).toBeNull();
     expect(events[0]!.detail).toMatchObject({ via: 'secret_scanning', url: 'https://github.com/o/r/blob/abc/.env', source: 'content' });
-    expect(await metricValue(service, 'ryvion_authz_secret_scanning_tokens_total', { label: 'true_positive' })).toBe(1);
+    expect(await metricValue(service, 'ryvion_authz_secret_scanning_tokens_total', { label: 'true_positive' })).toBe(truePositives + 1);
     expect(logs).toContain('leaked api key reported by GitHub secret scanning');
     expect(logs).not.toContain(leaked.secret);
     expect(logs).not.toContain(unknown);
   });
 
   it('a replayed report answers the same and changes nothing: one audit row, one owner notification', async () => {
+    const leaked = await newKey();
+    const body = JSON.stringify([
+      { token: leaked.secret, type: 'ryvion_api_key', url: 'https://github.com/o/r/blob/abc/.env', source: 'content' },
+      { token: generateKey('live'), type: 'ryvion_api_key', url: 'https://gist.github.com/x', source: 'gist' },
+    ]);
+    const first = await reportSigned(body);
+    expect(first.status).toBe(200);
+    const labels = ((await first.json()) as Array<{ label: string }>).map((f) => f.label);
+    expect(labels).toEqual(['true_positive', 'false_positive']);
     const res = await reportSigned(body);
     expect(res.status).toBe(200);
-    expect(((await res.json()) as Array<{ label: string }>).map((f) => f.label)).toEqual(['true_positive', 'false_positive', 'false_positive', 'false_positive']);
+    expect(((await res.json()) as Array<{ label: string }>).map((f) => f.label)).toEqual(labels);
     const events = (await service.keys.audit(accountId, 100)).filter((e) => e.targetKeyId === leaked.id && e.action === 'key.revoked');
     expect(events).toHaveLength(1);
     const queued = await service.pool.query(`SELECT count(*)::int AS n FROM leak_notifications WHERE payload->>'key_id' = $1`, [leaked.id]);
@@ -138,9 +152,14 @@ describe('GitHub secret scanning', () => {
   });
 
   it('the owner webhook gets one signed notification, retried after a failure', async () => {
-    await vi.waitFor(() => expect(webhookBodies.length).toBeGreaterThanOrEqual(2), { timeout: 15_000, interval: 50 });
-    const last = webhookBodies.at(-1)!;
-    expect(webhookBodies[0]!.body).toBe(last.body);
+    const leaked = await newKey();
+    failFirstDelivery.add(leaked.id);
+    expect((await reportSigned(leakReport(leaked))).status).toBe(200);
+    const mine = () => webhookBodies.filter((b) => (JSON.parse(b.body) as { key_id?: string }).key_id === leaked.id);
+    await vi.waitFor(() => expect(mine().length).toBeGreaterThanOrEqual(2), { timeout: 15_000, interval: 50 });
+    expect(failFirstDelivery.has(leaked.id)).toBe(false);
+    const last = mine().at(-1)!;
+    expect(mine()[0]!.body).toBe(last.body);
     expect(last.signature).toBe(`sha256=${createHmac('sha256', WEBHOOK_SECRET).update(last.body).digest('hex')}`);
     expect(JSON.parse(last.body)).toMatchObject({ event: 'api_key.leaked', key_id: leaked.id, account_id: accountId, source: 'content' });
     expect(last.body).not.toContain(leaked.secret);
@@ -148,7 +167,11 @@ describe('GitHub secret scanning', () => {
       async () => expect((await service.pool.query(`SELECT delivered_at FROM leak_notifications WHERE payload->>'key_id' = $1`, [leaked.id])).rows[0].delivered_at).not.toBeNull(),
       { timeout: 10_000, interval: 50 },
     );
-    // Delivered rows are never claimed again.
+    // Delivered rows are never claimed again (once the other cases' notifications are delivered too).
+    await vi.waitFor(
+      async () => expect((await service.pool.query(`SELECT count(*)::int AS n FROM leak_notifications WHERE delivered_at IS NULL`)).rows[0].n).toBe(0),
+      { timeout: 10_000, interval: 50 },
+    );
     expect(await service.repository.claimLeakNotifications(100, 60_000)).toEqual([]);
   });
 
