@@ -167,12 +167,10 @@ describe('GitHub secret scanning', () => {
       async () => expect((await service.pool.query(`SELECT delivered_at FROM leak_notifications WHERE payload->>'key_id' = $1`, [leaked.id])).rows[0].delivered_at).not.toBeNull(),
       { timeout: 10_000, interval: 50 },
     );
-    // Delivered rows are never claimed again (once the other cases' notifications are delivered too).
-    await vi.waitFor(
-      async () => expect((await service.pool.query(`SELECT count(*)::int AS n FROM leak_notifications WHERE delivered_at IS NULL`)).rows[0].n).toBe(0),
-      { timeout: 10_000, interval: 50 },
-    );
-    expect(await service.repository.claimLeakNotifications(100, 60_000)).toEqual([]);
+    // Delivered rows are never claimed again. (Only this key's row is looked at: another case's
+    // notification may still be on its way, and claiming it here would only delay it.)
+    const claimed = await service.repository.claimLeakNotifications(100, 60_000);
+    expect(claimed.filter((n) => n.payload.key_id === leaked.id)).toEqual([]);
   });
 
   it('a bad signature is refused with 401 and revokes nothing', async () => {
