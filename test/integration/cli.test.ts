@@ -300,7 +300,8 @@ describe('serve refuses to start wrongly configured', () => {
     try {
       const e = { ...env, DATABASE_URL: empty.url, ...(await ports()) };
       const r = await runCliProcess(['serve'], e);
-      expect(r.code).toBe(1);
+      // Seen once as exit 2 in a loaded shuffled run (seed 555, 15 files), not alone: keep the line it wrote.
+      expect(r.code, r.stderr).toBe(1);
       expect(r.stderr).toMatch(/schema is older .*ryvion-authz migrate.*MIGRATE_ON_START=true/);
       oneLine(r.stderr);
       const { child } = await startCliProcess(
