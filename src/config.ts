@@ -1,6 +1,6 @@
 // Configuration from the environment: parsed and checked once, at start-up.
 import { z } from 'zod';
-import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './transport/http/client-address.js';
+import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './net/trusted-proxies.js';
 
 /** Thrown for a bad or missing setting; `message` is the one line the operator sees. */
 export class ConfigError extends Error {

@@ -29,7 +29,7 @@ import { AccessLogReceiver, type UsageSink } from './transport/grpc/access-log.j
 import { GithubKeySource, SecretScanning } from './keys/secret-scanning.js';
 import { LeakNotifier } from './keys/leak-notifier.js';
 import { closeHttpServer, createHttpServer, listenHttpServer } from './transport/http/server.js';
-import { TrustedProxies } from './transport/http/client-address.js';
+import { TrustedProxies } from './net/trusted-proxies.js';
 import { createUsageServer } from './transport/http/usage-server.js';
 import { TokenGate } from './budget/gate.js';
 import { Ledger } from './budget/ledger.js';

@@ -1,6 +1,6 @@
 // A key's IP allow-list, judged on the client address the transport reports (Envoy's
 // source.address, or the trusted-proxy address in HTTP mode). Kept apart from pipeline.ts.
-import { addressInCidrs, parseCidr, type Cidr } from '../keys/cidr.js';
+import { addressInCidrs, parseCidr, type Cidr } from '../net/cidr.js';
 import type { KeyRecord } from '../keys/repository.js';
 import type { Deny, Identity } from './decision.js';
 

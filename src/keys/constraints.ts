@@ -1,7 +1,7 @@
 // What a key may hand down to a key it creates: never a longer life, a higher per-key limit or
 // a wider IP allow-list than its own, nor more tokens per minute, a larger budget or more models
 // (keys/token-limits.ts).
-import { cidrContains, formatCidr, parseCidr } from './cidr.js';
+import { cidrContains, formatCidr, parseCidr } from '../net/cidr.js';
 import { effectiveTokenLimits, type TokenLimitField, type TokenLimits, type TokenLimitsInput } from './token-limits.js';
 
 /** The creating key's own constraints. */

@@ -184,7 +184,7 @@ export interface CreateKeyFields {
   scope: string;
   expiresAt: Date | null;
   rateLimitRpm?: number | null;
-  /** Canonical CIDR blocks (keys/cidr.ts); null or absent: any address. */
+  /** Canonical CIDR blocks (net/cidr.ts); null or absent: any address. */
   allowedCidrs?: string[] | null;
   /** A JSON object of at most 1 KiB (checked by the caller); null or absent: none. */
   metadata?: Record<string, unknown> | null;

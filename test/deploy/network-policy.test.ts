@@ -1,7 +1,7 @@
 // The chart's NetworkPolicy values for the gRPC port (issue 16, item 6) and its TRUSTED_PROXIES default.
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { TrustedProxies } from '../../src/transport/http/client-address.js';
+import { TrustedProxies } from '../../src/net/trusted-proxies.js';
 import { renderChart, type K8sObject } from './helm.js';
 import { validateAll } from './manifests.js';
 

@@ -378,7 +378,7 @@ describe('curl and plain HTTP through nginx', () => {
 
 describe('ryvion-authz unable to decide, through nginx', () => {
   let proxy: TcpProxy;
-  let cutOff: RunningService | undefined;
+  let cutOff: RunningService;
   let nginxB: TestNginx;
 
   beforeAll(async () => {
@@ -401,7 +401,7 @@ describe('ryvion-authz unable to decide, through nginx', () => {
   const sdkB = (): OpenAI => new OpenAI({ apiKey: generateKey('live'), baseURL: `${nginxB.url}/v1`, maxRetries: 0 });
 
   it('stores down: 503 auth_unavailable with our body and retry-after: 1', async () => {
-    const decided = (): Promise<number> => metricValue(cutOff!, 'ryvion_authz_decisions_total', { transport: 'http', reason: 'auth_unavailable' });
+    const decided = (): Promise<number> => metricValue(cutOff, 'ryvion_authz_decisions_total', { transport: 'http', reason: 'auth_unavailable' });
     const before = await decided();
     const err = await chat(sdkB()).catch((e: unknown) => e);
     // ryvion-authz's own answer, rebuilt by nginx (not nginx's answer for a gate that did not reply).
@@ -412,14 +412,22 @@ describe('ryvion-authz unable to decide, through nginx', () => {
     expect((err as InternalServerError).headers.get('retry-after')).toBe('1');
   });
 
+  // Its own replica and nginx: stopping the shared one would take the case above with it.
   it('ryvion-authz itself unreachable: nginx answers the same 503, never lets the request through', async () => {
-    await cutOff!.stop();
-    cutOff = undefined;
-    const err = await chat(sdkB()).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(InternalServerError);
-    expect((err as InternalServerError).status).toBe(503);
-    expect((err as InternalServerError).code).toBe('auth_unavailable');
-    expect((err as InternalServerError).headers.get('retry-after')).toBe('1');
+    const gone = await startTestService({ DATABASE_URL: db.url, KEY_PEPPER: pepper });
+    const nginxC = new TestNginx({ authz: `127.0.0.1:${gone.httpPort}`, api: `127.0.0.1:${await freePort()}` });
+    await nginxC.start();
+    try {
+      await gone.stop();
+      const err = await chat(new OpenAI({ apiKey: generateKey('live'), baseURL: `${nginxC.url}/v1`, maxRetries: 0 })).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(InternalServerError);
+      expect((err as InternalServerError).status).toBe(503);
+      expect((err as InternalServerError).code).toBe('auth_unavailable');
+      expect((err as InternalServerError).headers.get('retry-after')).toBe('1');
+    } finally {
+      await nginxC.stop();
+      await gone.stop();
+    }
   });
 });
 

@@ -71,14 +71,6 @@ export async function metricValue(service: RunningService, name: string, labels:
     .reduce((sum, v) => sum + v.value, 0);
 }
 
-/** Postgres and Redis look-ups a service has made so far (from its query path counters). */
-export async function storeLookups(service: RunningService): Promise<{ postgres: number; redis: number }> {
-  const sum = async (tier: string): Promise<number> =>
-    (await metricValue(service, 'ryvion_authz_key_cache_requests_total', { tier })) -
-    (await metricValue(service, 'ryvion_authz_key_cache_requests_total', { tier, result: 'overload' }));
-  return { postgres: await sum('postgres'), redis: await sum('redis') };
-}
-
 /** Revokes a key as the operator would (the CLI's actor), through the service's key-management path. */
 export function revokeKey(service: RunningService, keyId: string): ReturnType<RunningService['keys']['revoke']> {
   return service.keys.revoke(keyId, undefined, { keyId: null, via: 'cli' });

@@ -37,8 +37,19 @@ export async function freshDatabase(opts: { empty?: boolean } = {}): Promise<{ u
     drop: async () => {
       const c = new pg.Client({ connectionString: adminUrl });
       await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-      await c.end();
+      try {
+        // pg.Pool.end() resolves before its clients have said goodbye: give them a moment, or FORCE
+        // terminates them mid-close and the test process sees an unhandled 57P01 'error' event.
+        const deadline = Date.now() + 5000;
+        while (Date.now() < deadline) {
+          const open = await c.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1', [name]);
+          if (open.rows[0]!.n === 0) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        await c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      } finally {
+        await c.end();
+      }
     },
   };
 }

@@ -7,6 +7,7 @@ export class TcpProxy {
   private holdMs = 0;
   private holding = false;
   private readonly flows = new Set<{ client: net.Socket; upstream: net.Socket }>();
+  private readonly taps: Array<{ pattern: string; count: number }> = [];
   port = 0;
 
   constructor(
@@ -44,6 +45,28 @@ export class TcpProxy {
     return this.port;
   }
 
+  /**
+   * Counts, from now on, how often `pattern` occurs in what clients send the store through this proxy,
+   * over every connection, split across packets or not: a store call seen on the wire (a query's SQL
+   * text, a Redis key name), not in the client's own counters. Returns a reader of the count.
+   */
+  countSent(pattern: string): () => number {
+    const tap = { pattern, count: 0 };
+    this.taps.push(tap);
+    return () => tap.count;
+  }
+
+  /** Scans one chunk a client sent; `tails` holds, per tap, the end of the previous chunk of this flow. */
+  private scan(chunk: Buffer, tails: Map<object, string>): void {
+    const text = chunk.toString('latin1');
+    for (const tap of this.taps) {
+      const joined = (tails.get(tap) ?? '') + text;
+      for (let at = joined.indexOf(tap.pattern); at !== -1; at = joined.indexOf(tap.pattern, at + tap.pattern.length)) tap.count++;
+      // Keep less than one pattern's length, so that a match is never counted twice.
+      tails.set(tap, joined.slice(Math.max(0, joined.length - tap.pattern.length + 1)));
+    }
+  }
+
   /** The next connection is accepted, then held `ms` before it reaches the store. */
   holdNextConnection(ms: number): void {
     this.holdMs = ms;
@@ -59,6 +82,8 @@ export class TcpProxy {
     }
     const flow = { client, upstream };
     this.flows.add(flow);
+    const tails = new Map<object, string>();
+    client.on('data', (chunk: Buffer) => this.scan(chunk, tails));
     client.on('close', () => this.flows.delete(flow));
     client.pipe(upstream).pipe(client);
     client.on('close', () => upstream.destroy());

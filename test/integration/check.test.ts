@@ -188,58 +188,84 @@ describe('grpc.health.v1', () => {
 });
 
 describe('when Postgres is unreachable', () => {
-  let proxy: TcpProxy;
-  let cutService: RunningService;
-  let rpcService: RunningService;
+  // A database of their own: a replica cut off from the file's database would stay listed there as
+  // live without acknowledging, and a revocation on the file's service would wait on it.
+  let cutDb: Awaited<ReturnType<typeof freshDatabase>>;
+  let cutKey: string;
 
-  beforeAll(async () => {
-    const target = new URL(db.url);
-    proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
+  /** A service of its own behind a TCP proxy to `cutDb`, with the proxy already cut. */
+  async function cutOff(env: Record<string, string> = {}): Promise<{ proxy: TcpProxy; service: RunningService; client: CheckClient; close: () => Promise<void> }> {
+    const target = new URL(cutDb.url);
+    const proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
     await proxy.start();
-    const viaProxy = new URL(db.url);
+    const viaProxy = new URL(cutDb.url);
     viaProxy.hostname = '127.0.0.1';
     viaProxy.port = String(proxy.port);
-    cutService = await startTestService({ DATABASE_URL: viaProxy.toString(), KEY_PEPPER: pepper });
-    rpcService = await startTestService({ DATABASE_URL: viaProxy.toString(), KEY_PEPPER: pepper, UNAVAILABLE_MODE: 'rpc_error' });
+    const cut = await startTestService({ DATABASE_URL: viaProxy.toString(), KEY_PEPPER: pepper, ...env });
     await proxy.cut();
+    const c = new CheckClient(cut.grpcPort);
+    return {
+      proxy,
+      service: cut,
+      client: c,
+      close: async () => {
+        c.close();
+        await cut.stop();
+        await proxy.cut();
+      },
+    };
+  }
+
+  // One service cut off for the three cases that only read it: none of them brings Postgres back
+  // or warms its caches with a key the others send.
+  let shared: Awaited<ReturnType<typeof cutOff>>;
+  let rpc: Awaited<ReturnType<typeof cutOff>>;
+
+  beforeAll(async () => {
+    cutDb = await freshDatabase();
+    const seeder = await startTestService({ DATABASE_URL: cutDb.url, KEY_PEPPER: pepper });
+    try {
+      const account = await seeder.repository.createAccount('cut@example.com', 'free');
+      cutKey = (await seeder.repository.createKey({ accountId: account.id, name: 'main', scope: 'buyer', expiresAt: null })).secret;
+    } finally {
+      await seeder.stop();
+    }
+    shared = await cutOff();
+    rpc = await cutOff({ UNAVAILABLE_MODE: 'rpc_error' });
   });
 
   afterAll(async () => {
-    await cutService?.stop();
-    await rpcService?.stop();
-    await proxy?.cut();
+    await shared?.close();
+    await rpc?.close();
+    await cutDb?.drop();
   });
 
   it('a key that cannot be verified gets 503 auth_unavailable with retry-after, never a 401', async () => {
-    const c = new CheckClient(cutService.grpcPort);
-    const d = denied(await c.check(envoyCheckRequest({ headers: { authorization: `Bearer ${buyerKey}` } })));
-    c.close();
+    const d = denied(await shared.client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${cutKey}` } })));
     expect(d).toMatchObject({ http: 503, grpc: 14 });
     expect(d.body.error).toMatchObject({ code: 'auth_unavailable', type: 'server_error' });
     expect(d.headers['retry-after']).toBe('1');
   });
 
   it('with UNAVAILABLE_MODE=rpc_error the answer is an UNAVAILABLE RPC error, for the proxy failure_mode_allow to decide', async () => {
-    const c = new CheckClient(rpcService.grpcPort);
-    await expect(c.check(envoyCheckRequest({ headers: { authorization: `Bearer ${buyerKey}` } }))).rejects.toMatchObject({ code: 14 });
-    c.close();
+    await expect(rpc.client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${cutKey}` } }))).rejects.toMatchObject({ code: 14 });
   });
 
   it('a malformed key is still a 401: it never needed the store', async () => {
-    const c = new CheckClient(cutService.grpcPort);
-    const d = denied(await c.check(envoyCheckRequest({ headers: { authorization: 'Bearer nope' } })));
-    c.close();
+    const d = denied(await shared.client.check(envoyCheckRequest({ headers: { authorization: 'Bearer nope' } })));
     expect(d.http).toBe(401);
   });
 
+  // Its own service: bringing Postgres back (and the key it then caches) would change the cases above.
   it('decisions recover when Postgres comes back, without a restart', async () => {
-    await proxy.restore();
-    const c = new CheckClient(cutService.grpcPort);
-    await expect
-      .poll(async () => (await c.check(envoyCheckRequest({ headers: { authorization: `Bearer ${buyerKey}` } }))).ok_response !== undefined, {
-        timeout: 5000,
-      })
-      .toBe(true);
-    c.close();
+    const own = await cutOff();
+    try {
+      const send = () => own.client.check(envoyCheckRequest({ headers: { authorization: `Bearer ${cutKey}` } }));
+      expect(denied(await send()).http).toBe(503);
+      await own.proxy.restore();
+      await expect.poll(async () => (await send()).ok_response !== undefined, { timeout: 15_000 }).toBe(true);
+    } finally {
+      await own.close();
+    }
   });
 });

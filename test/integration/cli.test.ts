@@ -11,7 +11,12 @@ import { freePort } from '../helpers/redis-server.js';
 
 /** Three ports the kernel just handed out as free (random ranges collide with other test files). */
 async function ports(): Promise<{ GRPC_PORT: string; OPS_PORT: string; HTTP_PORT: string }> {
-  return { GRPC_PORT: String(await freePort()), OPS_PORT: String(await freePort()), HTTP_PORT: String(await freePort()) };
+  // Three different ones: the kernel may hand out a port it just freed again, and the config refuses
+  // equal ports with exit 2 (seen once: seed 555, 'on a schema older than the code' exited 2).
+  const taken = new Set<number>();
+  while (taken.size < 3) taken.add(await freePort());
+  const [grpc, ops, http] = [...taken].map(String);
+  return { GRPC_PORT: grpc!, OPS_PORT: ops!, HTTP_PORT: http! };
 }
 
 let db: Awaited<ReturnType<typeof freshDatabase>>;
@@ -22,7 +27,8 @@ const countRows = async (table: 'accounts' | 'api_keys'): Promise<number> =>
   Number((await pool.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`)).rows[0]!.n);
 
 beforeAll(async () => {
-  db = await freshDatabase({ empty: true });
+  // Migrated already: only the migrate case starts from an empty database, its own.
+  db = await freshDatabase();
   env = { DATABASE_URL: db.url, KEY_PEPPER: testPepper() };
   pool = new pg.Pool({ connectionString: db.url, max: 2 });
 });
@@ -39,11 +45,19 @@ function oneLine(stderr: string): void {
 
 describe('migrate', () => {
   it('applies the migrations once, then reports the schema up to date', async () => {
-    const first = await runCliProcess(['migrate'], env);
-    expect(first).toMatchObject({ code: 0 });
-    expect(first.stdout).toMatch(/applied .*accounts-and-keys/);
-    const second = await runCliProcess(['migrate'], env);
-    expect(second).toMatchObject({ code: 0, stdout: 'schema is up to date\n' });
+    const empty = await freshDatabase({ empty: true });
+    try {
+      const e = { ...env, DATABASE_URL: empty.url };
+      const first = await runCliProcess(['migrate'], e);
+      expect(first).toMatchObject({ code: 0 });
+      expect(first.stdout).toMatch(/applied .*accounts-and-keys/);
+      const second = await runCliProcess(['migrate'], e);
+      expect(second).toMatchObject({ code: 0, stdout: 'schema is up to date\n' });
+      // The schema it made is the one the admin commands use.
+      expect((await runCliProcess(['accounts', 'create', '--email', 'migrated@example.com'], e)).code).toBe(0);
+    } finally {
+      await empty.drop();
+    }
   });
 
   it('without DATABASE_URL exits 2 with one line naming it', async () => {
@@ -55,23 +69,30 @@ describe('migrate', () => {
 });
 
 describe('accounts, keys and check, end to end', () => {
-  let accountId: string;
-  let key: string;
-  let keyId: string;
+  // Each case makes the account and key it reads, through the CLI: none reads what another wrote.
+  let n = 0;
+  async function cliAccount(): Promise<string> {
+    const r = await runCliProcess(['accounts', 'create', '--email', `cli-${++n}-${Date.now()}@example.com`, '--plan', 'pro', '--json'], env);
+    expect(r.code).toBe(0);
+    return (JSON.parse(r.stdout) as { id: string }).id;
+  }
+  async function cliKey(accountId: string): Promise<{ key: string; id: string; stdout: string }> {
+    const r = await runCliProcess(['keys', 'create', '--account', accountId, '--name', 'ci', '--scope', 'buyer', '--json'], env);
+    expect(r.code).toBe(0);
+    const created = JSON.parse(r.stdout) as { key: string; id: string };
+    return { key: created.key, id: created.id, stdout: r.stdout };
+  }
 
   it('accounts create --json prints the account', async () => {
     const r = await runCliProcess(['accounts', 'create', '--email', 'cli@example.com', '--plan', 'pro', '--json'], env);
     expect(r.code).toBe(0);
     const account = JSON.parse(r.stdout);
     expect(account).toMatchObject({ id: expect.stringMatching(/^acct_/), email: 'cli@example.com', plan: 'pro', created_at: expect.any(String) });
-    accountId = account.id;
   });
 
   it('keys create --json prints the key with its secret, once', async () => {
-    const r = await runCliProcess(['keys', 'create', '--account', accountId, '--name', 'ci', '--scope', 'buyer', '--json'], env);
-    expect(r.code).toBe(0);
-    const created = JSON.parse(r.stdout);
-    expect(created).toMatchObject({
+    const { key, id: keyId, stdout } = await cliKey(await cliAccount());
+    expect(JSON.parse(stdout)).toMatchObject({
       id: expect.stringMatching(/^key_/),
       name: 'ci',
       scope: 'buyer',
@@ -80,13 +101,14 @@ describe('accounts, keys and check, end to end', () => {
       created_at: expect.any(String),
       expires_at: null,
     });
-    key = created.key;
-    keyId = created.id;
     const stored = await pool.query(`SELECT * FROM api_keys WHERE id = $1`, [keyId]);
+    expect(stored.rows).toHaveLength(1);
     expect(JSON.stringify(stored.rows)).not.toContain(key.slice(9));
   });
 
   it('keys list shows the key without its secret', async () => {
+    const accountId = await cliAccount();
+    const { key, id: keyId } = await cliKey(accountId);
     const r = await runCliProcess(['keys', 'list', '--account', accountId, '--json'], env);
     expect(r.code).toBe(0);
     const list = JSON.parse(r.stdout);
@@ -97,6 +119,8 @@ describe('accounts, keys and check, end to end', () => {
   });
 
   it('serve + check --key answers OK with the identity headers; after revoke, the next check is a 401', async () => {
+    const accountId = await cliAccount();
+    const { key, id: keyId } = await cliKey(accountId);
     const p = await ports();
     const grpcPort = Number(p.GRPC_PORT);
     const { child } = await startCliProcess(
@@ -308,7 +332,7 @@ describe('serve refuses to start wrongly configured', () => {
     try {
       const e = { ...env, DATABASE_URL: empty.url, ...(await ports()) };
       const r = await runCliProcess(['serve'], e);
-      expect(r.code).toBe(1);
+      expect(r.code, r.stderr).toBe(1);
       expect(r.stderr).toMatch(/schema is older .*ryvion-authz migrate.*MIGRATE_ON_START=true/);
       oneLine(r.stderr);
       const { child } = await startCliProcess(

@@ -6,7 +6,7 @@ import type { RunningService } from '../../src/service.js';
 import type { CheckResponse } from '../../src/transport/grpc/proto.js';
 import { envoyCheckRequest } from '../fixtures/envoy.js';
 import { ThrowawayRedis, freePort } from '../helpers/redis-server.js';
-import { CheckClient, metricValue, startTestService, storeLookups, revokeKey } from '../helpers/service.js';
+import { CheckClient, metricValue, startTestService, revokeKey } from '../helpers/service.js';
 import { freshDatabase, redisPrefix, testPepper, testRedisUrl } from '../helpers/stores.js';
 import { TcpProxy, proxiedUrl } from '../helpers/tcp-proxy.js';
 
@@ -47,6 +47,44 @@ async function newKey(s: RunningService, accountId: string, name = 'k'): Promise
   const { secret, key } = await s.repository.createKey({ accountId, name, scope: 'buyer', expiresAt: null });
   const stored = await s.pool.query<{ key_hash: Buffer }>('SELECT key_hash FROM api_keys WHERE id = $1', [key.id]);
   return { secret, id: key.id, hash: stored.rows[0]!.key_hash.toString('base64url') };
+}
+
+/** The SQL text of the one key look-up query (KeyRepository.findByHash), as it crosses the wire. */
+const KEY_LOOKUP_SQL = 'WHERE k.key_hash = ANY(';
+
+/**
+ * The stores as a replica's look-ups reach them, counted on the wire by TCP proxies in front of this
+ * file's Postgres database and the shared Redis (its own prefix): Postgres look-up queries, and Redis
+ * GETs of key-cache entries (`GET <prefix>key:{<43-character hash>}` in RESP). Not the service's counters.
+ * Every test that asserts "no call" first sees one, so a pattern that stopped matching fails it.
+ */
+async function tappedStores(db: Db): Promise<{ env: Record<string, string>; postgres: () => number; redis: () => number; prefix: string }> {
+  const prefix = redisPrefix();
+  const { proxy: pgProxy, url: pgUrl } = await proxiedUrl(db.url);
+  const { proxy: redisProxy, url: redisUrl } = await proxiedUrl(testRedisUrl());
+  cleanups.push(async () => {
+    await pgProxy.cut();
+    await redisProxy.cut();
+  });
+  const key = `${prefix}key:{`;
+  return {
+    // A generous store timeout: the extra hop must not turn a slow look-up on a busy machine into a 503.
+    env: { DATABASE_URL: pgUrl, REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix, STORE_TIMEOUT_MS: '2000' },
+    postgres: pgProxy.countSent(KEY_LOOKUP_SQL),
+    redis: redisProxy.countSent(`get\r\n$${key.length + 43 + 1}\r\n${key}`),
+    prefix,
+  };
+}
+
+/** GET calls a Redis server has answered since it started (INFO commandstats): the server's own count. */
+async function redisGets(url: string): Promise<number> {
+  const c = new Redis(url, { maxRetriesPerRequest: 1 });
+  try {
+    const info = await c.info('commandstats');
+    return Number(/^cmdstat_get:calls=(\d+)/m.exec(info)?.[1] ?? 0);
+  } finally {
+    c.disconnect();
+  }
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -117,17 +155,6 @@ describe('revocation across replicas', () => {
     for (const r of replicas) expect(httpStatus(await check(r.client, secret))).toBe(401);
   });
 
-  it('a key cached in memory is decided with no Redis or Postgres call', async () => {
-    const r = replicas[1]!;
-    const { secret } = await newKey(r.service, accountId, 'hot');
-    expect(allowed(await check(r.client, secret))).toBe(true);
-    const before = await storeLookups(r.service);
-    const memoryHits = await metricValue(r.service, 'ryvion_authz_key_cache_requests_total', { tier: 'memory', result: 'hit' });
-    for (let i = 0; i < 50; i++) expect(allowed(await check(r.client, secret))).toBe(true);
-    expect(await storeLookups(r.service)).toEqual(before);
-    expect(await metricValue(r.service, 'ryvion_authz_key_cache_requests_total', { tier: 'memory', result: 'hit' })).toBe(memoryHits + 50);
-  });
-
   it('the revocation-propagation histogram counts acknowledged revocations', async () => {
     const count = () => metricValue(replicas[0]!.service, 'ryvion_authz_revocation_propagation_seconds_count', { result: 'acknowledged' });
     const before = await count();
@@ -135,6 +162,26 @@ describe('revocation across replicas', () => {
     for (const r of replicas) expect(allowed(await check(r.client, secret))).toBe(true);
     expect(await revokeKey(replicas[0]!.service, id)).toMatchObject({ acknowledged: true });
     expect(await count()).toBe(before + 1);
+  });
+});
+
+describe('the memory tier', () => {
+  it('a key cached in memory is decided with no Redis or Postgres call', async () => {
+    const db = await freshDatabase();
+    cleanups.push(() => db.drop());
+    const stores = await tappedStores(db);
+    const r = await replica(stores.env);
+    await leaseHeld(r.service);
+    await expect.poll(() => r.service.keyStore.guard.redisReadable(), { timeout: 10_000 }).toBe(true);
+    const accountId = (await r.service.repository.createAccount('hot@example.com', 'free')).id;
+    const { secret } = await newKey(r.service, accountId, 'hot');
+    // The first Check reads both stores (seen on the wire), then fills memory.
+    expect(allowed(await check(r.client, secret))).toBe(true);
+    const first = { postgres: stores.postgres(), redis: stores.redis() };
+    expect(first.postgres).toBeGreaterThan(0);
+    expect(first.redis).toBeGreaterThan(0);
+    for (let i = 0; i < 50; i++) expect(allowed(await check(r.client, secret))).toBe(true);
+    expect({ postgres: stores.postgres(), redis: stores.redis() }).toEqual(first);
   });
 });
 
@@ -213,27 +260,31 @@ describe('a replica cut off from its invalidation channels', () => {
 describe('floods of unknown keys', () => {
   let db: Db;
   let r: { service: RunningService; client: CheckClient };
+  let stores: Awaited<ReturnType<typeof tappedStores>>;
 
   beforeAll(async () => {
     db = await freshDatabase();
     cleanups.push(() => db.drop());
     // What is counted here is look-ups, not time: a generous store timeout, and a pool as large as the
     // batches, keep a busy machine's slow new connections from turning into 503s.
+    stores = await tappedStores(db);
     r = await replica({
-      DATABASE_URL: db.url,
-      REDIS_URL: testRedisUrl(),
-      REDIS_KEY_PREFIX: redisPrefix(),
+      ...stores.env,
       FAILED_AUTH_PER_SOURCE_PER_MINUTE: '1000000',
       STORE_TIMEOUT_MS: '2000',
       DATABASE_POOL_MAX: '25',
       POSTGRES_LOOKUP_CONCURRENCY: '25',
+      // "At most one look-up per distinct key" holds while the "no such key" entries live: on a starved
+      // machine the two rounds took 15 s, past the default 10 s, and 487 keys were rightly looked up again.
+      CACHE_NEGATIVE_TTL_MS: '600000',
     });
     await leaseHeld(r.service);
+    await vi.waitFor(() => expect(r.service.keyStore.guard.redisReadable()).toBe(true), { timeout: 10_000, interval: 20 });
   });
 
   it('thousands of random well-formed keys, each sent twice, cost at most one Postgres look-up per distinct key', async () => {
     const keys = Array.from({ length: 2000 }, () => generateKey('live'));
-    const before = await storeLookups(r.service);
+    const before = stores.postgres();
     for (let round = 0; round < 2; round++) {
       // 25 at a time: at the cap on concurrent Postgres look-ups, which answers 503 beyond it.
       for (let i = 0; i < keys.length; i += 25) {
@@ -241,26 +292,31 @@ describe('floods of unknown keys', () => {
         for (const res of await Promise.all(batch)) expect(httpStatus(res)).toBe(401);
       }
     }
-    const after = await storeLookups(r.service);
-    const lookups = after.postgres - before.postgres;
+    const lookups = stores.postgres() - before;
     console.log(`flood: ${keys.length} distinct unknown keys x 2 = ${keys.length * 2} checks, ${lookups} Postgres look-ups`);
+    expect(lookups).toBeGreaterThan(0);
     expect(lookups).toBeLessThanOrEqual(keys.length);
   });
 
   it('malformed keys and bad checksums cause zero look-ups', async () => {
-    const before = await storeLookups(r.service);
+    // A well-formed unknown key is looked up in both stores: the counts see look-ups.
+    const probe = { postgres: stores.postgres(), redis: stores.redis() };
+    expect(httpStatus(await check(r.client, generateKey('live')))).toBe(401);
+    expect(stores.postgres()).toBe(probe.postgres + 1);
+    expect(stores.redis()).toBe(probe.redis + 1);
+    const before = { postgres: stores.postgres(), redis: stores.redis() };
     const good = generateKey('live');
     const bad = [`${good.slice(0, -1)}${good.endsWith('0') ? '1' : '0'}`, 'ryv_live_short', 'sk-proj-abcdef', `ryv_test_${good.slice(9)}`];
     for (let i = 0; i < 500; i++) expect(httpStatus(await check(r.client, bad[i % bad.length]!))).toBe(401);
-    expect(await storeLookups(r.service)).toEqual(before);
+    expect({ postgres: stores.postgres(), redis: stores.redis() }).toEqual(before);
   });
 
   it('concurrent look-ups of one uncached key are coalesced into one Postgres query', async () => {
     const key = generateKey('live');
     r.service.keyStore.memory.flush();
-    const before = await storeLookups(r.service);
+    const before = stores.postgres();
     await Promise.all(Array.from({ length: 40 }, () => check(r.client, key)));
-    expect((await storeLookups(r.service)).postgres - before.postgres).toBe(1);
+    expect(stores.postgres() - before).toBe(1);
   });
 });
 
@@ -279,16 +335,22 @@ describe('guards against a flood reaching Postgres', () => {
   it('a source that keeps failing is throttled with 429 before its uncached keys reach a store', async () => {
     const db = await freshDatabase();
     cleanups.push(() => db.drop());
-    const r = await replica({ DATABASE_URL: db.url, FAILED_AUTH_PER_SOURCE_PER_MINUTE: '20' });
+    const { proxy, url } = await proxiedUrl(db.url);
+    cleanups.push(() => proxy.cut());
+    const lookups = proxy.countSent(KEY_LOOKUP_SQL);
+    // The extra hop through the proxy must not turn a slow look-up on a busy machine into a 503.
+    const r = await replica({ DATABASE_URL: url, FAILED_AUTH_PER_SOURCE_PER_MINUTE: '20', STORE_TIMEOUT_MS: '2000' });
     const accountId = (await r.service.repository.createAccount('throttle@example.com', 'free')).id;
     const valid = await newKey(r.service, accountId);
     expect(allowed(await check(r.client, valid.secret, '203.0.113.99'))).toBe(true);
     for (let i = 0; i < 20; i++) expect(httpStatus(await check(r.client, generateKey('live'), '203.0.113.99'))).toBe(401);
-    const before = await storeLookups(r.service);
+    // Each of those unknown keys reached Postgres (the count sees them).
+    expect(lookups()).toBe(21);
+    const before = lookups();
     const throttled = await check(r.client, generateKey('live'), '203.0.113.99');
     expect(httpStatus(throttled)).toBe(429);
     expect(JSON.parse(throttled.denied_response!.body).error.code).toBe('rate_limit_exceeded');
-    expect((await storeLookups(r.service)).postgres).toBe(before.postgres);
+    expect(lookups()).toBe(before);
     // A key already in memory still works from that source; other sources are not affected.
     expect(allowed(await check(r.client, valid.secret, '203.0.113.99'))).toBe(true);
     expect(httpStatus(await check(r.client, generateKey('live'), '203.0.113.100'))).toBe(401);
@@ -328,10 +390,11 @@ describe('degraded operation', () => {
     const k3 = await newKey(a.service, accountId, 'k3');
     a.service.keyStore.memory.flush();
     expect(allowed(await check(a.client, k3.secret))).toBe(true);
-    const redisBefore = (await storeLookups(a.service)).redis;
+    // The throwaway Redis's own count of GETs (INFO commandstats): the next cold look-up reads it.
+    const redisBefore = await redisGets(redis.url);
     a.service.keyStore.memory.flush();
     expect(allowed(await check(a.client, k3.secret))).toBe(true);
-    expect((await storeLookups(a.service)).redis).toBeGreaterThan(redisBefore);
+    expect(await redisGets(redis.url)).toBeGreaterThan(redisBefore);
     expect(httpStatus(await check(a.client, k1.secret))).toBe(401);
   });
 

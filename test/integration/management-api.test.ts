@@ -68,6 +68,12 @@ async function newKey(accountId: string, scope: string, name = scope): Promise<{
   return { id: key.id, secret };
 }
 
+let accounts = 0;
+/** An account of its own for a case that reads an account's whole key list or audit trail. */
+async function newAccount(plan = 'free'): Promise<string> {
+  return (await service.repository.createAccount(`own-${++accounts}-${Date.now()}@example.com`, plan)).id;
+}
+
 interface CallInit {
   key?: string;
   via?: 'bearer' | 'x-api-key';
@@ -201,11 +207,20 @@ describe('the public documentation\'s curl commands', () => {
   });
 
   it.each(['bearer', 'x-api-key'] as const)('list (%s): 200, the account\'s keys without secrets', async (via) => {
-    const r = await runDocsCurl(DOCS_CURL.list, buyerA.secret, via);
+    // Its own account, with two keys made by the documented create: the list is exactly what it made.
+    const account = await newAccount('pro');
+    const caller = await newKey(account, 'buyer', 'main');
+    for (let i = 0; i < 2; i++) {
+      const made = await runDocsCurl(DOCS_CURL.create, caller.secret, via);
+      expect(made.status).toBe(201);
+      secrets.add(made.body.key as string);
+    }
+    const r = await runDocsCurl(DOCS_CURL.list, caller.secret, via);
     expect(r.status).toBe(200);
     expect(r.body.object).toBe('list');
     const data = r.body.data as Json[];
-    const stored = (await pool.query<{ id: string }>(`SELECT id FROM api_keys WHERE account_id = $1 ORDER BY created_at, id`, [accountA])).rows.map((x) => x.id);
+    const stored = (await pool.query<{ id: string }>(`SELECT id FROM api_keys WHERE account_id = $1 ORDER BY created_at, id`, [account])).rows.map((x) => x.id);
+    expect(stored).toHaveLength(3);
     expect(data.map((k) => k.id)).toEqual(stored);
     expect(data.filter((k) => k.name === 'my-new-key')).toHaveLength(2);
     for (const k of data) {
@@ -369,14 +384,17 @@ describe('revoke', () => {
 
 describe('accounts are isolated', () => {
   it('a key of account B lists only B\'s keys, whatever identity headers it sends', async () => {
+    // A B of its own, with one key: other cases add keys to the shared account B.
+    const b = await newAccount();
+    const onlyKey = await newKey(b, 'buyer', 'b-only');
     const r = await call('GET', '/api/v1/auth/api-keys', {
-      key: buyerB.secret,
+      key: onlyKey.secret,
       headers: { 'x-ryvion-account-id': accountA, 'x-ryvion-key-id': buyerA.id, 'x-ryvion-scope': 'buyer' },
     });
     expect(r.status).toBe(200);
-    expect((r.body.data as Json[]).map((k) => k.id)).toEqual([buyerB.id]);
-    const me = await call('GET', '/api/v1/auth/me', { key: buyerB.secret, headers: { 'x-ryvion-account-id': accountA } });
-    expect(me.body).toMatchObject({ account: { id: accountB }, key: { id: buyerB.id } });
+    expect((r.body.data as Json[]).map((k) => k.id)).toEqual([onlyKey.id]);
+    const me = await call('GET', '/api/v1/auth/me', { key: onlyKey.secret, headers: { 'x-ryvion-account-id': accountA } });
+    expect(me.body).toMatchObject({ account: { id: b }, key: { id: onlyKey.id } });
   });
 
   it('B creating a key makes it B\'s: the owner never comes from the body', async () => {
@@ -473,9 +491,16 @@ describe('bad input is refused and nothing is written', () => {
 describe('scope ceiling and key cap (custom policy, MAX_KEYS_PER_ACCOUNT=4)', () => {
   let dir: string;
   let capped: RunningService;
-  let accountC: string;
-  let buyerC: { id: string; secret: string };
-  let readOnlyC: { id: string; secret: string };
+
+  /** An account of its own for each case (the cap counts an account's keys): a buyer key, a read-only key and an expired key. */
+  async function accountC(): Promise<{ id: string; buyer: { id: string; secret: string }; readOnly: { id: string; secret: string } }> {
+    const id = await newAccount();
+    const buyer = await newKey(id, 'buyer', 'c-main');
+    const readOnly = await newKey(id, 'read-only', 'c-reader');
+    // Expired keys do not count towards the cap.
+    await service.repository.createKey({ accountId: id, name: 'expired', scope: 'buyer', expiresAt: new Date(Date.now() - 60_000) });
+    return { id, buyer, readOnly };
+  }
 
   beforeAll(async () => {
     // The shipped policy, except that read-only keys may also manage keys.
@@ -488,11 +513,6 @@ describe('scope ceiling and key cap (custom policy, MAX_KEYS_PER_ACCOUNT=4)', ()
       { DATABASE_URL: db.url, KEY_PEPPER: pepper, POLICY_FILE: join(dir, 'policy.yaml'), MAX_KEYS_PER_ACCOUNT: '4' },
       { logger },
     );
-    accountC = (await service.repository.createAccount('c@example.com', 'free')).id;
-    buyerC = await newKey(accountC, 'buyer', 'c-main');
-    readOnlyC = await newKey(accountC, 'read-only', 'c-reader');
-    // Expired keys do not count towards the cap.
-    await service.repository.createKey({ accountId: accountC, name: 'expired', scope: 'buyer', expiresAt: new Date(Date.now() - 60_000) });
   });
 
   afterAll(async () => {
@@ -501,45 +521,55 @@ describe('scope ceiling and key cap (custom policy, MAX_KEYS_PER_ACCOUNT=4)', ()
   });
 
   it('a key cannot create a key with a wider scope than its own: 403 scope_not_allowed', async () => {
+    const c = await accountC();
     const before = await tableCounts();
-    const r = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: readOnlyC.secret, body: { name: 'up', scope: 'buyer' } });
+    const r = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.readOnly.secret, body: { name: 'up', scope: 'buyer' } });
     expectApiError(r, 403, 'scope_not_allowed', 'scope');
     expect(r.body).toMatchObject({ error: { type: 'permission_error' } });
-    const sideways = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: readOnlyC.secret, body: { name: 'side', scope: 'write-only' } });
+    const sideways = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.readOnly.secret, body: { name: 'side', scope: 'write-only' } });
     expectApiError(sideways, 403, 'scope_not_allowed', 'scope');
     expect(await tableCounts()).toEqual(before);
   });
 
   it('without a scope, the new key gets the caller\'s own scope', async () => {
-    const r = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: readOnlyC.secret, body: { name: 'same' } });
+    const c = await accountC();
+    const r = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.readOnly.secret, body: { name: 'same' } });
     expect(r.body).toMatchObject({ scope: 'read-only' });
     secrets.add(r.body.key as string);
   });
 
   it('at the cap: 409 key_limit_reached and nothing written; after a revoke there is room again', async () => {
-    const first = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: buyerC.secret, body: { name: 'fourth' } });
+    const c = await accountC();
+    const third = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.buyer.secret, body: { name: 'third' } });
+    expect(third.status).toBe(201);
+    secrets.add(third.body.key as string);
+    const first = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.buyer.secret, body: { name: 'fourth' } });
     expect(first.status).toBe(201);
     secrets.add(first.body.key as string);
     const before = await tableCounts();
-    const over = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: buyerC.secret, body: { name: 'fifth' } });
+    const over = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.buyer.secret, body: { name: 'fifth' } });
     expectApiError(over, 409, 'key_limit_reached');
     expect(await tableCounts()).toEqual(before);
 
-    expect((await call('DELETE', `/api/v1/auth/api-keys/${first.body.id as string}`, { port: capped.httpPort, key: buyerC.secret })).status).toBe(200);
-    const again = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: buyerC.secret, body: { name: 'fifth' } });
+    expect((await call('DELETE', `/api/v1/auth/api-keys/${first.body.id as string}`, { port: capped.httpPort, key: c.buyer.secret })).status).toBe(200);
+    const again = await call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.buyer.secret, body: { name: 'fifth' } });
     expect(again.status).toBe(201);
     secrets.add(again.body.key as string);
   });
 
   it('concurrent creates cannot overshoot the cap', async () => {
-    const r = await call('DELETE', `/api/v1/auth/api-keys/${readOnlyC.id}`, { port: capped.httpPort, key: buyerC.secret });
+    const c = await accountC();
+    // At the cap: buyer, read-only and two more live keys.
+    await newKey(c.id, 'buyer', 'c-third');
+    await newKey(c.id, 'buyer', 'c-fourth');
+    const r = await call('DELETE', `/api/v1/auth/api-keys/${c.readOnly.id}`, { port: capped.httpPort, key: c.buyer.secret });
     expect(r.status).toBe(200);
     const results = await Promise.all(
-      Array.from({ length: 5 }, (_, i) => call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: buyerC.secret, body: { name: `race-${i}` } })),
+      Array.from({ length: 5 }, (_, i) => call('POST', '/api/v1/auth/api-keys', { port: capped.httpPort, key: c.buyer.secret, body: { name: `race-${i}` } })),
     );
     for (const res of results) if (res.status === 201) secrets.add(res.body.key as string);
     expect(results.map((res) => res.status).sort()).toEqual([201, 409, 409, 409, 409]);
-    const live = await pool.query(`SELECT count(*)::int AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())`, [accountC]);
+    const live = await pool.query(`SELECT count(*)::int AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())`, [c.id]);
     expect(live.rows[0].n).toBe(4);
   });
 });
@@ -559,11 +589,20 @@ describe('audit trail on the command line', () => {
   });
 
   it('audit --account ID --json lists the account\'s events newest first', async () => {
-    const r = await runCliProcess(['audit', '--account', accountA, '--json'], cliEnv);
+    // Its own account: three keys made by the operator, one made and then revoked through the API.
+    const account = await newAccount('pro');
+    const caller = await newKey(account, 'buyer', 'main');
+    await newKey(account, 'read-only');
+    await newKey(account, 'write-only');
+    const made = await call('POST', '/api/v1/auth/api-keys', { key: caller.secret, body: { name: 'audited' } });
+    expect(made.status).toBe(201);
+    secrets.add(made.body.key as string);
+    expect((await call('DELETE', `/api/v1/auth/api-keys/${made.body.id as string}`, { key: caller.secret })).status).toBe(200);
+    const r = await runCliProcess(['audit', '--account', account, '--json'], cliEnv);
     expect(r.code).toBe(0);
     nonCreateOutputs.push(r.stdout);
     const events = JSON.parse(r.stdout) as Array<Json & { id: number; occurred_at: string }>;
-    const stored = await pool.query<{ id: string }>(`SELECT id FROM audit_events WHERE account_id = $1 ORDER BY occurred_at DESC, id DESC`, [accountA]);
+    const stored = await pool.query<{ id: string }>(`SELECT id FROM audit_events WHERE account_id = $1 ORDER BY occurred_at DESC, id DESC`, [account]);
     expect(events.map((e) => e.id)).toEqual(stored.rows.map((x) => Number(x.id)));
     // Keys the set-up made through the repository are audited as operator (CLI) events: no actor key.
     for (const e of events) {
@@ -571,7 +610,7 @@ describe('audit trail on the command line', () => {
       expect(e).toEqual({
         id: expect.any(Number),
         occurred_at: expect.stringMatching(ISO),
-        account_id: accountA,
+        account_id: account,
         actor_key_id: viaApi ? expect.stringMatching(/^key_/) : null,
         action: expect.stringMatching(/^key\.(created|revoked)$/),
         target_key_id: expect.stringMatching(/^key_/),
@@ -593,7 +632,27 @@ describe('audit trail on the command line', () => {
 
 describe('secrecy', () => {
   it('a secret appears in its create response and nowhere else: not in logs, tables, listings or audit output', async () => {
-    for (const accountKey of [buyerA.secret, buyerB.secret]) {
+    // What this case needs written it writes itself (the other cases add theirs when they ran first):
+    // keys created through the API and the CLI, one revoked through each, a listing and the audit output.
+    const account = await newAccount();
+    const caller = await newKey(account, 'buyer', 'secrecy');
+    const made: Array<{ id: string; key: string }> = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await call('POST', '/api/v1/auth/api-keys', { key: caller.secret, body: { name: `secret-${i}` } });
+      expect(r.status).toBe(201);
+      made.push({ id: r.body.id as string, key: r.body.key as string });
+      secrets.add(r.body.key as string);
+    }
+    expect((await call('DELETE', `/api/v1/auth/api-keys/${made[0]!.id}`, { key: caller.secret })).status).toBe(200);
+    const viaCli = await runCliProcess(['keys', 'create', '--account', account, '--name', 'secret-cli', '--scope', 'buyer', '--json'], cliEnv);
+    expect(viaCli.code).toBe(0);
+    const cliKey = JSON.parse(viaCli.stdout) as { id: string; key: string };
+    secrets.add(cliKey.key);
+    expect((await runCliProcess(['keys', 'revoke', cliKey.id], cliEnv)).code).toBe(0);
+    const audit = await runCliProcess(['audit', '--account', account, '--json'], cliEnv);
+    expect(audit.code).toBe(0);
+    nonCreateOutputs.push(audit.stdout);
+    for (const accountKey of [buyerA.secret, buyerB.secret, caller.secret]) {
       const r = await call('GET', '/api/v1/auth/api-keys', { key: accountKey });
       expect(r.status).toBe(200);
     }

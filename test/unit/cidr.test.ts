@@ -1,7 +1,7 @@
 // Per-key IP allow-lists: IPv4, IPv6 and IPv4-mapped IPv6 addresses against CIDR blocks.
 import { describe, expect, it } from 'vitest';
 import { ipAllowListDenial } from '../../src/check/ip-allow-list.js';
-import { addressInCidrs, cidrContains, formatCidr, parseCidr } from '../../src/keys/cidr.js';
+import { addressInCidrs, cidrContains, formatCidr, parseCidr } from '../../src/net/cidr.js';
 import { decodeEntry, encodeEntry } from '../../src/keys/cache/entry.js';
 import type { KeyRecord } from '../../src/keys/repository.js';
 

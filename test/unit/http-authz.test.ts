@@ -9,7 +9,7 @@ import { DecisionRecorder } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { AMBIGUOUS_ORIGINAL_PATH, createAuthzHandler, isAuthzPath, toAuthzAttributes, type AuthzOptions } from '../../src/transport/http/authz.js';
-import { TrustedProxies } from '../../src/transport/http/client-address.js';
+import { TrustedProxies } from '../../src/net/trusted-proxies.js';
 
 // The peer of every request below (10.0.0.5) is a proxy.
 const proxies = new TrustedProxies('10.0.0.0/8');

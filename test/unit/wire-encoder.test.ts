@@ -149,7 +149,7 @@ describe('encodeCheckResponse', () => {
   it("an inference allow's reservation id and token headers are its own, never a kept allow's", () => {
     const opts = { stripCredentialHeaders: true };
     const ident = { ...identity, keyId: 'key_RESERVATIONSXXXXXXXX' };
-    const tokens = [{ limit: 10_000, remaining: 9_000, resetMs: 6_000 }];
+    const tokens = [{ limit: { name: 'key' as const, tokensPerMinute: 10_000 }, remaining: 9_000, resetMs: 6_000 }];
     const plain = toCheckResponse({ allow: true, identity: ident, permission: 'inference' }, 'rid-0', '/v1/chat/completions', opts);
     const answers = ['res-1', 'res-2'].map((id, i) =>
       toCheckResponse({ allow: true, identity: ident, permission: 'inference', inference: true, reservationId: id, tokenLimits: [{ ...tokens[0]!, remaining: 9_000 - i }] }, `rid-${i + 1}`, '/v1/chat/completions', opts),

@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { splitJoined, type RequestAttributes } from '../../check/attributes.js';
 import { acceptRequestId } from '../../check/request-id.js';
-import { clientAddress, type TrustedProxies } from './client-address.js';
+import type { TrustedProxies } from '../../net/trusted-proxies.js';
+import { clientAddress } from './client-address.js';
 
 /**
  * Reads every occurrence of the credential headers from `rawHeaders`: Node's

@@ -8,7 +8,7 @@ import type { CheckPipeline } from '../../check/pipeline.js';
 import type { DecisionRecorder } from '../../check/decision-log.js';
 import { asciiUpperCase } from '../../check/method.js';
 import { requestIdOf, toAttributes } from './attributes.js';
-import type { TrustedProxies } from './client-address.js';
+import type { TrustedProxies } from '../../net/trusted-proxies.js';
 import { PARTIAL_BODY_HEADER } from '../grpc/check.js';
 
 /** `/authz` alone (nginx, Traefik) or followed by the original path (Envoy `path_prefix`). */

@@ -17,7 +17,7 @@ import { StoreUnavailableError, WriteOutcomeUnknownError } from '../../store/err
 import { toAttributes, requestIdOf } from './attributes.js';
 import { createAuthzHandler, isAuthzPath } from './authz.js';
 import type { TokenGate } from '../../budget/gate.js';
-import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from './client-address.js';
+import { DEFAULT_TRUSTED_PROXIES, TrustedProxies } from '../../net/trusted-proxies.js';
 import { ApiError, ApiErrorCode, errorBody, invalidRequest } from './errors.js';
 import { KeyManagement } from './key-management.js';
 import type { KeyService } from '../../keys/management.js';
