@@ -2,7 +2,7 @@
 // See bench/README.md for what it measures, how, and the last results.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +13,7 @@ import { buildTree, existingTree } from './lib/build.js';
 import { runGrpcLoad, type GrpcLoadResult } from './lib/grpc-load.js';
 import { runH2load, type H2loadResult } from './lib/h2load.js';
 import { PIN, freePort, running, spawnChild, type Child, type MetricSample } from './lib/procs.js';
-import { checkRequest, encodeCheckRequest, grpcFrame } from './lib/request.js';
+import { chatCompletionBody, checkRequest, encodeCheckRequest, grpcFrame } from './lib/request.js';
 import { median, round } from './lib/stats.js';
 import { benchRedis, createBenchDatabase, insertBulkKeys, unknownKeys, type BenchDatabase } from './lib/stores.js';
 import { callOnce, describe } from './lib/verify.js';
@@ -54,7 +54,15 @@ const S = {
   unknownKeysPerRound: 40_000,
   /** Requests per minute given to every bench account and key: rate limiting runs its whole path and never refuses. */
   hugeRpm: 1_000_000_000,
-  scenarios: new Set((process.env.BENCH_SCENARIOS ?? '1,2,3,4,5,6,7').split(',').map((s) => Number(s.trim()))),
+  /**
+   * Scenario 8's key: tokens per minute at the schema's maximum (each check reserves 818
+   * tokens, so the bucket refills faster than any rate this machine reaches uses it), and a
+   * budget no run can spend (each check reserves 354 micro-units at gpt-4o-mini's prices).
+   */
+  hugeTpm: 1_000_000_000,
+  hugeBudget: 1_000_000_000_000_000,
+  benchModel: 'gpt-4o-mini',
+  scenarios: new Set((process.env.BENCH_SCENARIOS ?? '1,2,3,4,5,6,7,8').split(',').map((s) => Number(s.trim()))),
   cpuProf: process.env.BENCH_CPU_PROF === '1',
   logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
 };
@@ -214,6 +222,10 @@ interface Env {
   workDir: string;
   readyTimes: number[];
   readyLogTimes: number[];
+  /** Redis INFO used_memory, in bytes. */
+  redisUsedMemory: () => Promise<number>;
+  /** ZCARD of a key under the bench's prefix. */
+  redisZcard: (key: string) => Promise<number>;
 }
 
 async function startService(e: Env, name: string, extra: Record<string, string> = {}): Promise<Child> {
@@ -304,6 +316,8 @@ async function h2Scenario(
   spec: { id: number; title: string; body: string; frame: Buffer; serviceEnv: Record<string, string>; expected: string[]; want: Parameters<typeof expectCall>[2] },
   latencyLoad: () => number,
   noopMaxOut?: (v: number) => void,
+  /** Runs on the service after the measurements, before it stops. */
+  beforeStop?: (service: Child) => Promise<void>,
 ): Promise<ScenarioResult> {
   log(`scenario ${spec.id}: ${spec.title}`);
   const service = await startService(e, `service-s${spec.id}`, spec.serviceEnv);
@@ -364,6 +378,7 @@ async function h2Scenario(
       log(`  fixed load ${perClient * S.clients}/s, round ${r + 1}: p99 service ${round(pair.svc.p99Ms)} ms, do-nothing ${round(pair.noop.p99Ms)} ms`);
     }
     rss = Math.max(rss, service.rss().rss);
+    await beforeStop?.(service);
     const store = perCheck(counts);
     if (store.expectedShare < 0.999) throw new Error(`scenario ${spec.id}: only ${store.expectedShare} of the decisions were the expected ${spec.expected.join('|')}`);
     const svcP99 = median(lat.map((l) => l.svc.p99Ms));
@@ -394,6 +409,76 @@ async function h2Scenario(
   } finally {
     await service.stop();
   }
+}
+
+/**
+ * Scenario 8: scenario 1 on an inference route with token limits on. The shipped policy plus a
+ * `tokens:` section (prices of the model sent); the key has tokens per minute, a budget and a
+ * model allow-list, and every check carries a chat-completions body in `raw_body`, so each one
+ * reads the body, checks the model and reserves prompt + max_tokens in Redis (one script call
+ * with the request limits, then the expiry schedule). The do-nothing server gets the same frames.
+ */
+async function scenario8(e: Env, secret: string, latencyLoad: () => number, noopMaxOut: (v: number) => void): Promise<ScenarioResult> {
+  const policyFile = path.join(e.workDir, 'policy-tokens.yaml');
+  writeFileSync(
+    policyFile,
+    readFileSync(path.join(ROOT, 'policy', 'default.yaml'), 'utf8') +
+      [
+        'tokens:',
+        '  currency: USD',
+        '  default_model: { input_per_million: 150000, output_per_million: 600000, default_max_output: 1024 }',
+        '  models:',
+        `    ${S.benchModel}: { input_per_million: 150000, output_per_million: 600000, default_max_output: 1024 }`,
+        '    gpt-4o: { input_per_million: 2500000, output_per_million: 10000000, default_max_output: 4096 }',
+        '  unreadable_body: deny',
+        '',
+      ].join('\n'),
+  );
+  const frame = grpcFrame(encodeCheckRequest(checkRequest({ key: secret, body: chatCompletionBody(S.benchModel) })));
+  const body = path.join(e.workDir, 'tokens.bin');
+  writeFileSync(body, frame);
+  const memBefore = await e.redisUsedMemory();
+  let reserved = 0;
+  let decisions = 0;
+  let allowed = 0;
+  let others: string[] = [];
+  const result = await h2Scenario(
+    e,
+    {
+      id: 8,
+      title: 'valid key, memory, token limits on (chat body)',
+      body,
+      frame,
+      serviceEnv: { RATE_LIMIT_ENABLED: 'true', POLICY_FILE: policyFile },
+      expected: ['allowed'],
+      // The reservation id goes upstream only on an allow that reserved.
+      want: { code: 0, httpStatus: 200, okHeader: 'x-ryvion-reservation-id' },
+    },
+    latencyLoad,
+    noopMaxOut,
+    async (service) => {
+      const m = await service.metrics();
+      reserved = m.sum('ryvion_authz_reservations_total', { event: 'reserved' });
+      decisions = m.sum('ryvion_authz_decisions_total', { transport: 'grpc' });
+      const reasons = m.by('ryvion_authz_decisions_total', 'reason', { transport: 'grpc' });
+      allowed = reasons.allowed ?? 0;
+      others = Object.entries(reasons).filter(([r, n]) => r !== 'allowed' && n > 0).map(([r, n]) => `${n} ${r}`);
+    },
+  );
+  // Every reservation stays in Redis until it is reconciled or expires (TOKEN_RESERVATION_TTL_MS,
+  // 15 min by default): its record and its entry in the expiry schedule.
+  const scheduled = await e.redisZcard('rsv:due');
+  const grown = (await e.redisUsedMemory()) - memBefore;
+  // Over the service's life (verification, warm-up, rounds): every allow reserved (none let
+  // through unreserved), and allows are the decisions (h2Scenario required >= 0.999 of the measured ones).
+  if (decisions === 0 || reserved !== allowed) throw new Error(`scenario 8: ${decisions} decisions, ${allowed} allowed, ${reserved} reservations: expected an allow per reservation`);
+  const bytesPerReservation = scheduled > 0 ? round(grown / scheduled, 0) : 0;
+  Object.assign(result, { decisionsInAll: decisions, reservations: reserved, reservationsInRedis: scheduled, redisBytesPerReservation: bytesPerReservation });
+  result.notes.push(
+    `body ${chatCompletionBody(S.benchModel).length} B in raw_body (frame ${frame.length} B); key: tokens_per_minute ${S.hugeTpm}, a monthly budget, allowed_models [${S.benchModel}, gpt-4o]`,
+    `${decisions} decisions in the service's life, ${allowed} allowed${others.length > 0 ? ` (also ${others.join(', ')})` : ''}, ${reserved} reservations; ${scheduled} left in Redis after the scenario, ${bytesPerReservation} B of Redis used_memory each`,
+  );
+  return result;
 }
 
 function writeKeysFile(e: Env, name: string, lines: string[]): string {
@@ -760,7 +845,9 @@ async function main(): Promise<void> {
     if (process.env.BENCH_KEEP_BUILD !== '1' && !process.env.BENCH_TREE) tree.remove();
     else log(`build kept in ${tree.dir}`);
   };
-  const e: Partial<Env> = { tree, db, redisPrefix: redis.prefix, clearRedis: redis.clear, pepper: randomBytes(48).toString('base64'), workDir, readyTimes: [], readyLogTimes: [] };
+  const e: Partial<Env> = { tree, db, redisPrefix: redis.prefix, clearRedis: redis.clear, pepper: randomBytes(48).toString('base64'), workDir, readyTimes: [], readyLogTimes: [],
+    redisUsedMemory: async () => Number(/used_memory:(\d+)/.exec(await redis.client.info('memory'))?.[1] ?? 0),
+    redisZcard: (key) => redis.client.zcard(redis.prefix + key) };
   try {
     const hasher = new KeyHasher({ version: 1, secret: e.pepper! });
     const repo = new KeyRepository(db.pool, hasher, 'live');
@@ -809,6 +896,18 @@ async function main(): Promise<void> {
     if (S.scenarios.has(5)) results.push(await scenario5(env, bulk));
     if (S.scenarios.has(6)) results.push(await scenario6(env, bulk));
     if (S.scenarios.has(7)) results.push(await scenario7(env, bulk, envNumber('BENCH_MIXED_RATE', 500)));
+    if (S.scenarios.has(8)) {
+      // Its own key, with token limits, so that scenarios 1 to 3 run as before.
+      const { secret: tokenSecret } = await repo.createKey({
+        accountId: account.id,
+        name: 'bench-tokens',
+        scope: 'buyer',
+        expiresAt: null,
+        rateLimitRpm: S.hugeRpm,
+        tokenLimits: { tokens_per_minute: S.hugeTpm, budget: { amount: S.hugeBudget, period: 'month' }, allowed_models: [S.benchModel, 'gpt-4o'] },
+      });
+      results.push(await scenario8(env, tokenSecret, latencyLoad, (v) => (noopMax ||= v)));
+    }
 
     const met = targets(results, env.readyTimes);
     const redisVersion = /redis_version:(\S+)/.exec(await redis.client.info('server'))?.[1] ?? 'unknown';

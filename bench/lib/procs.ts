@@ -195,4 +195,15 @@ export class MetricSample {
     }
     return total;
   }
+
+  /** The sums of `name` per value of `label`, over the series whose labels include `match`. */
+  by(name: string, label: string, match: Record<string, string> = {}): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const s of this.series) {
+      if (s.name !== name || !Object.entries(match).every(([k, v]) => s.labels[k] === v)) continue;
+      const v = s.labels[label] ?? '';
+      out[v] = (out[v] ?? 0) + s.value;
+    }
+    return out;
+  }
 }

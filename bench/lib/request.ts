@@ -22,6 +22,49 @@ export interface BenchRequestInit {
   requestId?: string;
   method?: string;
   path?: string;
+  /** The request body, as Envoy's `with_request_body` + `pack_as_bytes` sends it (`raw_body`). */
+  body?: Buffer;
+}
+
+/**
+ * A chat-completions body as an OpenAI SDK sends it: a system prompt, a short conversation and a
+ * question, `max_tokens` and `temperature`: 1 391 bytes, 306 prompt tokens by the gate's
+ * characters/4 estimate.
+ */
+export function chatCompletionBody(model: string): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      model,
+      messages: [
+        {
+          role: 'system',
+          content:
+            'You are a support assistant for a hosted inference platform. Answer briefly and precisely, cite the relevant documentation page when you can, ' +
+            'and never invent configuration options that do not exist. If a question is about billing, tell the user where to find their invoices ' +
+            'and usage, and do not quote prices from memory. Format code and shell commands as fenced code blocks.',
+        },
+        { role: 'user', content: 'My requests to /v1/chat/completions started failing with 429 this morning. I have not changed anything in my client.' },
+        {
+          role: 'assistant',
+          content:
+            'A 429 means a limit was reached. The error body says which one: rate_limit_exceeded is a per-minute limit on requests or tokens and clears ' +
+            'by itself (the retry-after-ms header says when), insufficient_quota means the spend budget of your key or account is used up for the period. ' +
+            'Which code do you see in the error?',
+        },
+        {
+          role: 'user',
+          content:
+            'It says rate_limit_exceeded and the x-ratelimit-remaining-tokens header is 0. We send about forty requests a minute with long prompts, ' +
+            'mostly summaries of support tickets of a few thousand words each. How do I find out what my tokens-per-minute limit is, and can I ask for ' +
+            'a higher one for this key only, without changing the other keys of the account?',
+        },
+      ],
+      max_tokens: 512,
+      temperature: 0.2,
+      stream: false,
+      user: 'user-2c3d4b5a',
+    }),
+  );
 }
 
 /** What Envoy sends for `POST /v1/chat/completions` from an OpenAI SDK, with the key as a Bearer token. */
@@ -50,7 +93,9 @@ export function checkRequest(init: BenchRequestInit): CheckRequest {
             'x-forwarded-proto': 'https',
             'x-request-id': init.requestId ?? '5f1b6c1e-8f0a-4d7e-9a5e-2c3d4b5a6f70',
             authorization: `Bearer ${init.key}`,
+            ...(init.body ? { 'content-length': String(init.body.length) } : {}),
           },
+          ...(init.body ? { raw_body: init.body } : {}),
         },
       },
     },
