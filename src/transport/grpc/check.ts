@@ -5,7 +5,7 @@ import type { RequestAttributes } from '../../check/attributes.js';
 import { splitJoined } from '../../check/attributes.js';
 import { acceptRequestId } from '../../check/request-id.js';
 import type { Allow, Decision, Deny } from '../../check/decision.js';
-import { allowResponse, denialResponse, GrpcCode } from '../../check/outcomes.js';
+import { allowResponse, denialResponse, GrpcCode, type AllowResponse } from '../../check/outcomes.js';
 import type { Identity } from '../../check/decision.js';
 import { rateLimitHeaders } from '../../ratelimit/headers.js';
 import { HeaderAppendAction, type CheckRequest, type CheckResponse, type HeaderValueOption, type ProtoStruct } from './proto.js';
@@ -160,7 +160,10 @@ function staticAllow(d: Allow, opts: ResponseOptions): StaticAllow {
 }
 
 function buildStaticAllow(d: Allow, opts: ResponseOptions): StaticAllow {
-  const r = allowResponse({ ...d, rateLimit: [] }, opts);
+  return allowParts(allowResponse({ ...d, rateLimit: [] }, opts));
+}
+
+function allowParts(r: AllowResponse): StaticAllow {
   return {
     headers: r.identityHeaders.map(([k, v]) => overwrite(k, v)),
     headersToRemove: [...r.headersToRemove],
@@ -179,21 +182,11 @@ function deepFreeze<T>(v: T): T {
 const OK_STATUS = Object.freeze({ code: GrpcCode.OK });
 
 function okResponse(d: Allow, requestId: string, opts: ResponseOptions): CheckResponse {
-  if (perRequest(d)) {
-    const r = allowResponse(d, opts);
-    return {
-      status: OK_STATUS,
-      ok_response: {
-        headers: r.identityHeaders.map(([k, v]) => overwrite(k, v)),
-        headers_to_remove: [...r.headersToRemove],
-        response_headers_to_add: [overwrite('x-request-id', requestId), ...r.responseHeaders.map(([k, v]) => overwrite(k, v))],
-      },
-      dynamic_metadata: { fields: Object.fromEntries(r.metadata.map(([k, v]) => [k, str(v)])) },
-    };
-  }
-  const parts = staticAllow(d, opts);
+  // Per call: the request id and the limit headers; the rest is kept per identity unless it varies per request.
+  const dynamic = perRequest(d) ? allowResponse(d, opts) : undefined;
+  const parts = dynamic ? allowParts(dynamic) : staticAllow(d, opts);
   const responseHeaders = [overwrite('x-request-id', requestId)];
-  if (d.rateLimit && d.rateLimit.length > 0) for (const [k, v] of rateLimitHeaders(d.rateLimit)) responseHeaders.push(overwrite(k, v));
+  for (const [k, v] of dynamic ? dynamic.responseHeaders : rateLimitHeaders(d.rateLimit ?? [])) responseHeaders.push(overwrite(k, v));
   return {
     status: OK_STATUS,
     ok_response: {
