@@ -7,7 +7,7 @@ import { createTypeScriptImportResolver } from 'eslint-import-resolver-typescrip
 
 /** Bottom to top. Each entry is one layer; paths in one layer may import each other. */
 const LAYERS = [
-  ['src/time', 'src/net', 'src/config.ts', 'src/paths.ts'],
+  ['src/time', 'src/net', 'src/config.ts', 'src/paths.ts', 'src/lru.ts'],
   ['src/store', 'src/observability'],
   ['src/policy'],
   ['src/keys'],

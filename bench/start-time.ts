@@ -3,6 +3,7 @@
 //   modules  node dist/cli/entry.js serve         (tsc's output, one file per module: before the bundle)
 //   bundle   node bin/ryvion-authz.js serve       (the esbuild bundle, source maps on: what ships)
 //   bundle-no-maps  node dist/bundle/ryvion-authz.js serve  (the bundle without source maps)
+//   compare  node $START_COMPARE serve, when set
 // Start to ready: from spawn to the time on the service's "ryvion-authz ready" line; the line's
 // startup_ms says where the time went. Needs `npm run build` first. Prints one JSON object.
 import { randomBytes } from 'node:crypto';
@@ -22,6 +23,9 @@ const variants: Record<string, string> = {
   bundle: path.join(ROOT, 'bin', 'ryvion-authz.js'),
   'bundle-no-maps': path.join(ROOT, 'dist', 'bundle', 'ryvion-authz.js'),
 };
+// START_COMPARE=FILE: one more variant, `node FILE serve` (say, a copy of dist/bundle made before a
+// change, kept beside it so that it finds the package's files), alternated with the others.
+if (process.env.START_COMPARE) variants.compare = path.resolve(process.env.START_COMPARE);
 
 async function main(): Promise<void> {
   const db = await createBenchDatabase(process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres');

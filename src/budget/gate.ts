@@ -7,7 +7,7 @@
 //   expire     a reservation never reconciled becomes a charge of what it reserved;
 //   ledger     every settlement goes to Postgres in batches; a Redis counter that is missing is
 //              seeded from the ledger before any budget is enforced from it.
-import { LRUCache } from 'lru-cache';
+import { boundedLru } from '../lru.js';
 import type { Clock } from '../time/clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -115,8 +115,8 @@ export class TokenGate {
   private timers: NodeJS.Timeout[] = [];
   // For BUDGET_REDIS_DOWN=local: per budget counter, what Redis last said remained, and what this
   // replica has admitted on its own since.
-  private readonly lastRemaining = new LRUCache<string, number>({ max: 100_000 });
-  private readonly spentLocally = new LRUCache<string, number>({ max: 100_000 });
+  private readonly lastRemaining = boundedLru<string, number>(100_000);
+  private readonly spentLocally = boundedLru<string, number>(100_000);
 
   constructor(private readonly opts: TokenGateOptions) {
     // Every series exists from the first scrape (bounded label sets), so rates and the alert on

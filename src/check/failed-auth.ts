@@ -1,5 +1,6 @@
 // Failed authentications per source address, so random well-formed keys cannot flood Postgres.
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { boundedLru } from '../lru.js';
 
 const WINDOW_MS = 60_000;
 
@@ -14,7 +15,7 @@ interface Counter {
  * replica's memory: limiting look-ups must itself cost no store round trip.
  */
 export class FailedAuthLimiter {
-  // Allocated at the first failure: lru-cache preallocates all `max` slots (about 20 ms of start-up).
+  // Made at the first failure: until then a check looks nothing up.
   private counters: LRUCache<string, Counter> | undefined;
 
   constructor(
@@ -41,7 +42,7 @@ export class FailedAuthLimiter {
   recordFailure(source: string | undefined): void {
     if (!source) return;
     const now = this.now();
-    this.counters ??= new LRUCache<string, Counter>({ max: 100_000 });
+    this.counters ??= boundedLru<string, Counter>(100_000);
     let c = this.counters.get(source);
     if (!c) {
       c = { windowStart: now - (now % WINDOW_MS), current: 0, previous: 0 };

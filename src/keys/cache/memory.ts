@@ -1,5 +1,6 @@
 // The per-replica memory tier: a bounded LRU of key entries, guarded by revocation tombstones and an epoch.
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { boundedLru, type BoundedLruOptions } from '../../lru.js';
 import type { CacheEntry } from './entry.js';
 
 export interface MemoryTierOptions {
@@ -18,22 +19,22 @@ export interface MemoryTierOptions {
 export class MemoryTier {
   private readonly entries: LRUCache<string, CacheEntry>;
   // hash -> revoked version. A fill below it started before the revoke and must not land.
-  // Allocated at the first revocation: lru-cache preallocates all `max` slots (about 45 ms of
-  // start-up and 8 MB at the default 200 000), and until then there is nothing to remember.
+  // Made at the first revocation: until then there is nothing to remember.
   private tombstones: LRUCache<string, number> | undefined;
-  private readonly tombstoneOptions: LRUCache.Options<string, number, unknown>;
+  private readonly tombstoneOptions: BoundedLruOptions<string, number>;
   private readonly negativeTtlMs: number;
+  private readonly maxKeys: number;
   private epochValue = 0;
 
   constructor(opts: MemoryTierOptions) {
-    this.entries = new LRUCache({ max: opts.maxKeys, ttl: opts.ttlMs, ttlAutopurge: false, updateAgeOnGet: false });
+    this.entries = boundedLru(opts.maxKeys, { ttl: opts.ttlMs, ttlAutopurge: false, updateAgeOnGet: false });
     const evicted = opts.onTombstoneEvicted;
     this.tombstoneOptions = {
-      max: opts.maxKeys,
       ttl: opts.tombstoneTtlMs ?? 10 * 60_000,
       ...(evicted ? { dispose: (_v: number, _k: string, reason: LRUCache.DisposeReason) => void (reason === 'evict' && evicted()) } : {}),
     };
     this.negativeTtlMs = opts.negativeTtlMs;
+    this.maxKeys = opts.maxKeys;
   }
 
   /** Fills captured before a flush carry an older epoch and are dropped. */
@@ -71,7 +72,7 @@ export class MemoryTier {
 
   /** A revocation: remember it and drop whatever is held for the key. */
   invalidate(hash: string, version: number): void {
-    this.tombstones ??= new LRUCache<string, number>(this.tombstoneOptions);
+    this.tombstones ??= boundedLru<string, number>(this.maxKeys, this.tombstoneOptions);
     const tomb = this.tombstones.get(hash);
     if (tomb === undefined || tomb < version) this.tombstones.set(hash, version);
     this.entries.delete(hash);
