@@ -6,7 +6,7 @@
 // with collected objects kept (what was allocated, not what survived) and writes FILE on the stop.
 import { createHook } from 'node:async_hooks';
 import { Session } from 'node:inspector';
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
 import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
 
@@ -57,7 +57,28 @@ if (file) {
       line.heapUsedAfterGc = getHeapStatistics().used_heap_size;
       line.spacesAfterGc = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_used_size]));
       line.rssAfterGc = process.memoryUsage.rss();
+      // Where the RSS outside the live heap is: V8's committed heap, memory V8 malloc'ed for itself,
+      // Buffers and other external memory, and the process's pages by kind (smaps_rollup).
+      const after = getHeapStatistics();
+      const mu = process.memoryUsage();
+      line.memoryAfterGc = {
+        heapCommitted: after.total_heap_size, heapPhysical: after.total_physical_size, mallocedByV8: after.malloced_memory,
+        external: mu.external, arrayBuffers: mu.arrayBuffers,
+        spacesCommitted: Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.physical_space_size])),
+        smaps: smapsRollup(),
+      };
     }
     appendFileSync(file, `${JSON.stringify(line)}\n`);
   });
+}
+
+/** /proc/self/smaps_rollup in bytes (Linux); empty elsewhere. */
+function smapsRollup(): Record<string, number> {
+  try {
+    const out: Record<string, number> = {};
+    for (const m of readFileSync('/proc/self/smaps_rollup', 'utf8').matchAll(/^(\w+):\s+(\d+) kB$/gm)) out[m[1]!] = Number(m[2]) * 1024;
+    return out;
+  } catch {
+    return {};
+  }
 }

@@ -30,6 +30,10 @@ import { runGrpcLoad, type GrpcLoadResult } from './lib/grpc-load.js';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const modes = new Set((process.argv[2] ?? 'alloc,gc,async,rate').split(','));
 const rounds = Number(process.env.PROFILE_ROUNDS ?? 5);
+// PROFILE_ENV="K=V ..." and PROFILE_NODE_ARGS="--flag ...": given to every server (do-nothing and service alike), for experiments.
+const profileEnv: Record<string, string> = Object.fromEntries(
+  (process.env.PROFILE_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+);
 const allocChecks = Number(process.env.PROFILE_CHECKS ?? 20_000);
 const log = (m: string): void => void process.stderr.write(`[profile ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 
@@ -132,8 +136,8 @@ async function main(): Promise<void> {
       const probeFile = path.join(tree.dir, `probe-${label}-${randomBytes(3).toString('hex')}.jsonl`);
       writeFileSync(probeFile, '');
       const grpcPort = await freePort();
-      const env: Record<string, string> = { BENCH_PROBE_FILE: probeFile, ...extraEnv };
-      const nodeArgs = [`--import=${tree.entry('bench/probe.ts')}`, ...nodeOptions.split(' ').filter(Boolean)];
+      const env: Record<string, string> = { BENCH_PROBE_FILE: probeFile, ...profileEnv, ...extraEnv };
+      const nodeArgs = [`--import=${tree.entry('bench/probe.ts')}`, ...nodeOptions.split(' ').filter(Boolean), ...(process.env.PROFILE_NODE_ARGS ?? '').split(' ').filter(Boolean)];
       let child: Child;
       if (!t) {
         child = await spawnChild({ name: label, script: tree.entry('bench/noop-server.ts'), grpcPort, nodeArgs, logFile: `${probeFile}.log`, env: { ...env, GRPC_PORT: String(grpcPort) } });
@@ -259,6 +263,7 @@ async function main(): Promise<void> {
         heapUsedAfterFillMb: { noop: mb(pn.heapUsed), service: mb(ps.heapUsed) },
         heapUsedAfterFullGcMb: { noop: mb(pn.heapUsedAfterGc), service: mb(ps.heapUsedAfterGc) },
         rssAfterFullGcMb: { noop: mb(pn.rssAfterGc), service: mb(ps.rssAfterGc) },
+        memoryAfterFullGc: { noop: (pn as unknown as { memoryAfterGc?: unknown }).memoryAfterGc, service: (ps as unknown as { memoryAfterGc?: unknown }).memoryAfterGc },
         spacesAfterFullGcMb: { noop: Object.fromEntries(Object.entries(pn.spacesAfterGc).map(([k, v]) => [k, mb(v)])), service: Object.fromEntries(Object.entries(ps.spacesAfterGc).map(([k, v]) => [k, mb(v)])) },
         serviceLiveHeapBytesPerKey: summariseHeapProfile(JSON.parse(readFileSync(heapFile, 'utf8')) as HeapNode | { head: HeapNode }, count),
       };
