@@ -7,7 +7,10 @@
 # Two stages on the same official Node LTS base (Debian bookworm, slim):
 #   build    installs every dependency and compiles src/ to dist/, the same commands as .ci/run
 #            (`npm ci`, then the build that `npm ci` runs through `prepare`): tsc's output and the
-#            esbuild bundle dist/bundle/ (esbuild.mjs) that bin/ryvion-authz.js runs;
+#            esbuild bundle dist/bundle/ryvion-authz.cjs (esbuild.mjs) that bin/ryvion-authz.js
+#            runs, with its source map and the V8 code cache the build writes by running it once
+#            through bin/ryvion-authz.js (made by this stage's node, the same image as runtime's,
+#            so the runtime takes it; a cache another Node made would be rejected, only slower);
 #   runtime  production dependencies only, the compiled code and the files the package ships
 #            (package.json "files": bin, dist, proto, migrations, policy), owned by root and run
 #            as an unprivileged numeric user, so it works with a read-only root filesystem and
@@ -26,6 +29,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY tsconfig.json esbuild.mjs ./
 COPY src ./src
+# bin/: the launcher that writes the bundle's code cache at the end of the build.
+COPY bin ./bin
 RUN npm run build
 
 FROM node:20-bookworm-slim AS runtime
@@ -33,9 +38,10 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
 # Production dependencies only; no install scripts (none of them needs one), no npm cache left behind.
-# The bundle holds most of them; it imports node-pg-migrate (`migrate`) and grpc-health-check's
+# The bundle holds most of them; it loads node-pg-migrate (`migrate`) and grpc-health-check's
 # .proto from here.
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+# dist/: tsc's output and dist/bundle/ (the bundle, its source map and its code cache).
 COPY --from=build /src/dist ./dist
 COPY bin ./bin
 COPY proto ./proto

@@ -1,8 +1,9 @@
 // `npx tsx bench/start-time.ts [starts]`: start to ready of `ryvion-authz serve`, the variants
 // alternated start by start (default 8 starts each) on the bench's own database and Redis prefix:
 //   modules  node dist/cli/entry.js serve         (tsc's output, one file per module: before the bundle)
-//   bundle   node bin/ryvion-authz.js serve       (the esbuild bundle, source maps on: what ships)
-//   bundle-no-maps  node dist/bundle/ryvion-authz.js serve  (the bundle without source maps)
+//   bundle   node bin/ryvion-authz.js serve       (the esbuild bundle with its code cache: what ships)
+//   bundle-no-cache  node dist/bundle/ryvion-authz.cjs serve  (the same bundle by Node's CommonJS
+//            loader: compiled at every start, no code cache; what the cache gains)
 //   compare  node $START_COMPARE serve, when set
 // Start to ready: from spawn to the time on the service's "ryvion-authz ready" line; the line's
 // startup_ms says where the time went. Needs `npm run build` first. Prints one JSON object.
@@ -21,10 +22,12 @@ const starts = Number(process.argv[2] ?? 8);
 const variants: Record<string, string> = {
   modules: path.join(ROOT, 'dist', 'cli', 'entry.js'),
   bundle: path.join(ROOT, 'bin', 'ryvion-authz.js'),
-  'bundle-no-maps': path.join(ROOT, 'dist', 'bundle', 'ryvion-authz.js'),
+  'bundle-no-cache': path.join(ROOT, 'dist', 'bundle', 'ryvion-authz.cjs'),
 };
-// START_COMPARE=FILE: one more variant, `node FILE serve` (say, a copy of dist/bundle made before a
-// change, kept beside it so that it finds the package's files), alternated with the others.
+// START_COMPARE=FILE: one more variant, `node FILE serve`, alternated with the others: say, a copy of
+// dist/bundle made before a change (`cp -r dist/bundle dist/bundle-before` before rebuilding; under
+// dist/ so that it finds the package's files), run by node itself: no launcher, no code cache, no
+// source maps.
 if (process.env.START_COMPARE) variants.compare = path.resolve(process.env.START_COMPARE);
 
 async function main(): Promise<void> {

@@ -1,7 +1,8 @@
 // Where the package's own files are (package.json, proto/, migrations/, policy/), found from this
 // module's location. The code runs from src/ (tsx), from dist/ (tsc's output, one file per module)
-// and from the one-file bundle dist/bundle/ryvion-authz.js (esbuild), each at its own depth, so
-// the root is the nearest directory above that holds both package.json and proto/.
+// and from the one-file bundle dist/bundle/ryvion-authz.cjs (esbuild; there import.meta.url is the
+// bundle's own URL, esbuild.mjs), each at its own depth, so the root is the nearest directory above
+// that holds both package.json and proto/.
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -1,7 +1,7 @@
 // Compiles src/ and the bench's child programs to plain JavaScript in a temporary directory, and
-// bundles the service there as `npm run build` does (esbuild.mjs), so the service runs the way
-// production runs it (bin/ryvion-authz.js: node on the bundle, no loader), while the working
-// tree's dist/ is left alone. Transpile only: `npm run typecheck` does the type-checking.
+// bundles the service there as `npm run build` does (esbuild.mjs: the bundle, its source map and
+// its code cache), so the service runs the way production runs it (bin/ryvion-authz.js, copied
+// beside it, on the bundle and the cache), while the working tree's dist/ is left alone. Transpile only: `npm run typecheck` does the type-checking.
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -48,6 +48,7 @@ export function buildTree(root: string): BuiltTree {
   }
   const bundled = spawnSync(process.execPath, ['esbuild.mjs'], { cwd: root, env: { ...process.env, RYVION_BUNDLE_OUTDIR: path.join(dir, 'dist', 'bundle') }, encoding: 'utf8' });
   if (bundled.status !== 0) throw new Error(`esbuild.mjs failed: ${bundled.stderr}`);
+  if (!existsSync(path.join(dir, 'dist', 'bundle', 'ryvion-authz.cjs.cache'))) throw new Error('esbuild.mjs wrote no code cache');
   mkdirSync(path.join(dir, 'bin'));
   copyFileSync(path.join(root, 'bin', 'ryvion-authz.js'), path.join(dir, 'bin', 'ryvion-authz.js'));
   return {

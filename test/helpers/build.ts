@@ -1,4 +1,4 @@
-// dist/ is what `npm start` and bin/ryvion-authz.js run (its bundle, dist/bundle/); tests that start them rebuild a stale one.
+// dist/ is what `npm start` and bin/ryvion-authz.js run (its bundle and code cache, dist/bundle/); tests that start them rebuild a stale one.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -16,10 +16,10 @@ export function ensureBuilt(): void {
         e.isDirectory() ? newestSource(path.join(dir, e.name)) : e.name.endsWith('.ts') ? statSync(path.join(dir, e.name)).mtimeMs : 0,
       ),
     );
-  const bundle = path.join(ROOT, 'dist', 'bundle', 'ryvion-authz.js');
+  const bundle = path.join(ROOT, 'dist', 'bundle', 'ryvion-authz.cjs');
   const built = existsSync(entry) && existsSync(path.join(ROOT, 'dist', 'dev', 'command.js')) && existsSync(bundle) ? Math.min(statSync(entry).mtimeMs, statSync(bundle).mtimeMs) : 0;
   if (built >= newestSource(path.join(ROOT, 'src'))) return;
   // tsc emits even when another file has a type error; the type check is CI's job, not this test's.
   spawnSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'ignore', timeout: 180_000 });
-  if (!existsSync(path.join(ROOT, 'dist', 'dev', 'command.js')) || !existsSync(bundle)) throw new Error('npm run build did not produce dist/dev/command.js and dist/bundle/ryvion-authz.js');
+  if (!existsSync(path.join(ROOT, 'dist', 'dev', 'command.js')) || !existsSync(bundle)) throw new Error('npm run build did not produce dist/dev/command.js and dist/bundle/ryvion-authz.cjs');
 }

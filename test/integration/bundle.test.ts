@@ -1,10 +1,12 @@
-// The production entry point is one esbuild bundle (dist/bundle/, made by `npm run build`) that
-// bin/ryvion-authz.js runs. Here it runs from a directory laid out like the image: what the
-// Dockerfile's runtime stage copies, and only the production dependencies in node_modules. Paths
-// found from the bundle's own location (migrations/, proto/, policy/, package.json), the dynamic
-// import of node-pg-migrate and grpc-health-check's .proto must all work from there.
+// The production entry point is one esbuild bundle, dist/bundle/ryvion-authz.cjs, with the V8 code
+// cache the build wrote beside it (`npm run build`; esbuild.mjs), which bin/ryvion-authz.js
+// compiles and runs. Here it runs from a directory laid out like the image: what the Dockerfile's
+// runtime stage copies, and only the production dependencies in node_modules. Paths found from the
+// bundle's own location (migrations/, proto/, policy/, package.json), the dynamic import of
+// node-pg-migrate and grpc-health-check's .proto must all work from there; the cache must be taken
+// by the Node that built it and must not be needed; stack traces must name src/ files and lines.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,8 +74,8 @@ afterAll(async () => {
   if (app) rmSync(app, { recursive: true, force: true });
 });
 
-function run(args: string[], env: Record<string, string>): ChildProcess {
-  const child = spawn(process.execPath, ['bin/ryvion-authz.js', ...args], {
+function run(args: string[], env: Record<string, string>, nodeArgs: string[] = []): ChildProcess {
+  const child = spawn(process.execPath, [...nodeArgs, 'bin/ryvion-authz.js', ...args], {
     cwd: app,
     env: { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'info', SHUTDOWN_READINESS_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -93,7 +95,7 @@ describe('the bundle, from a directory laid out like the image', () => {
     expect(deps).not.toContain('esbuild');
   });
 
-  it('migrates (node-pg-migrate imported on demand, migrations/ found from the bundle), serves Checks and health, and maps stack traces to src/', async () => {
+  it('migrates (node-pg-migrate imported on demand, migrations/ found from the bundle), serves Checks and health', async () => {
     let out = '';
     const migrate = run(['migrate'], { DATABASE_URL: db.url });
     migrate.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -147,17 +149,80 @@ describe('the bundle, from a directory laid out like the image', () => {
       await pool.end();
     }
 
-    // Source maps, as bin/ryvion-authz.js turns them on: an error made inside the bundle is reported at its src/ file and line.
-    const script = `
-      process.setSourceMapsEnabled(true);
-      const { readdirSync } = await import('node:fs');
-      for (const f of readdirSync('dist/bundle/chunks').filter((n) => n.endsWith('.js'))) {
-        const m = await import('./dist/bundle/chunks/' + f);
-        if (typeof m.loadPolicyFile !== 'function') continue;
-        try { m.loadPolicyFile('/nonexistent/policy.yaml'); } catch (err) { console.log(err.stack); }
-      }`;
-    const trace = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: app, encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 60_000 });
-    expect(trace.stdout, trace.stderr).toContain('cannot read policy file');
-    expect(trace.stdout).toMatch(/src\/policy\/policy\.ts:\d+:\d+/);
   }, 180_000);
+
+  it('ships a code cache that this Node takes, and starts serve without it or with a corrupt one', async () => {
+    const cache = path.join(app, 'dist', 'bundle', 'ryvion-authz.cjs.cache');
+    expect(existsSync(cache), 'the image has the code cache').toBe(true);
+    // NODE_DEBUG=ryvion-authz: the launcher says whether V8 took the cache.
+    const version = spawnSync(process.execPath, ['bin/ryvion-authz.js', '--version'], {
+      cwd: app, encoding: 'utf8', env: { PATH: process.env.PATH, NODE_DEBUG: 'ryvion-authz' }, timeout: 60_000,
+    });
+    expect(version.status, version.stderr).toBe(0);
+    expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(path.join(app, 'package.json'), 'utf8')).version);
+    expect(version.stderr).toContain('code cache accepted');
+
+    const original = readFileSync(cache);
+    try {
+      for (const [state, prepare] of [
+        ['rejected', () => writeFileSync(cache, Buffer.from(original.map((b, i) => (i % 7 === 0 ? b ^ 0xff : b))))],
+        ['missing', () => rmSync(cache)],
+      ] as const) {
+        prepare();
+        const [grpcPort, httpPort, opsPort] = [await freePort(), await freePort(), await freePort()];
+        const serve = run(['serve'], {
+          DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix(), KEY_PEPPER: pepper, BIND_ADDRESS: '127.0.0.1',
+          GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), OPS_PORT: String(opsPort), NODE_DEBUG: 'ryvion-authz',
+        });
+        let err = '';
+        serve.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+        await waitForReady(serve, /ryvion-authz ready/, `serve with the code cache ${state}`, 60_000);
+        expect((await fetch(`http://127.0.0.1:${opsPort}/readyz`)).status).toBe(200);
+        serve.kill('SIGTERM');
+        expect(await waitForExit(serve, 30_000)).toBe(0);
+        expect(err).toContain(`code cache ${state}`);
+      }
+    } finally {
+      writeFileSync(cache, original);
+    }
+  }, 180_000);
+
+  it('names src/ files and lines in the stack of an error thrown inside the bundle, in util.inspect and in pino logs', () => {
+    // A preload makes the bundle's read of package.json (packageVersion, src/cli/main.ts) throw: an
+    // error whose frames are the bundle's, logged by pino from the image's node_modules, then
+    // escaping the CLI (src/cli/entry.ts prints it with console.error and exits 1).
+    const dir = mkdtempSync(path.join(tmpdir(), 'ryvion-stack-'));
+    try {
+      const preload = path.join(dir, 'throw.cjs');
+      writeFileSync(preload, `
+        const fs = require('node:fs');
+        const pino = require(require.resolve('pino', { paths: [process.cwd()] }));
+        const target = require('node:path').resolve('package.json');
+        const real = fs.readFileSync;
+        fs.readFileSync = function readFileSync(p, ...rest) {
+          if (p !== target) return real.call(this, p, ...rest);
+          const err = new Error('package.json unreadable (test)');
+          pino().error({ err }, 'logged by pino');
+          throw err;
+        };`);
+      const trace = spawnSync(process.execPath, ['--require', preload, 'bin/ryvion-authz.js', '--version'], {
+        cwd: app, encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 60_000,
+      });
+      expect(trace.status, trace.stderr).toBe(1);
+      const mainTs = readFileSync(path.join(ROOT, 'src', 'cli', 'main.ts'), 'utf8').split('\n');
+      const line = mainTs.findIndex((l) => l.includes("readFileSync(packagePath('package.json')")) + 1;
+      const column = mainTs[line - 1]!.indexOf('readFileSync(') + 1;
+      const frame = `at packageVersion (${path.join(app, 'src', 'cli', 'main.ts')}:${line}:${column})`;
+      // console.error (util.inspect): the first line as Node prints it, then the mapped frames.
+      expect(trace.stderr).toMatch(/^Error: package\.json unreadable \(test\)\n {4}at /);
+      expect(trace.stderr).toContain(frame);
+      expect(trace.stderr).toMatch(/at runCli \(.*src\/cli\/main\.ts:\d+:\d+\)/);
+      expect(trace.stderr).not.toContain('ryvion-authz.cjs:');
+      expect(trace.stderr).not.toContain('nhandled');
+      const logged = JSON.parse(trace.stdout.split('\n').find((l) => l.includes('logged by pino'))!) as { err: { stack: string } };
+      expect(logged.err.stack).toContain(frame);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
