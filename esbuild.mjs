@@ -71,7 +71,15 @@ await build({
 // decoding, 1 ms instead of 25-60 ms for 5 MB on the bench machine. What esbuild left outside
 // ASCII is in comments (a dash, a name); each UTF-16 unit becomes one '?', so every line and column
 // of the source map still holds.
-writeFileSync(bundle, readFileSync(bundle, 'utf8').replace(/[\u0080-\uffff]/g, '?'));
+// Only in comments: a line with such a character that is not a comment stops the build, rather
+// than have a '?' change what the code does.
+const text = readFileSync(bundle, 'utf8');
+for (const [i, line] of text.split('\n').entries()) {
+  if (/[\u0080-\uffff]/.test(line) && !/^\s*(\/\/|\/\*|\*|\(\*)/.test(line)) {
+    throw new Error(`${bundle}:${i + 1}: a character outside ASCII outside a comment; the launcher reads the bundle as latin1`);
+  }
+}
+writeFileSync(bundle, text.replace(/[\u0080-\uffff]/g, '?'));
 
 // The code cache: the launcher runs the bundle once with `--version` (every module body runs, nothing
 // starts) and writes what V8 compiled. Made by this Node binary for this Node binary: another one
