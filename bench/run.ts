@@ -783,8 +783,18 @@ function targets(results: ScenarioResult[], readyMs: number[]): Target[] {
   const s3 = by(3);
   const s4 = by(4) as (ScenarioResult & { pgLookupsPerDistinctKey?: number }) | undefined;
   const s6 = by(6) as (ScenarioResult & { peakRssMb?: number }) | undefined;
-  if (s1) out.push({ name: 'scenario 1 throughput', target: '>= 0.80 of do-nothing', figure: String(s1.ratio), met: s1.ratio >= 0.8 });
-  if (s2) out.push({ name: 'scenario 2 throughput', target: '>= 0.90 of do-nothing', figure: String(s2.ratio), met: s2.ratio >= 0.9 });
+  // Issue 22's wording: scenario 1 at >= 0.80 and scenario 2 at >= 0.90, or scenario 1's CPU per
+  // check within 20 us of the do-nothing server's.
+  if (s1) {
+    const gap = s1.cpuUsPerCheck !== undefined && s1.noopCpuUsPerCheck !== undefined ? round(s1.cpuUsPerCheck - s1.noopCpuUsPerCheck, 1) : undefined;
+    const ratios = s1.ratio >= 0.8 && s2 !== undefined && s2.ratio >= 0.9;
+    out.push({
+      name: 'throughput: scenarios 1 and 2 at >= 0.80 and >= 0.90 of do-nothing, or scenario 1 CPU per check within 20 us of do-nothing',
+      target: '(>= 0.80 and >= 0.90) or <= 20 us',
+      figure: `ratios ${s1.ratio} and ${s2?.ratio ?? '-'}; scenario 1 CPU ${s1.cpuUsPerCheck ?? '-'} vs ${s1.noopCpuUsPerCheck ?? '-'} us (gap ${gap ?? '-'})`,
+      met: ratios || (gap !== undefined && gap <= 20),
+    });
+  }
   if (s1 && s1.p99Ratio !== undefined) {
     out.push({ name: `scenario 1 p99 at ${s1.latencyLoad}`, target: '<= 1.5 x do-nothing p99', figure: `${s1.p99Ms} vs ${s1.noopP99Ms} ms (x${s1.p99Ratio})`, met: s1.p99Ratio <= 1.5 });
   }
