@@ -13,6 +13,7 @@ interface Result {
   noopCpuUsPerCheck?: number;
   p99Ms?: number;
   noopP99Ms?: number;
+  p99Ratio?: number;
   p999Ms?: number;
   noopP999Ms?: number;
   rssAboveNoopAfterFillMb?: number;
@@ -44,7 +45,9 @@ const perScenario = ids.map((id) => {
   const rs = runs.map((r) => r.results.find((x) => x.id === id));
   const pick = (k: keyof Result): Figure | undefined => figure(rs.map((x) => x?.[k] as number | undefined));
   const cpuGap = figure(rs.map((x) => (x?.cpuUsPerCheck !== undefined && x.noopCpuUsPerCheck !== undefined ? x.cpuUsPerCheck - x.noopCpuUsPerCheck : undefined)));
-  const p99Ratio = figure(rs.map((x) => (x?.p99Ms !== undefined && x.noopP99Ms ? x.p99Ms / x.noopP99Ms : undefined)));
+  // The bench's own p99 ratio (the median of its per-round ratios, each round's pair run back to back)
+  // where it has one; else this run's p99 over the do-nothing server's.
+  const p99Ratio = figure(rs.map((x) => x?.p99Ratio ?? (x?.p99Ms !== undefined && x.noopP99Ms ? x.p99Ms / x.noopP99Ms : undefined)));
   return {
     id, title: rs.find(Boolean)!.title, runs: rs.filter(Boolean).length,
     ratio: pick('ratio'), cpuUsPerCheck: pick('cpuUsPerCheck'), noopCpuUsPerCheck: pick('noopCpuUsPerCheck'), cpuGapUs: cpuGap,
