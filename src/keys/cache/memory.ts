@@ -1,6 +1,6 @@
 // The per-replica memory tier: a bounded LRU of key entries, guarded by revocation tombstones and an epoch.
 import type { LRUCache } from 'lru-cache';
-import { boundedLru, type BoundedLruOptions } from '../../lru.js';
+import { boundedLru } from '../../lru.js';
 import type { CacheEntry } from './entry.js';
 
 export interface MemoryTierOptions {
@@ -19,22 +19,18 @@ export interface MemoryTierOptions {
 export class MemoryTier {
   private readonly entries: LRUCache<string, CacheEntry>;
   // hash -> revoked version. A fill below it started before the revoke and must not land.
-  // Made at the first revocation: until then there is nothing to remember.
-  private tombstones: LRUCache<string, number> | undefined;
-  private readonly tombstoneOptions: BoundedLruOptions<string, number>;
+  private readonly tombstones: LRUCache<string, number>;
   private readonly negativeTtlMs: number;
-  private readonly maxKeys: number;
   private epochValue = 0;
 
   constructor(opts: MemoryTierOptions) {
     this.entries = boundedLru(opts.maxKeys, { ttl: opts.ttlMs, ttlAutopurge: false, updateAgeOnGet: false });
     const evicted = opts.onTombstoneEvicted;
-    this.tombstoneOptions = {
+    this.tombstones = boundedLru(opts.maxKeys, {
       ttl: opts.tombstoneTtlMs ?? 10 * 60_000,
       ...(evicted ? { dispose: (_v: number, _k: string, reason: LRUCache.DisposeReason) => void (reason === 'evict' && evicted()) } : {}),
-    };
+    });
     this.negativeTtlMs = opts.negativeTtlMs;
-    this.maxKeys = opts.maxKeys;
   }
 
   /** Fills captured before a flush carry an older epoch and are dropped. */
@@ -57,7 +53,7 @@ export class MemoryTier {
    */
   fill(hash: string, entry: CacheEntry, epoch: number): boolean {
     if (epoch !== this.epochValue) return false;
-    const tomb = this.tombstones?.get(hash);
+    const tomb = this.tombstones.get(hash);
     if (tomb !== undefined && entry.version < tomb) return false;
     const current = this.entries.get(hash);
     if (current && current.version > entry.version) return false;
@@ -67,12 +63,11 @@ export class MemoryTier {
 
   /** The newest revoked version this replica knows of for `hash`. */
   revokedVersion(hash: string): number | undefined {
-    return this.tombstones?.get(hash);
+    return this.tombstones.get(hash);
   }
 
   /** A revocation: remember it and drop whatever is held for the key. */
   invalidate(hash: string, version: number): void {
-    this.tombstones ??= boundedLru<string, number>(this.maxKeys, this.tombstoneOptions);
     const tomb = this.tombstones.get(hash);
     if (tomb === undefined || tomb < version) this.tombstones.set(hash, version);
     this.entries.delete(hash);

@@ -7,7 +7,7 @@
 // the revoker waits that lease out. The parts: the LISTEN session (listen.ts),
 // the lease (lease.ts) and the acknowledgement waits (acks.ts).
 import { randomBytes } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
+import { boundedLru } from '../../lru.js';
 import type { Clock, Timer } from '../../time/clock.js';
 import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
@@ -51,7 +51,7 @@ export class InvalidationBus {
   private readonly lease: Lease | undefined;
   private readonly acks: AckCollector;
   private readonly listen: ListenConnection;
-  private readonly seen = new LRUCache<string, true>({ max: 10_000 });
+  private readonly seen = boundedLru<string, true>(10_000);
   private proofTimer: Timer | undefined;
   private deliveryFailing = false;
 

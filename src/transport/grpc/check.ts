@@ -1,7 +1,7 @@
 // Adapter between Envoy's CheckRequest/CheckResponse and the decision pipeline.
 import { randomUUID } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
 import type { RequestAttributes } from '../../check/attributes.js';
+import { boundedLru } from '../../lru.js';
 import { splitJoined } from '../../check/attributes.js';
 import { acceptRequestId } from '../../check/request-id.js';
 import type { Allow, Decision, Deny } from '../../check/decision.js';
@@ -137,7 +137,7 @@ interface Kept {
 
 // Built once per identity (one object per key record held in memory: check/pipeline.ts),
 // permission and options, and frozen, so the encoder writes their bytes once (wire.ts).
-const staticAllows = new LRUCache<Identity, Kept[]>({ max: STATIC_ALLOW_IDENTITIES });
+const staticAllows = boundedLru<Identity, Kept[]>(STATIC_ALLOW_IDENTITIES);
 
 /**
  * Whether an allow carries anything beyond the identity, permission and options: forwarded metadata
