@@ -123,16 +123,13 @@ export class CheckPipeline {
     const route = policy.authorize(method, attrs.path, key.scope);
     let permission: string | null;
     let shadowDenied: string | undefined;
-    let inference = false;
     switch (route.kind) {
       case 'allow':
         permission = route.permission;
-        inference = route.inference === true;
         break;
       case 'shadow_deny':
         permission = route.permission;
         shadowDenied = route.permission;
-        inference = route.inference === true;
         break;
       case 'insufficient_scope':
         return { allow: false, reason: 'insufficient_scope', identity, permission: route.permission };
@@ -145,11 +142,13 @@ export class CheckPipeline {
     // 5. On inference routes: the model allow-list, then tokens per minute and budgets reserved
     //    together with the request limits, in one Redis call (budget/gate.ts).
     const plan = policy.limitsOf(key.plan);
+    const tokenPolicy = route.inference === true ? policy.tokens : undefined;
+    const gate = tokenPolicy ? this.deps.tokens : undefined;
     let rateLimit: readonly LimitState[] | undefined;
     let tokens: TokenDecision = { kind: 'none' };
-    if (inference && policy.tokens && this.deps.tokens) {
+    if (gate && tokenPolicy) {
       const requestLimits = this.deps.rateLimiter ? limitsFor(plan, key) : [];
-      tokens = await this.deps.tokens.admit({ key, plan, tokens: policy.tokens, requestLimits, body: attrs.body, bodyTruncated: attrs.bodyTruncated === true });
+      tokens = await gate.admit({ key, plan, tokens: tokenPolicy, requestLimits, body: attrs.body, bodyTruncated: attrs.bodyTruncated === true });
       switch (tokens.kind) {
         case 'model_not_allowed':
           return { allow: false, reason: 'model_not_allowed', identity, model: tokens.model };
@@ -188,7 +187,7 @@ export class CheckPipeline {
     const allow: Decision = { allow: true, identity, permission };
     if (shadowDenied !== undefined) allow.shadowDenied = shadowDenied;
     if (rateLimit && rateLimit.length > 0) allow.rateLimit = rateLimit;
-    if (inference && policy.tokens && this.deps.tokens) allow.inference = true;
+    if (gate) allow.inference = true;
     if (tokens.kind === 'allowed') {
       if (tokens.tokenStates.length > 0) allow.tokenLimits = tokens.tokenStates;
       if (tokens.reservationId !== undefined) allow.reservationId = tokens.reservationId;
