@@ -15,6 +15,7 @@ import { runH2load, type H2loadResult } from './lib/h2load.js';
 import { PIN, freePort, running, spawnChild, type Child, type MetricSample } from './lib/procs.js';
 import { chatCompletionBody, checkRequest, encodeCheckRequest, grpcFrame } from './lib/request.js';
 import { median, round } from './lib/stats.js';
+import { issue22Targets, type Target } from './lib/targets.js';
 import { benchRedis, createBenchDatabase, insertBulkKeys, unknownKeys, type BenchDatabase } from './lib/stores.js';
 import { callOnce, describe } from './lib/verify.js';
 
@@ -768,46 +769,32 @@ function machine(): Record<string, unknown> {
   };
 }
 
-interface Target {
-  name: string;
-  target: string;
-  figure: string;
-  met: boolean;
-}
-
 function targets(results: ScenarioResult[], readyMs: number[]): Target[] {
   const by = (id: number): ScenarioResult | undefined => results.find((r) => r.id === id);
-  const out: Target[] = [];
   const s1 = by(1);
-  const s2 = by(2);
   const s3 = by(3);
   const s4 = by(4) as (ScenarioResult & { pgLookupsPerDistinctKey?: number }) | undefined;
-  const s6 = by(6) as (ScenarioResult & { peakRssMb?: number }) | undefined;
-  // Issue 22's wording: scenario 1 at >= 0.80 and scenario 2 at >= 0.90, or scenario 1's CPU per
-  // check within 20 us of the do-nothing server's.
-  if (s1) {
-    const gap = s1.cpuUsPerCheck !== undefined && s1.noopCpuUsPerCheck !== undefined ? round(s1.cpuUsPerCheck - s1.noopCpuUsPerCheck, 1) : undefined;
-    const ratios = s1.ratio >= 0.8 && s2 !== undefined && s2.ratio >= 0.9;
-    out.push({
-      name: 'throughput: scenarios 1 and 2 at >= 0.80 and >= 0.90 of do-nothing, or scenario 1 CPU per check within 20 us of do-nothing',
-      target: '(>= 0.80 and >= 0.90) or <= 20 us',
-      figure: `ratios ${s1.ratio} and ${s2?.ratio ?? '-'}; scenario 1 CPU ${s1.cpuUsPerCheck ?? '-'} vs ${s1.noopCpuUsPerCheck ?? '-'} us (gap ${gap ?? '-'})`,
-      met: ratios || (gap !== undefined && gap <= 20),
-    });
-  }
-  if (s1 && s1.p99Ratio !== undefined) {
-    out.push({ name: `scenario 1 p99 at ${s1.latencyLoad}`, target: '<= 1.5 x do-nothing p99', figure: `${s1.p99Ms} vs ${s1.noopP99Ms} ms (x${s1.p99Ratio})`, met: s1.p99Ratio <= 1.5 });
-  }
+  const s6 = by(6) as (ScenarioResult & { rssAfterFillMb?: number; noopRssAfterFillMb?: number; rssAboveNoopAfterFillMb?: number; peakRssMb?: number }) | undefined;
+  const gap = s1?.cpuUsPerCheck !== undefined && s1.noopCpuUsPerCheck !== undefined ? round(s1.cpuUsPerCheck - s1.noopCpuUsPerCheck, 1) : undefined;
+  const out = issue22Targets(
+    {
+      s1Ratio: s1?.ratio,
+      s2Ratio: by(2)?.ratio,
+      s1CpuGapUs: gap,
+      s1P99Ratio: s1?.p99Ratio,
+      rssAboveNoopAfterFillMb: s6?.rssAboveNoopAfterFillMb,
+      startToReadyMs: readyMs.length > 0 ? round(median(readyMs), 0) : undefined,
+    },
+    {
+      throughput: s1 ? `CPU ${s1.cpuUsPerCheck ?? '-'} vs ${s1.noopCpuUsPerCheck ?? '-'} us per check` : undefined,
+      latency: s1 ? `${s1.p99Ms} vs ${s1.noopP99Ms} ms at ${s1.latencyLoad}` : undefined,
+      memory: s6 ? `${s6.rssAfterFillMb} - ${s6.noopRssAfterFillMb} MB; peak ${s6.peakRssMb} MB` : undefined,
+      ready: readyMs.length > 0 ? `max ${round(Math.max(...readyMs), 0)} ms, ${readyMs.length} starts` : undefined,
+    },
+  );
   if (s3) out.push({ name: 'scenario 3 store calls', target: '0', figure: `pg ${s3.store.pgLookupsPerCheck}, redis ${s3.store.redisCallsPerCheck} per check`, met: s3.store.pgLookupsPerCheck === 0 && s3.store.redisCallsPerCheck === 0 });
   if (s4?.pgLookupsPerDistinctKey !== undefined) {
     out.push({ name: 'scenario 4 Postgres look-ups per distinct key', target: '<= 1', figure: String(s4.pgLookupsPerDistinctKey), met: s4.pgLookupsPerDistinctKey <= 1 });
-  }
-  const s6m = s6 as (ScenarioResult & { rssAfterFillMb?: number; noopRssAfterFillMb?: number; rssAboveNoopAfterFillMb?: number; peakRssMb?: number }) | undefined;
-  if (s6m?.rssAboveNoopAfterFillMb !== undefined) {
-    out.push({ name: 'RSS after the 100 k fill, above the do-nothing server at the same point', target: '<= 100 MB', figure: `${s6m.rssAboveNoopAfterFillMb} MB (${s6m.rssAfterFillMb} - ${s6m.noopRssAfterFillMb} MB; peak ${s6m.peakRssMb} MB)`, met: s6m.rssAboveNoopAfterFillMb <= 100 });
-  }
-  if (readyMs.length > 0) {
-    out.push({ name: 'start to ready', target: '<= 500 ms', figure: `median ${round(median(readyMs), 0)} ms, max ${round(Math.max(...readyMs), 0)} ms (${readyMs.length} starts)`, met: median(readyMs) <= 500 });
   }
   return out;
 }
