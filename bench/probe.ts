@@ -8,7 +8,7 @@ import { createHook } from 'node:async_hooks';
 import { Session } from 'node:inspector';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { PerformanceObserver, constants, type PerformanceEntry } from 'node:perf_hooks';
-import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
+import { getHeapSpaceStatistics, getHeapStatistics, writeHeapSnapshot } from 'node:v8';
 
 const file = process.env.BENCH_PROBE_FILE;
 if (file) {
@@ -33,15 +33,23 @@ if (file) {
   }
   const heapProfile = process.env.BENCH_PROBE_HEAP_PROFILE;
   let session: Session | undefined;
-  // BENCH_PROBE_HEAP_LIVE=1: the sampling profile keeps only objects still alive at its stop (what holds the heap).
-  const collected = process.env.BENCH_PROBE_HEAP_LIVE !== '1';
+  // BENCH_PROBE_HEAP_LIVE=1: the sampling profile keeps only objects still alive at its stop (what holds the heap);
+  // =promoted: also those a major collection freed (they outlived the young generation, then died:
+  // what fills the old generation between major collections).
+  const live = process.env.BENCH_PROBE_HEAP_LIVE;
+  const collected = live !== '1' && live !== 'promoted';
   // With --expose-gc: each line also says the heap in use after a full collection.
   const gcNow = (globalThis as { gc?: () => void }).gc;
+  let snapshots = 0;
   process.on('SIGUSR2', () => {
     if (heapProfile && !session) {
       session = new Session();
       session.connect();
-      session.post('HeapProfiler.startSampling', { samplingInterval: collected ? 1024 : 16384, includeObjectsCollectedByMajorGC: collected, includeObjectsCollectedByMinorGC: collected });
+      session.post('HeapProfiler.startSampling', {
+        samplingInterval: collected ? 1024 : 16384,
+        includeObjectsCollectedByMajorGC: collected || live === 'promoted',
+        includeObjectsCollectedByMinorGC: collected,
+      });
     } else if (heapProfile && session) {
       const s = session;
       session = undefined;
@@ -50,6 +58,8 @@ if (file) {
         s.disconnect();
       });
     }
+    // BENCH_PROBE_HEAP_SNAPSHOT=FILE: a heap snapshot on every signal after the first (what the live heap is made of).
+    if (process.env.BENCH_PROBE_HEAP_SNAPSHOT && (snapshots++ > 0)) writeHeapSnapshot(process.env.BENCH_PROBE_HEAP_SNAPSHOT);
     const h = getHeapStatistics();
     const line: Record<string, unknown> = { heapUsed: h.used_heap_size, heapTotal: h.total_heap_size, rss: process.memoryUsage.rss(), gc, inits, cpu: process.cpuUsage() };
     if (gcNow) {

@@ -146,9 +146,10 @@ async function main(): Promise<void> {
         child = await spawnChild({
           name: label, script: t.service, grpcPort, opsPort, nodeArgs, logFile: `${probeFile}.log`,
           env: {
-            ...env, DATABASE_URL: db.url, REDIS_URL: process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379', REDIS_KEY_PREFIX: redis.prefix, KEY_PEPPER: pepper,
+            DATABASE_URL: db.url, REDIS_URL: process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379', REDIS_KEY_PREFIX: redis.prefix, KEY_PEPPER: pepper,
             LOG_LEVEL: 'info', BIND_ADDRESS: '127.0.0.1', GRPC_PORT: String(grpcPort), HTTP_PORT: String(await freePort()), OPS_PORT: String(opsPort),
             SHUTDOWN_READINESS_DELAY_MS: '0', SHUTDOWN_DRAIN_MS: '2000', RATE_LIMIT_ENABLED: 'true',
+            ...env, // last: PROFILE_ENV may change any of the above (RATE_LIMIT_ENABLED=false, say)
           },
         });
       }
@@ -241,7 +242,7 @@ async function main(): Promise<void> {
       writeFileSync(keysFile, keys.join('\n') + '\n');
       const heapFile = path.join(tree.dir, 'heap-live.json');
       const noop = await start('noop', undefined, '--expose-gc');
-      const svc = await start('service', tree, '--expose-gc', { CACHE_MEMORY_TTL_MS: '600000', BENCH_PROBE_HEAP_PROFILE: heapFile, BENCH_PROBE_HEAP_LIVE: '1' });
+      const svc = await start('service', tree, '--expose-gc', { CACHE_MEMORY_TTL_MS: '600000', BENCH_PROBE_HEAP_PROFILE: heapFile, BENCH_PROBE_HEAP_LIVE: process.env.PROFILE_HEAP_PROMOTED === '1' ? 'promoted' : '1', ...(process.env.PROFILE_HEAP_SNAPSHOT ? { BENCH_PROBE_HEAP_SNAPSHOT: path.resolve(process.env.PROFILE_HEAP_SNAPSHOT) } : {}) });
       const fill = (s: Server): Promise<GrpcLoadResult> =>
         runGrpcLoad({ workerScript: tree.entry('bench/load-worker.ts'), port: s.child.grpcPort, keysFile, workers: 2, concurrencyPerWorker: 3, channelsPerWorker: 4, mode: 'once', sharedSequence: false, durationMs: 600_000 });
       const atStart = { noop: noop.child.rss().rss, service: svc.child.rss().rss };
@@ -329,7 +330,9 @@ async function main(): Promise<void> {
     await stopAll();
     await redis.close().catch(() => undefined);
     await db.drop().catch(() => undefined);
-    tree.remove();
+    // BENCH_KEEP_BUILD=1: the tree stays, with each server's log (`*.log` beside its probe file).
+    if (process.env.BENCH_KEEP_BUILD === '1') log(`tree kept: ${tree.dir}`);
+    else tree.remove();
   }
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
 }
