@@ -5,6 +5,7 @@ import { auditDetail, type AuditAction, type AuditActor, type AuditEvent } from 
 import { displayPrefix, generateKey, type KeyEnvironment } from './format.js';
 import type { KeyHash, KeyHasher } from './hash.js';
 import { newAccountId, newKeyId } from './ids.js';
+import { recordStrings } from './intern.js';
 import type { Invalidation } from './invalidation/messages.js';
 import { readTokenLimits, type TokenLimits } from './token-limits.js';
 
@@ -125,10 +126,10 @@ const KEY_RECORD_COLUMNS =
 const toKeyRecord = (r: KeyRow): KeyRecord => ({
   id: r.id,
   hash: r.key_hash.toString('base64url'),
-  accountId: r.account_id,
+  accountId: recordStrings.of(r.account_id),
   name: r.name,
-  scope: r.scope,
-  plan: r.plan,
+  scope: recordStrings.of(r.scope),
+  plan: recordStrings.of(r.plan),
   expiresAt: r.expires_at,
   revokedAt: r.revoked_at,
   version: Number(r.version),

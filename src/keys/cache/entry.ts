@@ -1,5 +1,6 @@
 // What the cache tiers hold for one key hash: a record, a revocation, or "no such key".
 import type { KeyRecord } from '../repository.js';
+import { recordStrings } from '../intern.js';
 import { readTokenLimits, type TokenLimits } from '../token-limits.js';
 
 /**
@@ -70,10 +71,10 @@ export function decodeEntry(hash: string, text: string): CacheEntry | undefined 
     record: {
       id: k.i,
       hash,
-      accountId: k.a,
+      accountId: recordStrings.of(k.a),
       name: typeof k.n === 'string' ? k.n : '',
-      scope: k.s,
-      plan: typeof k.p === 'string' ? k.p : 'free',
+      scope: recordStrings.of(k.s),
+      plan: typeof k.p === 'string' ? recordStrings.of(k.p) : 'free',
       expiresAt: typeof k.e === 'number' ? new Date(k.e) : null,
       revokedAt: typeof k.r === 'number' ? new Date(k.r) : null,
       version: v,

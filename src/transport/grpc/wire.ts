@@ -150,7 +150,13 @@ function putPart(field: number, v: unknown, write: (field: number, v: unknown) =
   }
   const end = pos;
   write(field, v);
-  if (frozen && !known) encodedParts.set(v, { field, bytes: Buffer.from(scratch.subarray(pos, end)) });
+  if (frozen && !known) {
+    // Its own memory, not a slice of Node's shared 8 KiB pool: a kept part would hold a whole pool
+    // slab of short-lived buffers alive (measured: 1 665 slabs, 12.7 MB, for 12 289 parts of ~100 B).
+    const bytes = Buffer.allocUnsafeSlow(end - pos);
+    scratch.copy(bytes, 0, pos, end);
+    encodedParts.set(v, { field, bytes });
+  }
 }
 
 function writeOptions(field: number, v: unknown): void {
