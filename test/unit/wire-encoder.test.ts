@@ -211,4 +211,30 @@ describe('encodeCheckResponse', () => {
     // 1 000 keys' parts are a few hundred KB; held in pool slabs they would be 1 000 slabs (8 MB).
     expect(grown).toBeLessThan(2 * 1024 * 1024);
   });
+
+  it('keeps no allow parts for a key checked once, and the same bytes either way', () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const heap = (): number => {
+      gc();
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const allowOf = (n: number): Decision => ({
+      allow: true, identity: Object.freeze({ ...identity, keyId: `key_${String(n).padStart(20, '0')}` }), permission: 'inference',
+    }) as Decision;
+    const once = Array.from({ length: 2000 }, (_, n) => allowOf(1_000_000 + n));
+    const before = heap();
+    for (const d of once) same(toCheckResponse(d, 'rid', '/v1/chat/completions', { stripCredentialHeaders: true }));
+    const grown = heap() - before;
+    expect(once).toHaveLength(2000);
+    // Kept, the parts of 2 000 keys are about 4 MB; a key seen once costs its place among those seen once.
+    expect(grown).toBeLessThan(1024 * 1024);
+    // A key checked again and again gets the same answer from its first allow to its kept parts.
+    const hot = allowOf(7);
+    const opts = { stripCredentialHeaders: true };
+    const first = encodeCheckResponse(toCheckResponse(hot, 'rid', '/v1/chat/completions', opts))!;
+    for (let i = 0; i < 3; i++) expect(Buffer.compare(encodeCheckResponse(toCheckResponse(hot, 'rid', '/v1/chat/completions', opts))!, first)).toBe(0);
+    same(toCheckResponse(hot, 'rid', '/v1/chat/completions', opts));
+  });
 });

@@ -129,6 +129,15 @@ interface StaticAllow {
  */
 export const STATIC_ALLOW_IDENTITIES = 4096;
 
+/**
+ * A key's parts are kept from its second allow while it is among this many recently seen once:
+ * a key checked once (a pass over many keys, a client that comes once) never costs the ~1.9 KB of
+ * parts that would outlive its request only to be evicted later. Measured on the bench's fill of
+ * 100 k distinct keys: those parts were the largest source of objects that died in the old
+ * generation (bench/README.md, memory).
+ */
+export const STATIC_ALLOW_DOORKEEPER = 4 * STATIC_ALLOW_IDENTITIES;
+
 interface Kept {
   opts: ResponseOptions;
   permission: string | null;
@@ -136,8 +145,10 @@ interface Kept {
 }
 
 // Built once per identity (one object per key record held in memory: check/pipeline.ts),
-// permission and options, and frozen, so the encoder writes their bytes once (wire.ts).
+// permission and options, and frozen, so the encoder writes their bytes once (wire.ts); from the
+// identity's second allow on (STATIC_ALLOW_DOORKEEPER).
 const staticAllows = boundedLru<Identity, Kept[]>(STATIC_ALLOW_IDENTITIES);
+const seenOnce = boundedLru<Identity, true>(STATIC_ALLOW_DOORKEEPER);
 
 /**
  * Whether an allow carries anything beyond the identity, permission and options: forwarded metadata
@@ -150,7 +161,15 @@ function perRequest(d: Allow): boolean {
 
 function staticAllow(d: Allow, opts: ResponseOptions): StaticAllow {
   let kept = staticAllows.get(d.identity);
-  if (!kept) staticAllows.set(d.identity, (kept = []));
+  if (!kept) {
+    // First sight: built for this call only (not frozen, so the encoder keeps no bytes either).
+    if (!seenOnce.has(d.identity)) {
+      seenOnce.set(d.identity, true);
+      return buildStaticAllow(d, opts);
+    }
+    seenOnce.delete(d.identity);
+    staticAllows.set(d.identity, (kept = []));
+  }
   for (const k of kept) if (k.opts === opts && k.permission === d.permission) return k.parts;
   const parts = deepFreeze(buildStaticAllow(d, opts));
   // A key seen under many permissions (or servers) keeps its latest few.
