@@ -38,9 +38,19 @@ const check = (c: CheckClient, key: string, source?: string): Promise<CheckRespo
 const allowed = (r: CheckResponse): boolean => r.ok_response !== undefined;
 const httpStatus = (r: CheckResponse): number => (r.ok_response ? 200 : r.denied_response!.status.code);
 
-/** Waits until the replica holds its invalidation lease (memory trusted). */
+/**
+ * Waits until the replica holds its invalidation lease (memory trusted) and every one of its
+ * channels has delivered a ping: a channel's first ping flushes memory (what it missed while
+ * connecting is unknown), so a key cached before it would be gone again. On a fast machine the
+ * lease can come from one channel's ping before the other's first arrives.
+ */
 async function leaseHeld(s: RunningService): Promise<void> {
-  await vi.waitFor(() => expect(s.keyStore.bus.leaseHeld()).toBe(true), { timeout: 5000, interval: 20 });
+  await vi.waitFor(async () => {
+    expect(s.keyStore.bus.leaseHeld()).toBe(true);
+    const up = (await s.metrics.invalidationChannelUp.get()).values;
+    expect(up.length).toBeGreaterThan(0);
+    expect(up.every((v) => v.value === 1)).toBe(true);
+  }, { timeout: 5000, interval: 20 });
 }
 
 async function newKey(s: RunningService, accountId: string, name = 'k'): Promise<{ secret: string; id: string; hash: string }> {
@@ -340,6 +350,7 @@ describe('guards against a flood reaching Postgres', () => {
     const lookups = proxy.countSent(KEY_LOOKUP_SQL);
     // The extra hop through the proxy must not turn a slow look-up on a busy machine into a 503.
     const r = await replica({ DATABASE_URL: url, FAILED_AUTH_PER_SOURCE_PER_MINUTE: '20', STORE_TIMEOUT_MS: '2000' });
+    await leaseHeld(r.service);
     const accountId = (await r.service.repository.createAccount('throttle@example.com', 'free')).id;
     const valid = await newKey(r.service, accountId);
     expect(allowed(await check(r.client, valid.secret, '203.0.113.99'))).toBe(true);
