@@ -1,5 +1,5 @@
 // The shared Redis tier: entries by key hash, written only by conditional fills.
-import type { RedisClient } from '../../store/redis.js';
+import { KEY_CACHE_FILL_COMMAND, type RedisClient } from '../../store/redis.js';
 import { asRedisUnavailable } from '../../store/errors.js';
 import { decodeEntry, encodeEntry, type CacheEntry } from './entry.js';
 
@@ -39,7 +39,7 @@ export class RedisTier implements SharedTier {
     client: RedisClient,
     private readonly opts: RedisTierOptions,
   ) {
-    client.defineCommand('ryvionFill', { numberOfKeys: 1, lua: FILL_SCRIPT });
+    client.defineCommand(KEY_CACHE_FILL_COMMAND, { numberOfKeys: 1, lua: FILL_SCRIPT });
     this.client = client as WithFill;
   }
 
