@@ -1,8 +1,9 @@
 // One copy of the strings that many cached key records repeat: account ids (an account's keys share
 // it), scopes and plans. Postgres and JSON.parse hand back a new string for every row, so without
 // this each of 100 000 cached records held its own copy of each (bench/README.md, memory: about
-// 9 MB of the 28 MB of strings at 100 k keys). Key names are not interned: most are one key's own. Bounded: when full it starts again empty, which
-// costs only the sharing of the strings already handed out, never a wrong answer.
+// 9 MB of the 28 MB of strings at 100 k keys). Key names are not interned: most are one key's own.
+// Bounded: when full it starts again empty, which costs only the sharing of the strings already
+// handed out, never a wrong answer.
 const MAX_INTERNED = 50_000;
 
 export class Interner {

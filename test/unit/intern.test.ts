@@ -1,17 +1,10 @@
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { Interner } from '../../src/keys/intern.js';
 import { decodeEntry, encodeEntry, entryFor } from '../../src/keys/cache/entry.js';
 import type { KeyRecord } from '../../src/keys/repository.js';
+import { memoryAfterGc } from '../helpers/gc.js';
 
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
-const heapAfterGc = (): number => {
-  gc();
-  gc();
-  return process.memoryUsage().heapUsed;
-};
+const heapAfterGc = (): number => memoryAfterGc().heapUsed;
 
 describe('strings shared by cached key records (src/keys/intern.ts)', () => {
   it('hands back an equal string, and never holds more than its bound', () => {

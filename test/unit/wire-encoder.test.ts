@@ -1,7 +1,5 @@
 // The hand-written CheckResponse encoder writes exactly the bytes proto-loader's serializer writes,
 // for every answer the service gives and for odd shapes, and steps aside for shapes it does not take.
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import type { Decision } from '../../src/check/decision.js';
 import { DenyReason } from '../../src/check/decision.js';
@@ -9,6 +7,7 @@ import type { LimitState } from '../../src/ratelimit/gcra.js';
 import { toCheckResponse } from '../../src/transport/grpc/check.js';
 import { authorizationService, HeaderAppendAction, type CheckResponse } from '../../src/transport/grpc/proto.js';
 import { encodeCheckResponse, withFastCheckResponse } from '../../src/transport/grpc/wire.js';
+import { memoryAfterGc } from '../helpers/gc.js';
 
 const check = authorizationService().Check!;
 const generic = (r: unknown): Buffer => check.responseSerialize(r) as Buffer;
@@ -190,13 +189,7 @@ describe('encodeCheckResponse', () => {
   it('keeps the bytes of an allow kept per key in memory of their own, not in slabs of the shared Buffer pool', () => {
     // Measured in the bench: 12 289 kept parts of about 100 bytes held 1 665 of Node's 8 KiB pool slabs
     // (12.7 MB), each slab otherwise full of short-lived buffers (responses, HTTP/2 frames).
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
-    const arrayBuffers = (): number => {
-      gc();
-      gc();
-      return process.memoryUsage().arrayBuffers;
-    };
+    const arrayBuffers = (): number => memoryAfterGc().arrayBuffers;
     const before = arrayBuffers();
     const kept: unknown[] = [];
     for (let n = 0; n < 1000; n++) {
@@ -213,13 +206,7 @@ describe('encodeCheckResponse', () => {
   });
 
   it('keeps no allow parts for a key checked once, and the same bytes either way', () => {
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
-    const heap = (): number => {
-      gc();
-      gc();
-      return process.memoryUsage().heapUsed;
-    };
+    const heap = (): number => memoryAfterGc().heapUsed;
     const allowOf = (n: number): Decision => ({
       allow: true, identity: Object.freeze({ ...identity, keyId: `key_${String(n).padStart(20, '0')}` }), permission: 'inference',
     }) as Decision;
