@@ -1,5 +1,5 @@
 // GCRA in Redis: every limit of a decision in one script call, so the check is atomic and one round trip.
-import type { RedisClient } from '../store/redis.js';
+import { RATE_LIMIT_COMMAND, type RedisClient } from '../store/redis.js';
 import { asRedisUnavailable } from '../store/errors.js';
 import type { GcraResult, Limit } from './gcra.js';
 
@@ -73,7 +73,7 @@ export class RedisGcra {
     client: RedisClient,
     private readonly prefix: string,
   ) {
-    client.defineCommand('ryvionGcra', { lua: SCRIPT });
+    client.defineCommand(RATE_LIMIT_COMMAND, { lua: SCRIPT });
     this.client = client as WithGcra;
   }
 

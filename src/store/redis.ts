@@ -11,15 +11,20 @@ export type RedisRole = 'command' | 'subscriber';
 /** The key cache's conditional fill script (keys/cache/redis-tier.ts defines it under this name). */
 export const KEY_CACHE_FILL_COMMAND = 'ryvionFill';
 
+/** The rate-limit script (ratelimit/redis-gcra.ts defines it under this name). */
+export const RATE_LIMIT_COMMAND = 'ryvionGcra';
+
 /**
  * Sent as they come instead of through an auto-pipeline: the key cache's GET and fill, which run
- * only when memory misses, one or two per look-up. Each auto-pipeline is a Pipeline object with
- * its own bound method per defined script, built for one or two commands on that path, and under
- * a pass over many keys those objects were what the young generation promoted most
- * (bench/README.md, memory): 734-743 MB promoted over a 100 k fill through auto-pipelines,
- * 413 MB without. The rate-limit script keeps auto-pipelining (checks of one turn share a write).
+ * only when memory misses, and the rate-limit script, which redis-gcra-batch.ts already sends once
+ * per subject per event-loop turn. Each auto-pipeline is a Pipeline object with its own bound
+ * method per defined script, built for the one or two commands a turn has on these paths, and
+ * under a pass over many keys those objects were most of what the young generation promoted to
+ * the old one (bench/README.md, memory; over a 100 k fill: 734-743 MB through auto-pipelines,
+ * 413 MB with the cache's commands out, 169 MB with the rate-limit script out too). The script
+ * also no longer waits a second turn for the pipeline's flush. The token-budget scripts keep it.
  */
-export const COMMANDS_NOT_AUTO_PIPELINED: readonly string[] = ['get', KEY_CACHE_FILL_COMMAND];
+export const COMMANDS_NOT_AUTO_PIPELINED: readonly string[] = ['get', KEY_CACHE_FILL_COMMAND, RATE_LIMIT_COMMAND];
 
 /** The options of a client in `role` (exported for tests). */
 export function optionsFor(role: RedisRole, timeoutMs: number, name: string): RedisOptions {
@@ -34,9 +39,8 @@ export function optionsFor(role: RedisRole, timeoutMs: number, name: string): Re
   if (role === 'subscriber') return { ...base, autoResubscribe: true, enableOfflineQueue: true, maxRetriesPerRequest: null };
   // Commands on the decision path: fail at once while disconnected (no queue) and
   // give up after the store timeout, so a look-up stays inside Envoy's budget.
-  // Auto-pipelining sends the commands issued in one event-loop turn in one write:
-  // each rate-limit decision stays one atomic script call and one round trip, with
-  // half the write syscalls per check at 1 k checks/s (bench/README.md).
+  // Auto-pipelining sends the commands issued in one event-loop turn in one write, except
+  // COMMANDS_NOT_AUTO_PIPELINED (above).
   return { ...base, enableOfflineQueue: false, maxRetriesPerRequest: 0, commandTimeout: timeoutMs, enableAutoPipelining: true, autoPipeliningIgnoredCommands: [...COMMANDS_NOT_AUTO_PIPELINED] };
 }
 
