@@ -13,6 +13,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { hotCounter, type HotCounterCell } from '../observability/hot-metrics.js';
 import { CircuitBreaker } from './breaker.js';
+import { TatStore } from './tat-store.js';
 import { gcra, tolerance, type GcraResult, type Limit, type LimitState } from './gcra.js';
 
 export interface RateLimitOutcome {
@@ -30,6 +31,9 @@ export const MIN_LOCAL_SHARE = 0.05;
 /** Consecutive Redis failures that open the breaker, and how long it stays open between probes. */
 const BREAKER_FAILURES = 3;
 const BREAKER_OPEN_MS = 1000;
+
+/** Subjects whose local state is held at most (tat-store.ts drops those whose TAT has passed). */
+const LOCAL_SUBJECTS = 200_000;
 
 /** The shared count (redis-gcra.ts, redis-gcra-batch.ts): every limit checked, and consumed only if all admit. */
 export interface SharedGcra {
@@ -55,7 +59,7 @@ export class RateLimiter {
   // Both made on first write: until a subject is over its limit, a check does not even build the
   // subject string to look it up (`overUntil?.get`).
   private overUntil: LRUCache<string, number> | undefined;
-  private localTats: LRUCache<string, number> | undefined;
+  private localTats: TatStore | undefined;
   private degraded = false;
   private readonly breaker: CircuitBreaker;
   // Counted on every allowed check: plain-number cells (hot-metrics.ts).
@@ -66,6 +70,11 @@ export class RateLimiter {
     this.allowedCells = { shared: hotCounter(m, { outcome: 'allowed', mode: 'shared' }), local: hotCounter(m, { outcome: 'allowed', mode: 'local' }) };
     this.breaker = new CircuitBreaker({ failureThreshold: BREAKER_FAILURES, openMs: BREAKER_OPEN_MS, now: () => opts.clock.now() });
     opts.metrics.rateLimitLocalShare.set(this.share());
+  }
+
+  /** Subjects whose local state is held (their TAT may still be ahead). */
+  get localStates(): number {
+    return this.localTats?.size ?? 0;
   }
 
   /** The share of each limit this replica admits alone while Redis is not asked. */
@@ -135,16 +144,16 @@ export class RateLimiter {
 
   /** The shared TATs become the local ones (see the top of this file). */
   private mirror(limits: readonly Limit[], accountId: string, keyId: string, now: number, result: GcraResult): void {
-    const tats = (this.localTats ??= boundedLru<string, number>(200_000));
-    for (let i = 0; i < limits.length; i++) tats.set(subject(limits[i]!, accountId, keyId), now + result.states[i]!.resetMs);
+    const tats = (this.localTats ??= new TatStore(LOCAL_SUBJECTS));
+    for (let i = 0; i < limits.length; i++) tats.set(subject(limits[i]!, accountId, keyId), now + result.states[i]!.resetMs, now);
   }
 
   private local(limits: readonly Limit[], accountId: string, keyId: string, now: number, share: number): GcraResult {
     const scaled = limits.map((l) => ({ ...l, requests: Math.max(1, Math.floor(l.requests * share)), burst: Math.max(1, Math.floor(l.burst * share)) }));
     const ids = limits.map((l) => subject(l, accountId, keyId));
-    const tats = (this.localTats ??= boundedLru<string, number>(200_000));
+    const tats = (this.localTats ??= new TatStore(LOCAL_SUBJECTS));
     const r = gcra(scaled, ids.map((id) => tats.get(id)), now);
-    if (r.allowed) ids.forEach((id, i) => tats.set(id, r.newTats[i]!));
+    if (r.allowed) ids.forEach((id, i) => tats.set(id, r.newTats[i]!, now));
     return r;
   }
 

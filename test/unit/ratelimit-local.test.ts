@@ -88,3 +88,26 @@ describe('over-limit memory', () => {
     expect(redis.calls).toBe(calls + 1);
   });
 });
+
+describe('local state held for the shared decisions', () => {
+  const KEY_LIMIT: Limit = { name: 'key', requests: 60, windowMs: 60_000, burst: 10 }; // one per second
+  const HOURLY: Limit = { name: 'key', requests: 1, windowMs: 3_600_000, burst: 1 };
+
+  it('drops the state of keys whose TAT has passed, and keeps a key still limited', async () => {
+    const { rl, redis, clock } = limiter({ replicas: 1 });
+    expect((await rl.check([HOURLY], 'acct', 'busy')).allowed).toBe(true); // its TAT: an hour ahead
+    // 2 000 keys used once each, a second apart: each TAT passes a second after it was written.
+    for (let i = 0; i < 2000; i++) {
+      expect((await rl.check([KEY_LIMIT], 'acct', `key${i}`)).allowed).toBe(true);
+      clock.t += 1000;
+    }
+    expect(rl.localStates).toBeLessThan(50);
+    // The busy key's state survived the sweeps: with Redis gone it is still denied, no fresh burst.
+    redis.down = true;
+    expect((await rl.check([HOURLY], 'acct', 'busy')).allowed).toBe(false);
+    // A key whose TAT passed decides as a key never seen: its local burst (10 at a share of 1).
+    let ok = 0;
+    for (let i = 0; i < 12; i++) if ((await rl.check([KEY_LIMIT], 'acct', 'key5')).allowed) ok++;
+    expect(ok).toBe(10);
+  });
+});
