@@ -9,7 +9,7 @@ import { generateKey } from '../src/keys/format.js';
 import { KeyHasher } from '../src/keys/hash.js';
 import { MemoryTier } from '../src/keys/cache/memory.js';
 import { KeyResolver } from '../src/keys/resolver.js';
-import type { KeyRecord } from '../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../src/keys/repository.js';
 import { DecisionRecorder } from '../src/check/decision-log.js';
 import { createLogger } from '../src/observability/logger.js';
 import { Metrics } from '../src/observability/metrics.js';
@@ -63,7 +63,7 @@ async function benchAsync(name: string, fn: () => Promise<unknown>, inFlight = 1
 const key = generateKey('live');
 const hasher = new KeyHasher({ version: 1, secret: randomBytes(48).toString('base64') });
 const hash = hasher.hashForStorage(key).hash.toString('base64url');
-const record: KeyRecord = {
+const record: KeyRecord = keyRecord({
   id: 'key_0123456789ABCDEFGHIJ',
   hash,
   accountId: 'acct_0123456789ABCDEFGHIJ',
@@ -75,7 +75,7 @@ const record: KeyRecord = {
   version: 1,
   accountRpm: 1_000_000_000,
   keyRpm: 1_000_000_000,
-};
+});
 const metrics = new Metrics({ defaultMetrics: false });
 const memory = new MemoryTier({ maxKeys: 200_000, ttlMs: 30_000, negativeTtlMs: 10_000 });
 memory.fill(hash, { state: 'found', version: 1, record }, memory.epoch);

@@ -207,16 +207,9 @@ export class CheckPipeline {
   }
 }
 
-// One Identity per key record (records are never changed; a new version is a new record), so
-// that what is built from it can be kept with it: the gRPC transport's allow (transport/grpc/check.ts).
-const identities = new WeakMap<KeyRecord, Identity>();
-
+// A key record is its own Identity (keys/repository.ts): one object per key and version, never
+// changed, so that what is built from it can be kept with it (the gRPC transport's allow,
+// transport/grpc/check.ts).
 function identityOf(key: KeyRecord): Identity {
-  let identity = identities.get(key);
-  if (!identity) identities.set(key, (identity = Object.freeze(newIdentity(key))));
-  return identity;
-}
-
-function newIdentity(key: KeyRecord): Identity {
-  return { accountId: key.accountId, keyId: key.id, scope: key.scope, plan: key.plan, expiresAt: key.expiresAt, keyRpm: key.keyRpm, allowedCidrs: key.allowedCidrs ?? null, tokenLimits: key.keyTokens ?? null };
+  return key;
 }

@@ -15,7 +15,7 @@ import { PgLeaseRegistry, pgNotifier } from './invalidation/lease.js';
 import type { Invalidation } from './invalidation/messages.js';
 import { LastUsedRecorder } from './last-used.js';
 import { KeyService, listenClientFor, redisTierFor } from './management.js';
-import type { KeyRecord, KeyRepository } from './repository.js';
+import { keyRecord, type KeyRecord, type KeyRepository } from './repository.js';
 import { KeyResolver } from './resolver.js';
 
 export interface KeyStore {
@@ -41,7 +41,7 @@ export interface KeyStoreDeps {
 
 /** The revoked marker that replicas write when the message is all they know of the key. */
 function markerRecord(m: Invalidation): KeyRecord {
-  return { id: m.keyId, hash: m.hash, accountId: m.accountId, name: '', scope: '', plan: '', expiresAt: null, revokedAt: new Date(), version: m.version, accountRpm: null, keyRpm: null };
+  return keyRecord({ id: m.keyId, hash: m.hash, accountId: m.accountId, name: '', scope: '', plan: '', expiresAt: null, revokedAt: new Date(), version: m.version, accountRpm: null, keyRpm: null });
 }
 
 /** A Postgres look-up is given up this long after STORE_TIMEOUT_MS (timer and scheduling slack). */

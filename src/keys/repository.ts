@@ -9,9 +9,18 @@ import { recordStrings } from './intern.js';
 import type { Invalidation } from './invalidation/messages.js';
 import { readTokenLimits, type TokenLimits } from './token-limits.js';
 
-/** What a decision needs to know about a key. */
+/**
+ * What a decision needs to know about a key. It is also the key's `Identity` (check/decision.ts),
+ * which names two of its fields differently (`keyId`, `tokenLimits`): they are held here too, so
+ * that no second object per key is kept (bench/README.md, memory). Made by `keyRecord`, frozen:
+ * a new version of a key is a new record.
+ */
 export interface KeyRecord {
   id: string;
+  /** `id` again, under the Identity's name. */
+  readonly keyId: string;
+  /** `keyTokens ?? null` again, under the Identity's name. */
+  readonly tokenLimits: TokenLimits | null;
   /** The stored HMAC (base64url): the cache tiers' id for this key, and what revocations name. */
   hash: string;
   accountId: string;
@@ -32,6 +41,33 @@ export interface KeyRecord {
   /** The account's and the key's own token limits (keys/token-limits.ts); absent or null: the plan's. */
   accountTokens?: TokenLimits | null;
   keyTokens?: TokenLimits | null;
+}
+
+/** A key record's own fields: what `keyRecord` is given. */
+export type KeyRecordFields = Omit<KeyRecord, 'keyId' | 'tokenLimits'>;
+
+/** The frozen record of `f`, every field present (one object shape for every record). */
+export function keyRecord(f: KeyRecordFields): KeyRecord {
+  const keyTokens = f.keyTokens ?? null;
+  return Object.freeze({
+    id: f.id,
+    hash: f.hash,
+    accountId: f.accountId,
+    name: f.name,
+    scope: f.scope,
+    plan: f.plan,
+    expiresAt: f.expiresAt,
+    revokedAt: f.revokedAt,
+    version: f.version,
+    accountRpm: f.accountRpm,
+    keyRpm: f.keyRpm,
+    allowedCidrs: f.allowedCidrs ?? null,
+    metadata: f.metadata ?? null,
+    accountTokens: f.accountTokens ?? null,
+    keyTokens,
+    keyId: f.id,
+    tokenLimits: keyTokens,
+  });
 }
 
 export interface Account {
@@ -123,7 +159,7 @@ interface KeyRow {
 const KEY_RECORD_COLUMNS =
   'k.id, k.key_hash, k.account_id, k.name, k.scope, a.plan, k.expires_at, k.revoked_at, k.version, a.rate_limit_rpm AS account_rpm, k.rate_limit_rpm AS key_rpm, k.allowed_cidrs, k.metadata, a.token_limits AS account_tokens, k.token_limits AS key_tokens';
 
-const toKeyRecord = (r: KeyRow): KeyRecord => ({
+const toKeyRecord = (r: KeyRow): KeyRecord => keyRecord({
   id: r.id,
   hash: r.key_hash.toString('base64url'),
   accountId: recordStrings.of(r.account_id),

@@ -81,9 +81,9 @@ export class KeyResolver implements KeyLookup {
     if (!this.deps.leaseHeld()) return undefined;
     let absent = false;
     for (const c of candidates) {
-      const e = this.deps.memory.get(c.hash.toString('base64url'));
-      if (e?.state === 'found') return e.record;
-      if (e) absent = true;
+      const held = this.deps.memory.get(c.hash.toString('base64url'));
+      if (held) return held;
+      if (held === null) absent = true;
     }
     return absent ? null : undefined;
   }

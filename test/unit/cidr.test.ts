@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { ipAllowListDenial } from '../../src/check/ip-allow-list.js';
 import { addressInCidrs, cidrContains, formatCidr, parseCidr } from '../../src/net/cidr.js';
 import { decodeEntry, encodeEntry } from '../../src/keys/cache/entry.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../../src/keys/repository.js';
 
 const cidrs = (...list: string[]) => list.map((c) => parseCidr(c)!);
 
@@ -44,7 +44,7 @@ describe('CIDR blocks', () => {
 });
 
 describe('a key\'s allow-list in the decision', () => {
-  const record = (allowedCidrs: string[] | null): KeyRecord => ({
+  const record = (allowedCidrs: string[] | null): KeyRecord => keyRecord({
     id: 'key_1', hash: 'h', accountId: 'acct_1', name: 'n', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null, allowedCidrs,
   });
   const identity = { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free', expiresAt: null, keyRpm: null };

@@ -10,7 +10,7 @@ import { denialResponse } from '../../src/check/outcomes.js';
 import { generateKey } from '../../src/keys/format.js';
 import { KeyHasher, type KeyHash } from '../../src/keys/hash.js';
 import { LookupThrottledError, type PostgresGuard } from '../../src/keys/lookup-guard.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../../src/keys/repository.js';
 import { DecisionRecorder, METHOD_LOG_MAX_CHARS } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
@@ -22,10 +22,10 @@ const hasher = new KeyHasher({ version: 1, secret: 'x'.repeat(32) });
 const policy = loadPolicyFile(DEFAULT_POLICY_PATH);
 
 function record(key: string, scope = 'read-only'): KeyRecord {
-  return {
+  return keyRecord({
     id: 'key_1', hash: hasher.candidates(key)[0]!.hash.toString('base64url'), accountId: 'acct_1', name: 'k', scope, plan: 'free',
     expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null,
-  };
+  });
 }
 
 /** Memory, then "Redis", then "Postgres", like the resolver: the guard is asked only before Postgres. */

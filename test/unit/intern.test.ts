@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Interner } from '../../src/keys/intern.js';
 import { decodeEntry, encodeEntry, entryFor } from '../../src/keys/cache/entry.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../../src/keys/repository.js';
 import { memoryAfterGc } from '../helpers/gc.js';
 
 const heapAfterGc = (): number => memoryAfterGc().heapUsed;
@@ -18,7 +18,7 @@ describe('strings shared by cached key records (src/keys/intern.ts)', () => {
   it('records read back from the shared cache keep one copy of their account id, scope and plan', () => {
     // A long account id makes each copy 64 KiB; 400 records of one account would hold 25 MB of copies.
     const accountId = `acct_${'x'.repeat(64 * 1024)}`;
-    const record = (n: number): KeyRecord => ({
+    const record = (n: number): KeyRecord => keyRecord({
       id: `key_${n}`, hash: `h${n}`, accountId, name: 'n', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null,
     });
     const texts = Array.from({ length: 400 }, (_, n) => encodeEntry(entryFor(record(n))));

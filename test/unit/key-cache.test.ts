@@ -3,9 +3,9 @@ import { decodeEntry, encodeEntry, entryFor, type CacheEntry } from '../../src/k
 import { MemoryTier } from '../../src/keys/cache/memory.js';
 import { LastUsedRecorder } from '../../src/keys/last-used.js';
 import { FailedAuthLimiter } from '../../src/check/failed-auth.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../../src/keys/repository.js';
 
-const record = (version: number, revoked = false): KeyRecord => ({
+const record = (version: number, revoked = false): KeyRecord => keyRecord({
   id: 'key_a',
   hash: 'h',
   accountId: 'acct_a',
@@ -25,7 +25,7 @@ describe('memory tier', () => {
   it('keeps a filled entry', () => {
     const m = tier();
     expect(m.fill('h', entryFor(record(1)), m.epoch)).toBe(true);
-    expect(m.get('h')).toMatchObject({ state: 'found', version: 1 });
+    expect(m.get('h')).toMatchObject({ id: 'key_a', version: 1 });
   });
 
   it('refuses a fill that read the store before a revocation arrived (tombstone)', () => {
@@ -48,7 +48,7 @@ describe('memory tier', () => {
     const m = tier();
     m.fill('h', entryFor(record(3, true)), m.epoch);
     expect(m.fill('h', entryFor(record(2)), m.epoch)).toBe(false);
-    expect(m.get('h')).toMatchObject({ version: 3 });
+    expect(m.get('h')).toMatchObject({ id: 'key_a', version: 3 });
   });
 
   it('drops the entry on invalidation', () => {

@@ -1,10 +1,10 @@
 // Key metadata forwarded upstream: header-safe values only, one entry per field the policy names.
 import { describe, expect, it } from 'vitest';
 import { forwardedMetadata } from '../../src/check/metadata-forward.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../../src/keys/repository.js';
 import { compilePolicy } from '../../src/policy/policy.js';
 
-const record = (metadata: Record<string, unknown> | null): KeyRecord => ({
+const record = (metadata: Record<string, unknown> | null): KeyRecord => keyRecord({
   id: 'key_1', hash: 'h', accountId: 'acct_1', name: 'n', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null, metadata,
 });
 

@@ -5,7 +5,7 @@ import { FailedAuthLimiter } from '../../src/check/failed-auth.js';
 import { CheckPipeline, type RouteAuthorizer } from '../../src/check/pipeline.js';
 import { generateKey } from '../../src/keys/format.js';
 import { KeyHasher } from '../../src/keys/hash.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord, type KeyRecordFields } from '../../src/keys/repository.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import type { AuthorizeResult } from '../../src/policy/policy.js';
@@ -41,10 +41,10 @@ function setup(opts: { rateLimit?: boolean; failedAuthPerMinute?: number } = {})
     ...(failedAuth ? { failedAuth } : {}),
     ...(rateLimiter ? { rateLimiter } : {}),
   });
-  const add = (over: Partial<KeyRecord> = {}, where: 'memory' | 'store' = 'store'): string => {
+  const add = (over: Partial<KeyRecordFields> = {}, where: 'memory' | 'store' = 'store'): string => {
     const secret = generateKey('live');
     const hash = hasher.candidates(secret)[0]!.hash.toString('base64url');
-    const rec: KeyRecord = { id: `key_${hash.slice(0, 6)}`, hash, accountId: 'acct_1', name: 'k', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null, ...over };
+    const rec: KeyRecord = keyRecord({ id: `key_${hash.slice(0, 6)}`, hash, accountId: 'acct_1', name: 'k', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null, ...over });
     keys[where].set(hash, rec);
     return secret;
   };

@@ -8,7 +8,7 @@ import { extractCredential } from '../../src/check/credential.js';
 import { CheckPipeline, type KeySource } from '../../src/check/pipeline.js';
 import { generateKey } from '../../src/keys/format.js';
 import { KeyHasher, type KeyHash } from '../../src/keys/hash.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../../src/keys/repository.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../../src/policy/policy.js';
 import { toAttributes } from '../../src/transport/grpc/check.js';
 import type { CheckRequest } from '../../src/transport/grpc/proto.js';
@@ -23,10 +23,10 @@ const REVOKED = generateKey('live');
 const records = new Map<string, KeyRecord>();
 for (const [i, { key, scope }] of [...KNOWN, { key: REVOKED, scope: 'buyer' }].entries()) {
   const hash = hasher.candidates(key)[0]!.hash.toString('base64url');
-  records.set(hash, {
+  records.set(hash, keyRecord({
     id: `key_${i}`, hash, accountId: 'acct_1', name: 'k', scope, plan: 'free', expiresAt: null,
     revokedAt: key === REVOKED ? new Date(0) : null, version: 1, accountRpm: null, keyRpm: null,
-  });
+  }));
 }
 const keys: KeySource = {
   find: (c: readonly KeyHash[]) => records.get(c[0]!.hash.toString('base64url')) ?? null,

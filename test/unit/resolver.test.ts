@@ -6,7 +6,7 @@ import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../../src/policy/policy.js'
 import { generateKey } from '../../src/keys/format.js';
 import { KeyHasher, type KeyHash } from '../../src/keys/hash.js';
 import { MemoryTier } from '../../src/keys/cache/memory.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord, type KeyRecord } from '../../src/keys/repository.js';
 import { KeyResolver } from '../../src/keys/resolver.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import { StoreUnavailableError } from '../../src/store/errors.js';
@@ -30,7 +30,7 @@ function setup(opts: { postgresConcurrency?: number } = {}) {
     const secret = generateKey('live');
     const candidates = hasher.candidates(secret);
     const hash = candidates[0]!.hash.toString('base64url');
-    const rec: KeyRecord = { id: `key_${hash.slice(0, 6)}`, hash, accountId: 'acct_1', name: 'k', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null };
+    const rec: KeyRecord = keyRecord({ id: `key_${hash.slice(0, 6)}`, hash, accountId: 'acct_1', name: 'k', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null });
     postgres.records.set(hash, rec);
     return secret;
   };

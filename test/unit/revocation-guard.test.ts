@@ -8,7 +8,7 @@ import { RevocationGuard, type GuardedRedis } from '../../src/keys/cache/redis-g
 import type { SharedTier } from '../../src/keys/cache/redis-tier.js';
 import { generateKey } from '../../src/keys/format.js';
 import { KeyHasher } from '../../src/keys/hash.js';
-import type { KeyRecord } from '../../src/keys/repository.js';
+import { keyRecord as newKeyRecord, type KeyRecord } from '../../src/keys/repository.js';
 import { KeyResolver } from '../../src/keys/resolver.js';
 import { HealthState } from '../../src/observability/health.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -67,10 +67,10 @@ const pepper = { version: 1, secret: 'x'.repeat(48) };
 const hasher = new KeyHasher(pepper);
 
 function keyRecord(secret: string, version: number, revoked: boolean): KeyRecord {
-  return {
+  return newKeyRecord({
     id: 'key_1', hash: hasher.candidates(secret)[0]!.hash.toString('base64url'), accountId: 'acct_1', name: 'k', scope: 'buyer', plan: 'free',
     expiresAt: null, revokedAt: revoked ? new Date() : null, version, accountRpm: null, keyRpm: null,
-  };
+  });
 }
 
 function setup() {

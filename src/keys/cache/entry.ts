@@ -1,5 +1,5 @@
 // What the cache tiers hold for one key hash: a record, a revocation, or "no such key".
-import type { KeyRecord } from '../repository.js';
+import { keyRecord, type KeyRecord } from '../repository.js';
 import { recordStrings } from '../intern.js';
 import { readTokenLimits, type TokenLimits } from '../token-limits.js';
 
@@ -68,7 +68,7 @@ export function decodeEntry(hash: string, text: string): CacheEntry | undefined 
   return {
     state: 'found',
     version: v,
-    record: {
+    record: keyRecord({
       id: k.i,
       hash,
       accountId: recordStrings.of(k.a),
@@ -80,10 +80,10 @@ export function decodeEntry(hash: string, text: string): CacheEntry | undefined 
       version: v,
       accountRpm: typeof k.ar === 'number' ? k.ar : null,
       keyRpm: typeof k.kr === 'number' ? k.kr : null,
-      ...(Array.isArray(k.c) && k.c.every((x) => typeof x === 'string') ? { allowedCidrs: k.c } : {}),
-      ...(typeof k.m === 'object' && k.m !== null && !Array.isArray(k.m) ? { metadata: k.m } : {}),
-      ...(k.at !== undefined ? { accountTokens: readTokenLimits(k.at) } : {}),
-      ...(k.kt !== undefined ? { keyTokens: readTokenLimits(k.kt) } : {}),
-    },
+      allowedCidrs: Array.isArray(k.c) && k.c.every((x) => typeof x === 'string') ? k.c : null,
+      metadata: typeof k.m === 'object' && k.m !== null && !Array.isArray(k.m) ? k.m : null,
+      accountTokens: k.at !== undefined ? readTokenLimits(k.at) : null,
+      keyTokens: k.kt !== undefined ? readTokenLimits(k.kt) : null,
+    }),
   };
 }
