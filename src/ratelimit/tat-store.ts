@@ -11,13 +11,20 @@
 // they were written. Here every few writes a few of the oldest-written entries are examined: a
 // passed TAT is deleted, a live one goes to the back. Writes add at most one entry each and the
 // sweep examines two per write, so the passed TATs held stay below about as many as the live ones
-// (a cycle through L live and N passed entries takes (L + N) / 2 writes, which add that many: N ≈ L).
+// (a cycle through L live and N passed entries takes (L + N) / 2 writes, which add that many: N ≈ L),
+// or below SWEEP_FLOOR in all.
 // lru-cache has no such sweep (its TTLs are fixed at write time against its own clock, and purged
 // only by a walk of every entry or a timer per entry), hence this Map.
 
 /** A sweep every this many writes, of twice as many entries. */
 const SWEEP_EVERY = 8;
 const SWEEP_BATCH = 2 * SWEEP_EVERY;
+/**
+ * No sweep while this few are held (about 100 KB): a subject written on every check (one busy key)
+ * would otherwise be deleted and written again each time its TAT passes, and each hole a deletion
+ * leaves makes the Map's table be reallocated sooner.
+ */
+export const SWEEP_FLOOR = 1024;
 
 export class TatStore {
   private readonly tats = new Map<string, number>();
@@ -53,6 +60,7 @@ export class TatStore {
 
   private sweep(now: number): void {
     const tats = this.tats;
+    if (tats.size <= SWEEP_FLOOR) return;
     // Bounded by the size at the start: an entry sent to the back is not examined twice in one sweep.
     let left = Math.min(SWEEP_BATCH, tats.size);
     for (const [subject, tat] of tats) {
