@@ -109,13 +109,15 @@ export class CheckPipeline {
       return { allow: false, reason: 'invalid_api_key', detail: 'unknown' };
     }
     const key = record;
-    const identity = identityOf(key);
-    const invalid = this.invalidity(key, identity);
+    // A record is its own Identity (keys/repository.ts): one object per key and version, never
+    // changed, so what is built from it can be kept with it (transport/grpc/check.ts).
+    const identity: Identity = key;
+    const invalid = this.invalidity(key);
     if (invalid) {
       failedAuth?.recordFailure(attrs.sourceAddress);
       return invalid;
     }
-    const ipDenied = ipAllowListDenial(key, identity, attrs.sourceAddress);
+    const ipDenied = ipAllowListDenial(key, attrs.sourceAddress);
     if (ipDenied) return ipDenied;
 
     // 4. Route policy against the key's scope.
@@ -198,18 +200,11 @@ export class CheckPipeline {
   }
 
   /** Revoked or expired: the same 401 as an unknown key, told apart only in logs and metrics. */
-  private invalidity(record: KeyRecord, identity: Identity): Decision | undefined {
-    if (record.revokedAt) return { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity };
+  private invalidity(record: KeyRecord): Decision | undefined {
+    if (record.revokedAt) return { allow: false, reason: 'invalid_api_key', detail: 'revoked', identity: record };
     if (record.expiresAt && record.expiresAt.getTime() <= this.clock.now()) {
-      return { allow: false, reason: 'invalid_api_key', detail: 'expired', identity };
+      return { allow: false, reason: 'invalid_api_key', detail: 'expired', identity: record };
     }
     return undefined;
   }
-}
-
-// A key record is its own Identity (keys/repository.ts): one object per key and version, never
-// changed, so that what is built from it can be kept with it (the gRPC transport's allow,
-// transport/grpc/check.ts).
-function identityOf(key: KeyRecord): Identity {
-  return key;
 }

@@ -47,13 +47,12 @@ describe('a key\'s allow-list in the decision', () => {
   const record = (allowedCidrs: string[] | null): KeyRecord => keyRecord({
     id: 'key_1', hash: 'h', accountId: 'acct_1', name: 'n', scope: 'buyer', plan: 'free', expiresAt: null, revokedAt: null, version: 1, accountRpm: null, keyRpm: null, allowedCidrs,
   });
-  const identity = { accountId: 'acct_1', keyId: 'key_1', scope: 'buyer', plan: 'free', expiresAt: null, keyRpm: null };
 
   it('a key from elsewhere is denied ip_not_allowed; without a list any address passes', () => {
-    expect(ipAllowListDenial(record(['192.0.2.0/24']), identity, '198.51.100.1')).toMatchObject({ reason: 'ip_not_allowed' });
-    expect(ipAllowListDenial(record(['192.0.2.0/24']), identity, undefined)).toMatchObject({ reason: 'ip_not_allowed' });
-    expect(ipAllowListDenial(record(['192.0.2.0/24']), identity, '192.0.2.9')).toBeUndefined();
-    expect(ipAllowListDenial(record(null), identity, '198.51.100.1')).toBeUndefined();
+    expect(ipAllowListDenial(record(['192.0.2.0/24']), '198.51.100.1')).toMatchObject({ reason: 'ip_not_allowed' });
+    expect(ipAllowListDenial(record(['192.0.2.0/24']), undefined)).toMatchObject({ reason: 'ip_not_allowed' });
+    expect(ipAllowListDenial(record(['192.0.2.0/24']), '192.0.2.9')).toBeUndefined();
+    expect(ipAllowListDenial(record(null), '198.51.100.1')).toBeUndefined();
   });
 
   it('the allow-list survives the shared cache (Redis entry encoding)', () => {
