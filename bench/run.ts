@@ -229,6 +229,10 @@ interface Env {
   redisZcard: (key: string) => Promise<number>;
 }
 
+function serviceEnv(): Record<string, string> {
+  return Object.fromEntries((process.env.BENCH_SERVICE_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+}
+
 async function startService(e: Env, name: string, extra: Record<string, string> = {}): Promise<Child> {
   const [grpcPort, httpPort, opsPort] = [await freePort(), await freePort(), await freePort()];
   const profDir = path.join(RESULTS_DIR, 'profiles');
@@ -256,6 +260,8 @@ async function startService(e: Env, name: string, extra: Record<string, string> 
       SHUTDOWN_DRAIN_MS: '2000',
       // BENCH_NODE_OPTIONS: V8 flags for the service only (the do-nothing server keeps the defaults), for experiments.
       ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}),
+      // BENCH_SERVICE_ENV="K=V ...": the service's own settings, for experiments (HEAP_GROWING_PERCENT=0, say).
+      ...serviceEnv(),
       ...extra,
     },
   });
@@ -916,7 +922,7 @@ async function main(): Promise<void> {
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
       machine: { ...machine(), postgres: pgVersion, redis: redisVersion, loadAverageAtEnd: os.loadavg().map((v) => round(v, 2)) },
-      settings: { ...S, scenarios: [...S.scenarios], logLevel: S.logLevel, serviceNodeOptions: process.env.BENCH_NODE_OPTIONS ?? '', serviceWrapper: process.env.BENCH_SERVICE_WRAPPER ?? '', pinned: PIN ? 'servers on CPU 0, load generators on CPU 1' : false },
+      settings: { ...S, scenarios: [...S.scenarios], logLevel: S.logLevel, serviceNodeOptions: process.env.BENCH_NODE_OPTIONS ?? '', serviceEnv: process.env.BENCH_SERVICE_ENV ?? '', serviceWrapper: process.env.BENCH_SERVICE_WRAPPER ?? '', pinned: PIN ? 'servers on CPU 0, load generators on CPU 1' : false },
       startToReadyMs: {
         median: round(median(env.readyTimes), 0),
         max: round(Math.max(...env.readyTimes), 0),

@@ -122,6 +122,9 @@ const schema = z.object({
     })
     .default('info')
     .meta(doc({ description: 'denials log at info, allowed decisions at debug (see `LOG_ALLOWED_SAMPLE_RATE`)', unit: '`fatal` … `trace`, `silent`' })),
+  // Applied by `serve` only (src/heap.ts), after the code is loaded: a V8 flag on the command line would make V8 reject the
+  // bundle's code cache. 0 (the default) leaves V8's own rule: measured in bench/README.md, "Memory: HEAP_GROWING_PERCENT".
+  HEAP_GROWING_PERCENT: z.coerce.number({ error: WHOLE_NUMBER }).int(WHOLE_NUMBER).min(0, 'must be 0-300').max(300, 'must be 0-300').default(0).meta(doc({ description: "how far V8 lets the heap grow past what survived its last full collection before collecting again. 0: V8's own rule, which allows up to 300 % when the heap limit is 2 GB or more (no memory limit) and about 30 % in the chart's 384Mi; set 50-100 where there is no memory limit (docs/production.md, \"Memory\")", unit: 'percent' })),
   STORE_TIMEOUT_MS: positiveInt.max(10_000, 'must be at most 10000').default(100).meta(doc({ description: 'per Postgres query and Redis command (a Postgres connect gets at least 1 s); keep it well inside the proxy\'s 250 ms', unit: 'milliseconds' })),
   STRIP_CREDENTIAL_HEADERS: bool.default(true).meta(doc({ description: 'remove `authorization` and `x-api-key` before the upstream', unit: 'bool' })),
   UNAVAILABLE_MODE: z.enum(['deny', 'rpc_error'], { error: 'must be deny or rpc_error' }).default('deny').meta(doc({ description: 'store outage: a 503 denial, or an UNAVAILABLE RPC error so the proxy\'s `failure_mode_allow` decides', unit: '`deny` or `rpc_error`' })),

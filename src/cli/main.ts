@@ -10,6 +10,7 @@ import { tokenLimitsFrom, tokenLimitsInputSchema, type TokenLimits } from '../ke
 import { checkKeyMetadata } from '../keys/metadata.js';
 import { createLogger } from '../observability/logger.js';
 import { loadPolicyFile, PolicyError } from '../policy/policy.js';
+import { applyHeapGrowingPercent } from '../heap.js';
 import { keyHasherFrom, policyPath, startService, StartupError } from '../service.js';
 import { createPool, migrate } from '../store/postgres.js';
 import { systemClock } from '../time/clock.js';
@@ -167,6 +168,7 @@ export function buildProgram(env: NodeJS.ProcessEnv = process.env): Command {
     .action(async () => {
       const config = loadConfig(env, ['DATABASE_URL', 'KEY_PEPPER']);
       const logger = createLogger(config.LOG_LEVEL);
+      applyHeapGrowingPercent(config.HEAP_GROWING_PERCENT);
       if (!config.REDIS_URL && !config.REDIS_SENTINELS && !config.REDIS_CLUSTER_NODES) {
         logger.warn('no Redis (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES): caches and limits are local to this replica; run one replica only');
       }

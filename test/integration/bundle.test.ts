@@ -115,6 +115,8 @@ describe('the bundle, from a directory laid out like the image', () => {
       const serve = run(['serve'], {
         DATABASE_URL: db.url, REDIS_URL: testRedisUrl(), REDIS_KEY_PREFIX: redisPrefix(), KEY_PEPPER: pepper, BIND_ADDRESS: '127.0.0.1',
         GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), OPS_PORT: String(opsPort),
+        // A V8 flag set by `serve` itself once the bundle is loaded (src/heap.ts).
+        HEAP_GROWING_PERCENT: '50',
       });
       await waitForReady(serve, /ryvion-authz ready/, 'serve from the bundle', 60_000);
 
