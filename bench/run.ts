@@ -793,7 +793,7 @@ function targets(results: ScenarioResult[], readyMs: number[]): Target[] {
     },
     {
       throughput: s1 ? `CPU ${s1.cpuUsPerCheck ?? '-'} vs ${s1.noopCpuUsPerCheck ?? '-'} us per check` : undefined,
-      latency: s1 ? `${s1.p99Ms} vs ${s1.noopP99Ms} ms at ${s1.latencyLoad}` : undefined,
+      latency: s1 ? `the median of the rounds' ratios; each server's median p99 ${s1.p99Ms} vs ${s1.noopP99Ms} ms at ${s1.latencyLoad}` : undefined,
       memory: s6 ? `${s6.rssAfterFillMb} - ${s6.noopRssAfterFillMb} MB; peak ${s6.peakRssMb} MB` : undefined,
       ready: readyMs.length > 0 ? `max ${round(Math.max(...readyMs), 0)} ms, ${readyMs.length} starts` : undefined,
     },
