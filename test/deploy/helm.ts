@@ -134,17 +134,6 @@ export function helm(args: string[]): Promise<HelmResult> {
   });
 }
 
-let valuesDir: string | undefined;
-let valuesCount = 0;
-
-function valuesFile(values: object): string {
-  valuesDir ??= mkdtempSync(join(tmpdir(), 'ryvion-helm-values-'));
-  const file = join(valuesDir, `values-${process.pid}-${valuesCount++}.json`);
-  // JSON is YAML: helm reads it as a values file.
-  writeFileSync(file, JSON.stringify(values));
-  return file;
-}
-
 export interface RenderOptions {
   values?: object;
   release?: string;
@@ -172,24 +161,33 @@ function mergeDeep(a: Record<string, unknown>, b: Record<string, unknown>): Reco
   return out;
 }
 
-function valueArgs(opts: RenderOptions): string[] {
+/** Runs helm with the values in a file of their own, removed when helm is done. */
+async function helmWithValues(args: string[], opts: RenderOptions): Promise<HelmResult> {
   const values = opts.withRequired === false ? (opts.values ?? {}) : mergeDeep(REQUIRED_VALUES as unknown as Record<string, unknown>, (opts.values ?? {}) as Record<string, unknown>);
-  return ['--namespace', opts.namespace ?? 'ryvion', '-f', valuesFile(values)];
+  const dir = mkdtempSync(join(tmpdir(), 'ryvion-helm-values-'));
+  try {
+    const file = join(dir, 'values.json');
+    // JSON is YAML: helm reads it as a values file.
+    writeFileSync(file, JSON.stringify(values));
+    return await helm([...args, '--namespace', opts.namespace ?? 'ryvion', '-f', file]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** `helm template`; resolves with the result, whatever the exit code. */
 export function helmTemplate(opts: RenderOptions = {}): Promise<HelmResult> {
-  return helm(['template', opts.release ?? 'ryvion-authz', CHART_DIR, ...valueArgs(opts)]);
+  return helmWithValues(['template', opts.release ?? 'ryvion-authz', CHART_DIR], opts);
 }
 
 /** `helm lint --strict` with the given values. */
 export function helmLint(opts: RenderOptions = {}): Promise<HelmResult> {
-  return helm(['lint', '--strict', CHART_DIR, ...valueArgs(opts)]);
+  return helmWithValues(['lint', '--strict', CHART_DIR], opts);
 }
 
 /** The NOTES.txt text, as `helm install --dry-run=client` prints it (no cluster needed). */
 export async function helmNotes(opts: RenderOptions = {}): Promise<string> {
-  const r = await helm(['install', opts.release ?? 'ryvion-authz', CHART_DIR, '--dry-run=client', ...valueArgs(opts)]);
+  const r = await helmWithValues(['install', opts.release ?? 'ryvion-authz', CHART_DIR, '--dry-run=client'], opts);
   if (r.code !== 0) throw new Error(`helm install --dry-run failed: ${r.stderr}`);
   const at = r.stdout.indexOf('\nNOTES:\n');
   if (at < 0) throw new Error('no NOTES in helm install --dry-run output');
