@@ -21,7 +21,7 @@ import { KeyHasher } from '../src/keys/hash.js';
 import { KeyRepository } from '../src/keys/repository.js';
 import { buildTree, existingTree, type BuiltTree } from './lib/build.js';
 import { runH2load, type H2loadResult } from './lib/h2load.js';
-import { freePort, running, spawnChild, type Child } from './lib/procs.js';
+import { envPairs, freePort, running, spawnChild, type Child } from './lib/procs.js';
 import { checkRequest, encodeCheckRequest, grpcFrame } from './lib/request.js';
 import { median, round } from './lib/stats.js';
 import { benchRedis, createBenchDatabase, insertBulkKeys } from './lib/stores.js';
@@ -31,9 +31,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const modes = new Set((process.argv[2] ?? 'alloc,gc,async,rate').split(','));
 const rounds = Number(process.env.PROFILE_ROUNDS ?? 5);
 // PROFILE_ENV="K=V ..." and PROFILE_NODE_ARGS="--flag ...": given to every server (do-nothing and service alike), for experiments.
-const profileEnv: Record<string, string> = Object.fromEntries(
-  (process.env.PROFILE_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
-);
+const profileEnv = envPairs(process.env.PROFILE_ENV);
 const allocChecks = Number(process.env.PROFILE_CHECKS ?? 20_000);
 const log = (m: string): void => void process.stderr.write(`[profile ${new Date().toISOString().slice(11, 19)}] ${m}\n`);
 

@@ -12,7 +12,7 @@ import { checksumOf } from '../src/keys/format.js';
 import { buildTree, existingTree } from './lib/build.js';
 import { runGrpcLoad, type GrpcLoadResult } from './lib/grpc-load.js';
 import { runH2load, type H2loadResult } from './lib/h2load.js';
-import { PIN, freePort, running, spawnChild, type Child, type MetricSample } from './lib/procs.js';
+import { PIN, envPairs, freePort, running, spawnChild, type Child, type MetricSample } from './lib/procs.js';
 import { chatCompletionBody, checkRequest, encodeCheckRequest, grpcFrame } from './lib/request.js';
 import { median, round } from './lib/stats.js';
 import { issue22Targets, type Target } from './lib/targets.js';
@@ -229,10 +229,6 @@ interface Env {
   redisZcard: (key: string) => Promise<number>;
 }
 
-function serviceEnv(): Record<string, string> {
-  return Object.fromEntries((process.env.BENCH_SERVICE_ENV ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-}
-
 async function startService(e: Env, name: string, extra: Record<string, string> = {}): Promise<Child> {
   const [grpcPort, httpPort, opsPort] = [await freePort(), await freePort(), await freePort()];
   const profDir = path.join(RESULTS_DIR, 'profiles');
@@ -261,7 +257,7 @@ async function startService(e: Env, name: string, extra: Record<string, string> 
       // BENCH_NODE_OPTIONS: V8 flags for the service only (the do-nothing server keeps the defaults), for experiments.
       ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}),
       // BENCH_SERVICE_ENV="K=V ...": the service's own settings, for experiments (HEAP_GROWING_PERCENT=0, say).
-      ...serviceEnv(),
+      ...envPairs(process.env.BENCH_SERVICE_ENV),
       ...extra,
     },
   });

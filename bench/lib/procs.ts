@@ -28,6 +28,11 @@ export function pinned(cpu: 'server' | 'generator', command: string, args: strin
   return ['taskset', ['-c', cpu === 'server' ? '0' : '1', command, ...args]];
 }
 
+/** Settings written "K=V K=V" in one environment variable (BENCH_SERVICE_ENV, PROFILE_ENV), as an env object. */
+export function envPairs(text: string | undefined): Record<string, string> {
+  return Object.fromEntries((text ?? '').split(' ').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+}
+
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
