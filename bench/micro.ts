@@ -42,7 +42,7 @@ function bench(name: string, fn: () => unknown): number {
   return ns;
 }
 
-async function benchAsync(name: string, fn: () => Promise<unknown>, inFlight = 100): Promise<number> {
+async function benchAsync(name: string, fn: () => unknown, inFlight = 100): Promise<number> {
   const run = async (n: number): Promise<void> => {
     let next = 0;
     await Promise.all(

@@ -23,30 +23,49 @@ export class DecisionBoundary {
   ) {}
 
   /**
-   * Never rejects. `attrs` is read inside, so a parser that throws fails closed like the pipeline;
-   * `requestId` may come from the attributes (gRPC takes the caller's x-request-id).
+   * Never throws, never rejects. `attrs` is read inside, so a parser that throws fails closed like
+   * the pipeline; `requestId` may come from the attributes (gRPC takes the caller's x-request-id).
+   * Synchronous when the pipeline decides synchronously (pipeline.ts), else a promise.
    */
-  async decideSafely(
+  decideSafely(
     transport: Transport,
     attrs: () => RequestAttributes,
     requestId: string | ((attrs: RequestAttributes) => string),
-  ): Promise<Decided> {
+  ): Decided | Promise<Decided> {
     const started = process.hrtime.bigint();
     let read: RequestAttributes | undefined;
     let id = typeof requestId === 'string' ? requestId : UNKNOWN_REQUEST_ID;
     try {
-      read = attrs();
-      if (typeof requestId !== 'string') id = requestId(read);
-      const decision = await this.pipeline.decide(read);
-      this.recorder.record(transport, decision, id, read.method, started);
-      return { decision, attrs: read, requestId: id };
-    } catch (err) {
-      try {
-        this.recorder.internalError(transport, id, err);
-      } catch {
-        // Logging must not stand between the caller and its answer.
+      const a = (read = attrs());
+      const rid = typeof requestId === 'string' ? requestId : (id = requestId(a));
+      const decision = this.pipeline.decide(a);
+      if (decision instanceof Promise) {
+        return decision.then(
+          (d) => this.recorded(transport, a, rid, started, d),
+          (err: unknown) => this.failed(transport, a, rid, err),
+        );
       }
-      return { decision: { allow: false, reason: 'auth_unavailable', detail: 'internal' }, attrs: read, requestId: id };
+      return this.recorded(transport, a, rid, started, decision);
+    } catch (err) {
+      return this.failed(transport, read, id, err);
     }
+  }
+
+  private recorded(transport: Transport, attrs: RequestAttributes, requestId: string, started: bigint, decision: Decision): Decided {
+    try {
+      this.recorder.record(transport, decision, requestId, attrs.method, started);
+    } catch (err) {
+      return this.failed(transport, attrs, requestId, err);
+    }
+    return { decision, attrs, requestId };
+  }
+
+  private failed(transport: Transport, attrs: RequestAttributes | undefined, requestId: string, err: unknown): Decided {
+    try {
+      this.recorder.internalError(transport, requestId, err);
+    } catch {
+      // Logging must not stand between the caller and its answer.
+    }
+    return { decision: { allow: false, reason: 'auth_unavailable', detail: 'internal' }, attrs, requestId };
   }
 }

@@ -45,7 +45,8 @@ export interface KeySource {
 
 /** Per-account and per-key request limits (ratelimit/limiter.ts). */
 export interface RequestLimiter {
-  check(limits: readonly Limit[], accountId: string, keyId: string): Promise<RateLimitOutcome>;
+  /** A promise when Redis is asked; an answer from memory (already over, or the local limiter) is synchronous. */
+  check(limits: readonly Limit[], accountId: string, keyId: string): RateLimitOutcome | Promise<RateLimitOutcome>;
 }
 
 export interface PipelineDeps {
@@ -74,9 +75,13 @@ export class CheckPipeline {
   /**
    * Decides one request. Denials are returned as values; only faults that are
    * not the caller's (a store outage) become `auth_unavailable`. Anything else
-   * thrown is a bug and propagates to the transport's boundary.
+   * thrown (or rejected) is a bug and propagates to the transport's boundary.
+   *
+   * Synchronous until a store has to be asked: a key held in memory, with no rate limiter and no
+   * token gate on the route, is decided without a promise (and so is every denial made before a
+   * store is asked); otherwise a promise of the decision.
    */
-  async decide(attrs: RequestAttributes): Promise<Decision> {
+  decide(attrs: RequestAttributes): Decision | Promise<Decision> {
     // 0. A request without a valid method is malformed whoever sends it.
     const method = canonicalMethod(attrs.method);
     if (method === undefined) return { allow: false, reason: 'invalid_request', detail: attrs.method === '' ? 'missing_method' : 'invalid_method' };
@@ -93,17 +98,18 @@ export class CheckPipeline {
     // 3. The key's record: memory, then Redis; a source that keeps failing goes no further than the caches.
     const { failedAuth } = this.deps;
     const candidates = this.deps.hasher.candidates(credential.key);
-    let record: KeyRecord | null;
+    let found: KeyRecord | null | Promise<KeyRecord | null>;
     try {
-      const found = this.deps.keys.find(candidates, failedAuth && (() => failedAuth.blockedForMs(attrs.sourceAddress)));
-      record = found instanceof Promise ? await found : found;
+      found = this.deps.keys.find(candidates, failedAuth && (() => failedAuth.blockedForMs(attrs.sourceAddress)));
     } catch (err) {
-      if (err instanceof LookupThrottledError) {
-        return { allow: false, reason: 'rate_limit_exceeded', retryAfterMs: err.retryAfterMs, detail: 'failed_auth_per_source' };
-      }
-      if (err instanceof StoreUnavailableError) return { allow: false, reason: 'auth_unavailable', detail: `${err.store}_${err.kind}` };
-      throw err;
+      return lookupFailure(err);
     }
+    if (found instanceof Promise) return found.then((record) => this.withRecord(attrs, method, record), lookupFailure);
+    return this.withRecord(attrs, method, found);
+  }
+
+  private withRecord(attrs: RequestAttributes, method: string, record: KeyRecord | null): Decision | Promise<Decision> {
+    const { failedAuth } = this.deps;
     if (!record) {
       failedAuth?.recordFailure(attrs.sourceAddress);
       return { allow: false, reason: 'invalid_api_key', detail: 'unknown' };
@@ -140,61 +146,75 @@ export class CheckPipeline {
       case 'invalid_path':
         return { allow: false, reason: 'invalid_path', identity, detail: route.reason };
     }
+    const routed: Routed = { key, policy, permission, shadowDenied, plan: policy.limitsOf(key.plan) };
 
     // 5. On inference routes: the model allow-list, then tokens per minute and budgets reserved
     //    together with the request limits, in one Redis call (budget/gate.ts).
-    const plan = policy.limitsOf(key.plan);
     const tokenPolicy = route.inference === true ? policy.tokens : undefined;
     const gate = tokenPolicy ? this.deps.tokens : undefined;
-    let rateLimit: readonly LimitState[] | undefined;
-    let tokens: TokenDecision = { kind: 'none' };
     if (gate && tokenPolicy) {
-      const requestLimits = this.deps.rateLimiter ? limitsFor(plan, key) : [];
-      tokens = await gate.admit({ key, plan, tokens: tokenPolicy, requestLimits, body: attrs.body, bodyTruncated: attrs.bodyTruncated === true });
-      switch (tokens.kind) {
-        case 'model_not_allowed':
-          return { allow: false, reason: 'model_not_allowed', identity, model: tokens.model };
-        case 'invalid_body':
-          return { allow: false, reason: 'invalid_body', identity, detail: tokens.problem };
-        case 'insufficient_quota':
-          return { allow: false, reason: 'insufficient_quota', identity, detail: tokens.deniedBy };
-        case 'unavailable':
-          return { allow: false, reason: 'auth_unavailable', detail: tokens.detail };
-        case 'request_too_large':
-          return { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: 60_000, detail: 'tokens_request_too_large', tokenStates: [tokens.limit] };
-        case 'rate_limited':
-          return {
-            allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: tokens.retryAfterMs,
-            detail: tokens.by === 'tokens' ? `tokens_${tokens.deniedBy}` : tokens.deniedBy, states: tokens.requestStates, tokenStates: tokens.tokenStates,
-          };
-        case 'allowed':
-          rateLimit = tokens.requestStates;
-          break;
-        case 'none':
-          break;
-      }
+      const requestLimits = this.deps.rateLimiter ? limitsFor(routed.plan, key) : [];
+      const input = { key, plan: routed.plan, tokens: tokenPolicy, requestLimits, body: attrs.body, bodyTruncated: attrs.bodyTruncated === true };
+      return gate.admit(input).then((tokens) => this.afterTokens(routed, tokens));
     }
+    return this.limited(routed, undefined);
+  }
 
-    // 6. Request limits, per account and per key, checked together (unless decided with the tokens).
-    if (this.deps.rateLimiter && rateLimit === undefined) {
-      const limits = limitsFor(plan, key);
-      const outcome = await this.deps.rateLimiter.check(limits, key.accountId, key.id);
-      if (!outcome.allowed) {
-        return { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: outcome.retryAfterMs, detail: outcome.deniedBy ?? 'account', states: outcome.states };
-      }
-      rateLimit = outcome.states;
+  /** The token gate's answer: a denial, or on to the request limits (unless decided with the tokens). */
+  private afterTokens(routed: Routed, tokens: TokenDecision): Decision | Promise<Decision> {
+    const identity: Identity = routed.key;
+    switch (tokens.kind) {
+      case 'model_not_allowed':
+        return { allow: false, reason: 'model_not_allowed', identity, model: tokens.model };
+      case 'invalid_body':
+        return { allow: false, reason: 'invalid_body', identity, detail: tokens.problem };
+      case 'insufficient_quota':
+        return { allow: false, reason: 'insufficient_quota', identity, detail: tokens.deniedBy };
+      case 'unavailable':
+        return { allow: false, reason: 'auth_unavailable', detail: tokens.detail };
+      case 'request_too_large':
+        return { allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: 60_000, detail: 'tokens_request_too_large', tokenStates: [tokens.limit] };
+      case 'rate_limited':
+        return {
+          allow: false, reason: 'rate_limit_exceeded', identity, retryAfterMs: tokens.retryAfterMs,
+          detail: tokens.by === 'tokens' ? `tokens_${tokens.deniedBy}` : tokens.deniedBy, states: tokens.requestStates, tokenStates: tokens.tokenStates,
+        };
+      case 'allowed':
+        return this.allowed(routed, tokens.requestStates, tokens);
+      case 'none':
+        return this.limited(routed, tokens);
     }
+  }
 
+  // 6. Request limits, per account and per key, checked together.
+  private limited(routed: Routed, tokens: TokenDecision | undefined): Decision | Promise<Decision> {
+    const limiter = this.deps.rateLimiter;
+    if (!limiter) return this.allowed(routed, undefined, tokens);
+    const { key } = routed;
+    const outcome = limiter.check(limitsFor(routed.plan, key), key.accountId, key.id);
+    if (outcome instanceof Promise) return outcome.then((o) => this.afterLimits(routed, o, tokens));
+    return this.afterLimits(routed, outcome, tokens);
+  }
+
+  private afterLimits(routed: Routed, outcome: RateLimitOutcome, tokens: TokenDecision | undefined): Decision {
+    if (!outcome.allowed) {
+      return { allow: false, reason: 'rate_limit_exceeded', identity: routed.key, retryAfterMs: outcome.retryAfterMs, detail: outcome.deniedBy ?? 'account', states: outcome.states };
+    }
+    return this.allowed(routed, outcome.states, tokens);
+  }
+
+  private allowed(routed: Routed, rateLimit: readonly LimitState[] | undefined, tokens: TokenDecision | undefined): Decision {
+    const { key } = routed;
     this.deps.usage?.touch(key.id);
-    const allow: Decision = { allow: true, identity, permission };
-    if (shadowDenied !== undefined) allow.shadowDenied = shadowDenied;
+    const allow: Decision = { allow: true, identity: key, permission: routed.permission };
+    if (routed.shadowDenied !== undefined) allow.shadowDenied = routed.shadowDenied;
     if (rateLimit && rateLimit.length > 0) allow.rateLimit = rateLimit;
-    if (gate) allow.inference = true;
-    if (tokens.kind === 'allowed') {
+    if (tokens) allow.inference = true;
+    if (tokens?.kind === 'allowed') {
       if (tokens.tokenStates.length > 0) allow.tokenLimits = tokens.tokenStates;
       if (tokens.reservationId !== undefined) allow.reservationId = tokens.reservationId;
     }
-    const forwarded = forwardedMetadata(key, policy.forwardMetadata);
+    const forwarded = forwardedMetadata(key, routed.policy.forwardMetadata);
     if (forwarded.length > 0) allow.metadata = forwarded;
     return allow;
   }
@@ -207,4 +227,22 @@ export class CheckPipeline {
     }
     return undefined;
   }
+}
+
+/** What step 4 settled, carried to the steps that may wait on a store. */
+interface Routed {
+  key: KeyRecord;
+  policy: RouteAuthorizer;
+  permission: string | null;
+  shadowDenied: string | undefined;
+  plan: PlanLimits;
+}
+
+/** A look-up that threw or rejected: throttled or a store outage is a denial; anything else is a bug, rethrown. */
+function lookupFailure(err: unknown): Decision {
+  if (err instanceof LookupThrottledError) {
+    return { allow: false, reason: 'rate_limit_exceeded', retryAfterMs: err.retryAfterMs, detail: 'failed_auth_per_source' };
+  }
+  if (err instanceof StoreUnavailableError) return { allow: false, reason: 'auth_unavailable', detail: `${err.store}_${err.kind}` };
+  throw err;
 }

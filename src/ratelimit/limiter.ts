@@ -83,53 +83,62 @@ export class RateLimiter {
     return Math.max(MIN_LOCAL_SHARE, 1 / Math.max(1, this.opts.liveReplicas()));
   }
 
-  async check(limits: readonly Limit[], accountId: string, keyId: string): Promise<RateLimitOutcome> {
+  /**
+   * A promise when Redis is asked; synchronous when the answer is in memory: a subject already
+   * over its limit, the local limiter (no Redis, or its breaker open).
+   */
+  check(limits: readonly Limit[], accountId: string, keyId: string): RateLimitOutcome | Promise<RateLimitOutcome> {
     if (limits.length === 0) return { allowed: true, retryAfterMs: 0, states: [] };
     const now = this.opts.clock.now();
-    const m = this.opts.metrics.rateLimitDecisions;
 
     let blockedFor = 0;
     let deniedBy: Limit['name'] | undefined;
-    for (const l of limits) {
-      const until = this.overUntil?.get(subject(l, accountId, keyId));
-      if (until !== undefined && until > now && until - now > blockedFor) {
-        blockedFor = until - now;
-        deniedBy = l.name;
+    if (this.overUntil) {
+      for (const l of limits) {
+        const until = this.overUntil.get(subject(l, accountId, keyId));
+        if (until !== undefined && until > now && until - now > blockedFor) {
+          blockedFor = until - now;
+          deniedBy = l.name;
+        }
       }
     }
     if (blockedFor > 0) {
-      m.labels('limited', 'memory').inc();
+      this.opts.metrics.rateLimitDecisions.labels('limited', 'memory').inc();
       return { allowed: false, retryAfterMs: Math.ceil(blockedFor), deniedBy, states: limits.map((limit) => ({ limit, remaining: 0, resetMs: blockedFor })) };
     }
 
-    let result: GcraResult | undefined;
-    let mode: 'shared' | 'local' = 'shared';
-    if (this.opts.redis) {
-      if (this.breaker.allow()) {
-        try {
-          result = await this.opts.redis.check(limits, accountId, keyId);
-          this.breaker.success();
-          this.mirror(limits, accountId, keyId, now, result);
-        } catch {
-          this.breaker.failure();
-        }
-        this.setDegraded(this.breaker.open);
-      }
-      if (!result) {
-        result = this.local(limits, accountId, keyId, now, this.share());
-        mode = 'local';
-      }
-    } else {
-      result = this.local(limits, accountId, keyId, now, 1);
-      mode = 'local';
+    const redis = this.opts.redis;
+    if (!redis) return this.outcome(this.local(limits, accountId, keyId, now, 1), 'local', limits, accountId, keyId, now);
+    if (!this.breaker.allow()) return this.outcome(this.local(limits, accountId, keyId, now, this.share()), 'local', limits, accountId, keyId, now);
+    let shared: Promise<GcraResult>;
+    try {
+      shared = redis.check(limits, accountId, keyId);
+    } catch (err) {
+      shared = Promise.reject(err);
     }
+    return shared.then(
+      (result) => {
+        this.breaker.success();
+        this.mirror(limits, accountId, keyId, now, result);
+        this.setDegraded(this.breaker.open);
+        return this.outcome(result, 'shared', limits, accountId, keyId, now);
+      },
+      () => {
+        this.breaker.failure();
+        this.setDegraded(this.breaker.open);
+        return this.outcome(this.local(limits, accountId, keyId, now, this.share()), 'local', limits, accountId, keyId, now);
+      },
+    );
+  }
 
+  private outcome(result: GcraResult, mode: 'shared' | 'local', limits: readonly Limit[], accountId: string, keyId: string, now: number): RateLimitOutcome {
     if (result.allowed) {
       this.allowedCells[mode].inc();
       return { allowed: true, retryAfterMs: 0, states: result.states };
     }
-    m.labels('limited', mode).inc();
+    this.opts.metrics.rateLimitDecisions.labels('limited', mode).inc();
     let worst = 0;
+    let deniedBy: Limit['name'] | undefined;
     for (const s of result.states) {
       const retry = s.resetMs - tolerance(s.limit); // > 0: this limit admits nothing until then
       if (retry <= 0) continue;

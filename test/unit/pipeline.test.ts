@@ -154,4 +154,39 @@ describe('CheckPipeline.decide', () => {
     expect(await pipeline.decide(req('/open', generateKey('live')))).toMatchObject({ allow: false, reason: 'rate_limit_exceeded', detail: 'failed_auth_per_source' });
     expect(keys.storeLookups).toBe(lookups);
   });
+
+  // The hot path's invariant (bench/README.md, "A check decided in the same turn"): nothing is
+  // awaited unless a store has to be asked.
+  it('a key held in memory, with no rate limiter, is decided in the same turn, not through a promise', () => {
+    const { pipeline, add } = setup();
+    const key = add({}, 'memory');
+    const d = pipeline.decide(req('/open', key));
+    expect(d).not.toBeInstanceOf(Promise);
+    expect(d).toMatchObject({ allow: true, identity: { scope: 'buyer' } });
+    expect(pipeline.decide(req('/open'))).toEqual({ allow: false, reason: 'missing_api_key' });
+  });
+
+  it('a key that must be looked up, or a limit asked of the shared store, is decided through a promise, with the same answer', async () => {
+    const { pipeline, add, keys } = setup({ rateLimit: true });
+    const key = add();
+    const looked = pipeline.decide(req('/open', key));
+    expect(looked).toBeInstanceOf(Promise);
+    expect(await looked).toMatchObject({ allow: true });
+    const hash = [...keys.store.keys()][0]!;
+    keys.memory.set(hash, keys.store.get(hash)!);
+    const limited = pipeline.decide(req('/open', key));
+    expect(limited).toBeInstanceOf(Promise);
+    expect(await limited).toMatchObject({ allow: true, rateLimit: [expect.objectContaining({ remaining: 0 })] });
+  });
+
+  it('a key already known to be over its limit is refused in the same turn, without asking the shared store', async () => {
+    const { pipeline, add } = setup({ rateLimit: true });
+    const key = add({}, 'memory');
+    expect((await pipeline.decide(req('/open', key))).allow).toBe(true);
+    expect((await pipeline.decide(req('/open', key))).allow).toBe(true);
+    expect(await pipeline.decide(req('/open', key))).toMatchObject({ allow: false, reason: 'rate_limit_exceeded' });
+    const again = pipeline.decide(req('/open', key));
+    expect(again).not.toBeInstanceOf(Promise);
+    expect(again).toMatchObject({ allow: false, reason: 'rate_limit_exceeded', detail: 'key' });
+  });
 });

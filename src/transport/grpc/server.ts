@@ -2,7 +2,7 @@
 // envoy.service.accesslog.v3.AccessLogService (access-log.ts).
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { DecisionBoundary } from '../../check/boundary.js';
+import { DecisionBoundary, type Decided } from '../../check/boundary.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
 import type { DecisionRecorder } from '../../check/decision-log.js';
 import type { Logger } from '../../observability/logger.js';
@@ -101,21 +101,24 @@ export class GrpcCheckServer {
     });
   }
 
+  // Every call gets exactly one answer: the boundary never throws or rejects (check/boundary.ts),
+  // a well-formed CheckResponse even when the pipeline throws (fail closed). A decision made
+  // synchronously (a key in memory, no store asked) is answered in the same turn.
   private readonly check = (
     call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>,
     callback: grpc.sendUnaryData<CheckResponse>,
   ): void => {
-    void this.handle(call.request).then(([err, response]) => callback(err, response));
+    const decided = this.boundary.decideSafely('grpc', () => toAttributes(call.request ?? {}), newRequestId);
+    if (decided instanceof Promise) void decided.then((d) => this.answer(d, callback));
+    else this.answer(decided, callback);
   };
 
-  // Never rejects (check/boundary.ts): every call gets exactly one answer, a well-formed
-  // CheckResponse even when the pipeline throws (fail closed).
-  private async handle(request: CheckRequest | undefined): Promise<[grpc.ServiceError | null, CheckResponse?]> {
-    const { decision, attrs, requestId } = await this.boundary.decideSafely('grpc', () => toAttributes(request ?? {}), newRequestId);
+  private answer({ decision, attrs, requestId }: Decided, callback: grpc.sendUnaryData<CheckResponse>): void {
     if (!decision.allow && decision.reason === 'auth_unavailable' && this.opts.unavailableMode === 'rpc_error') {
-      return [unavailableError(decision.detail)];
+      callback(unavailableError(decision.detail));
+      return;
     }
-    return [null, toCheckResponse(decision, requestId, attrs?.path ?? '/', this.opts)];
+    callback(null, toCheckResponse(decision, requestId, attrs?.path ?? '/', this.opts));
   }
 }
 
