@@ -9,7 +9,14 @@ export type Credential =
 // HTTP's optional whitespace is SP and HTAB only (RFC 9110 section 5.6.3). Unicode whitespace rules
 // would strip characters such as U+00A0 or U+3000 that the upstream and other parsers keep.
 const OWS = /[ \t]/;
-const trimOws = (s: string): string => s.replace(/^[ \t]+|[ \t]+$/g, '');
+function trimOws(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && isOws(s.charCodeAt(start))) start++;
+  while (end > start && isOws(s.charCodeAt(end - 1))) end--;
+  return start === 0 && end === s.length ? s : s.slice(start, end);
+}
+const isOws = (c: number): boolean => c === 0x20 || c === 0x09;
 
 type One = { kind: 'value'; value: string } | { kind: 'none' } | { kind: 'repeated' } | { kind: 'malformed' };
 

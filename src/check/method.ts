@@ -14,5 +14,10 @@ export function canonicalMethod(raw: string): string | undefined {
 }
 
 export function asciiUpperCase(s: string): string {
-  return s.replace(/[a-z]+/g, (run) => run.toUpperCase());
+  // Most methods arrive upper-case already: return them as they are, without a replace pass.
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x61 && c <= 0x7a) return s.replace(/[a-z]+/g, (run) => run.toUpperCase());
+  }
+  return s;
 }

@@ -77,6 +77,9 @@ describe('methods (item 7)', () => {
 
   it('methods are upper-cased by ASCII rules only', () => {
     expect(canonicalMethod('post')).toBe('POST');
+    expect(canonicalMethod('pOsT')).toBe('POST');
+    expect(canonicalMethod('GET')).toBe('GET');
+    expect(canonicalMethod('M-SEARCH')).toBe('M-SEARCH');
     expect(canonicalMethod('poſt')).toBeUndefined();
     expect(canonicalMethod('ﬀ')).toBeUndefined();
   });
@@ -151,6 +154,8 @@ describe('credentials (item 9)', () => {
   it('SP and HTAB around a key are still trimmed', () => {
     expect(extractCredential({ authorization: [`\t Bearer \t${key} \t`], apiKey: [] })).toEqual({ kind: 'key', key });
     expect(extractCredential({ authorization: [], apiKey: [` \t${key}\t `] })).toEqual({ kind: 'key', key });
+    expect(extractCredential({ authorization: [' \t '], apiKey: ['\t \t'] })).toEqual({ kind: 'missing' });
+    expect(extractCredential({ authorization: ['Bearer \t '], apiKey: [] })).toEqual({ kind: 'missing' });
   });
 });
 
