@@ -101,6 +101,29 @@ function putString(field: number, v: unknown): void {
   putTag(field, LEN);
 }
 
+// Header names, encoded once: the few the service writes (x-request-id, the rate-limit headers,
+// identity and denial headers, configured metadata names) recur in every answer. A cached name is
+// copied byte by byte from a typed array, which costs less than Buffer.byteLength and utf8Write
+// (two native calls) for strings this short. Bounded, in case a configuration names many.
+const MAX_NAMES = 256;
+const nameBytes = new Map<string, Uint8Array>();
+
+function putName(field: number, v: unknown): void {
+  if (typeof v !== 'string') throw UNSUPPORTED;
+  let bytes = nameBytes.get(v);
+  if (bytes === undefined) {
+    if (nameBytes.size >= MAX_NAMES) return putString(field, v);
+    bytes = Uint8Array.from(Buffer.from(v, 'utf8'));
+    nameBytes.set(v, bytes);
+  }
+  const size = bytes.length;
+  room(size);
+  pos -= size;
+  for (let i = 0; i < size; i++) scratch[pos + i] = bytes[i]!;
+  putVarint(size);
+  putTag(field, LEN);
+}
+
 const asObject = (v: unknown): Record<string, unknown> => {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw UNSUPPORTED;
   return v as Record<string, unknown>;
@@ -129,7 +152,7 @@ function putOption(field: number, v: unknown): void {
     if (present(h.raw_value)) throw UNSUPPORTED;
     const e = pos;
     if (present(h.value)) putString(2, h.value);
-    if (present(h.key)) putString(1, h.key);
+    if (present(h.key)) putName(1, h.key);
     putLen(1, e);
   }
   putLen(field, end);
