@@ -64,7 +64,7 @@ export class KeyResolver implements KeyLookup {
   private afterMemoryMiss(candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
     const m = this.deps.metrics.cacheRequests;
     m.labels('memory', this.deps.leaseHeld() ? 'miss' : 'bypass').inc();
-    const id = candidates[0]!.hash.toString('base64url');
+    const id = candidates[0]!.id;
     const pending = this.inflight.get(id);
     if (pending) {
       m.labels('memory', 'coalesced').inc();
@@ -81,7 +81,7 @@ export class KeyResolver implements KeyLookup {
     if (!this.deps.leaseHeld()) return undefined;
     let absent = false;
     for (const c of candidates) {
-      const held = this.deps.memory.get(c.hash.toString('base64url'));
+      const held = this.deps.memory.get(c.id);
       if (held) return held;
       if (held === null) absent = true;
     }
@@ -115,7 +115,7 @@ export class KeyResolver implements KeyLookup {
   private async load(id: string, candidates: readonly KeyHash[], beforePostgres?: PostgresGuard): Promise<KeyRecord | null> {
     const { memory, redis, metrics } = this.deps;
     const epoch = memory.epoch;
-    const hashes = candidates.map((c) => c.hash.toString('base64url'));
+    const hashes = candidates.map((c) => c.id);
 
     if (redis && this.deps.redisTrusted()) {
       try {

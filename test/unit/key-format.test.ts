@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { checkKeyShape, checksumOf, displayPrefix, generateKey, KEY_LENGTH } from '../../src/keys/format.js';
 import { KeyHasher } from '../../src/keys/hash.js';
@@ -70,6 +71,12 @@ describe('key hashing', () => {
     expect(h.pepperVersion).toBe(3);
     expect(h.hash).toHaveLength(32);
     expect(h.hash.equals(new KeyHasher({ version: 3, secret: pepperA }).hashForStorage('some-key').hash)).toBe(true);
+    // The stored bytes are RFC 2104's HMAC-SHA256 (node:crypto's reference), and the caches' id is their base64url text.
+    expect(h.hash.equals(createHmac('sha256', pepperA).update('some-key').digest())).toBe(true);
+    expect(h.id).toBe(h.hash.toString('base64url'));
+    const [candidate] = hasher.candidates('some-key');
+    expect(candidate!.id).toBe(h.id);
+    expect(candidate!.hash.equals(h.hash)).toBe(true);
   });
 
   it('differs under another pepper, so a database dump alone cannot confirm a guessed key', () => {
