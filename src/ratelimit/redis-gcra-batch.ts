@@ -28,8 +28,23 @@ interface Batch {
   waiters: Waiter[];
 }
 
+/** The same Redis keys and the same parameters: one script call can decide both checks. */
+function sameLimits(a: readonly Limit[], b: readonly Limit[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (x.name !== y.name || x.windowMs !== y.windowMs || x.requests !== y.requests || x.burst !== y.burst) return false;
+  }
+  return true;
+}
+
 export class BatchingRedisGcra extends RedisGcra {
-  private pending = new Map<string, Batch>();
+  // This turn's batches, by account id then key id (the strings the key record holds, so no
+  // subject string is built per check), and in the order they were started.
+  private pending = new Map<string, Map<string, Batch[]>>();
+  private order: Batch[] = [];
   private flushScheduled = false;
 
   constructor(
@@ -41,19 +56,24 @@ export class BatchingRedisGcra extends RedisGcra {
   }
 
   override check(limits: readonly Limit[], accountId: string, keyId: string): Promise<GcraResult> {
-    const keys = limits.map((l) => this.keyFor(l, accountId, keyId));
-    let id = keys.join(' ');
-    for (const l of limits) id += ` ${l.windowMs}/${l.requests}/${l.burst}`;
-    let batch = this.pending.get(id);
-    if (!batch || batch.waiters.length >= MAX_BATCH) {
-      // A full batch goes out as it is; later checks of the subject start the next one, and
-      // batches go out in the order they were started (a Map iterates in insertion order).
-      if (batch) {
-        this.pending.delete(id);
-        this.pending.set(`${id} #${this.pending.size}`, batch);
+    let byKey = this.pending.get(accountId);
+    if (!byKey) this.pending.set(accountId, (byKey = new Map()));
+    let started = byKey.get(keyId);
+    if (!started) byKey.set(keyId, (started = []));
+    // The subject's open batch with these limits; a full batch goes out as it is and later checks
+    // start the next one. Batches go out in the order they were started, so a subject's checks
+    // are decided in arrival order.
+    let batch: Batch | undefined;
+    for (let i = started.length - 1; i >= 0; i--) {
+      if (sameLimits(started[i]!.limits, limits)) {
+        batch = started[i];
+        break;
       }
-      batch = { limits, keys, waiters: [] };
-      this.pending.set(id, batch);
+    }
+    if (!batch || batch.waiters.length >= MAX_BATCH) {
+      batch = { limits, keys: limits.map((l) => this.keyFor(l, accountId, keyId)), waiters: [] };
+      started.push(batch);
+      this.order.push(batch);
     }
     const b = batch;
     const result = new Promise<GcraResult>((resolve, reject) => b.waiters.push({ resolve, reject }));
@@ -69,9 +89,10 @@ export class BatchingRedisGcra extends RedisGcra {
 
   private flush(): void {
     this.flushScheduled = false;
-    const batches = this.pending;
+    const batches = this.order;
+    this.order = [];
     this.pending = new Map();
-    for (const b of batches.values()) {
+    for (const b of batches) {
       this.metrics?.rateLimitRedisCalls.inc();
       this.decide(b.keys, b.limits, b.waiters.length).then(
         (results) => b.waiters.forEach((w, r) => w.resolve(results[r]!)),

@@ -104,6 +104,20 @@ describe('BatchingRedisGcra', () => {
     expect(c.states[0]!.remaining).toBe(3);
   });
 
+  it('keeps checks of one subject under other limits (a policy reloaded within the turn) in a call of their own, in order', async () => {
+    const p = prefix();
+    const gcra = new BatchingRedisGcra(client, p);
+    const tighter: Limit = { ...account, burst: 2 };
+    const spy = vi.spyOn(client as unknown as { ryvionGcra: (...a: unknown[]) => Promise<number[]> }, 'ryvionGcra');
+    const [before, after] = await Promise.all([batched(gcra, [account], 3), batched(gcra, [tighter], 2)]);
+    expect(spy).toHaveBeenCalledTimes(2);
+    spy.mockRestore();
+    expect(before.map((r) => r.allowed)).toEqual([true, true, true]);
+    // The same TAT, three requests in: the tighter burst admits nothing more.
+    expect(after.map((r) => r.allowed)).toEqual([false, false]);
+    expect(after[0]!.states[0]!.limit).toBe(tighter);
+  });
+
   it('splits a burst larger than MAX_BATCH into several calls with the same decisions', async () => {
     const roomy: Limit = { name: 'account', requests: 1000, windowMs: 3_600_000, burst: 200 };
     const gcra = new BatchingRedisGcra(client, prefix());
