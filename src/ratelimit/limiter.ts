@@ -32,8 +32,10 @@ export const MIN_LOCAL_SHARE = 0.05;
 const BREAKER_FAILURES = 3;
 const BREAKER_OPEN_MS = 1000;
 
-/** Subjects whose local state is held at most (tat-store.ts drops those whose TAT has passed). */
+/** Subjects of each kind (accounts, keys) whose local state is held at most (tat-store.ts drops those whose TAT has passed). */
 const LOCAL_SUBJECTS = 200_000;
+/** Subjects of each kind remembered as over their limit, at most. */
+const OVER_SUBJECTS = 100_000;
 
 /** The shared count (redis-gcra.ts, redis-gcra-batch.ts): every limit checked, and consumed only if all admit. */
 export interface SharedGcra {
@@ -51,15 +53,24 @@ export interface RateLimiterOptions {
   logger: Logger;
 }
 
-const subject = (l: Limit, accountId: string, keyId: string): string => (l.name === 'account' ? `a:${accountId}` : `k:${keyId}`);
+/** A limit's subject: the account's id or the key's, each in the store of its kind (`PerKind`). */
+const subject = (l: Limit, accountId: string, keyId: string): string => (l.name === 'account' ? accountId : keyId);
+
+/**
+ * One store per kind of subject, keyed by the id the key record holds: no subject string is built
+ * per check (a shared decision writes both TATs on every check: bench/README.md).
+ */
+interface PerKind<T> {
+  account: T;
+  key: T;
+}
 
 export class RateLimiter {
   // Subjects known to be over their limit, until when: a client hammering past
   // its limit costs no Redis call (the way envoyproxy/ratelimit does it).
-  // Both made on first write: until a subject is over its limit, a check does not even build the
-  // subject string to look it up (`overUntil?.get`).
-  private overUntil: LRUCache<string, number> | undefined;
-  private localTats: TatStore | undefined;
+  // Both made on first write: until a subject is over its limit, a check does not even look it up.
+  private overUntil: PerKind<LRUCache<string, number>> | undefined;
+  private localTats: PerKind<TatStore> | undefined;
   private degraded = false;
   private readonly breaker: CircuitBreaker;
   // Counted on every allowed check: plain-number cells (hot-metrics.ts).
@@ -74,7 +85,7 @@ export class RateLimiter {
 
   /** Subjects whose local state is held (their TAT may still be ahead). */
   get localStates(): number {
-    return this.localTats?.size ?? 0;
+    return this.localTats ? this.localTats.account.size + this.localTats.key.size : 0;
   }
 
   /** The share of each limit this replica admits alone while Redis is not asked. */
@@ -95,7 +106,7 @@ export class RateLimiter {
     let deniedBy: Limit['name'] | undefined;
     if (this.overUntil) {
       for (const l of limits) {
-        const until = this.overUntil.get(subject(l, accountId, keyId));
+        const until = this.overUntil[l.name].get(subject(l, accountId, keyId));
         if (until !== undefined && until > now && until - now > blockedFor) {
           blockedFor = until - now;
           deniedBy = l.name;
@@ -142,7 +153,8 @@ export class RateLimiter {
     for (const s of result.states) {
       const retry = s.resetMs - tolerance(s.limit); // > 0: this limit admits nothing until then
       if (retry <= 0) continue;
-      (this.overUntil ??= boundedLru<string, number>(100_000)).set(subject(s.limit, accountId, keyId), now + retry);
+      const over = (this.overUntil ??= { account: boundedLru<string, number>(OVER_SUBJECTS), key: boundedLru<string, number>(OVER_SUBJECTS) });
+      over[s.limit.name].set(subject(s.limit, accountId, keyId), now + retry);
       if (retry > worst) {
         worst = retry;
         deniedBy = s.limit.name;
@@ -153,17 +165,23 @@ export class RateLimiter {
 
   /** The shared TATs become the local ones (see the top of this file). */
   private mirror(limits: readonly Limit[], accountId: string, keyId: string, now: number, result: GcraResult): void {
-    const tats = (this.localTats ??= new TatStore(LOCAL_SUBJECTS));
-    for (let i = 0; i < limits.length; i++) tats.set(subject(limits[i]!, accountId, keyId), now + result.states[i]!.resetMs, now);
+    const tats = this.tats();
+    for (let i = 0; i < limits.length; i++) {
+      const l = limits[i]!;
+      tats[l.name].set(subject(l, accountId, keyId), now + result.states[i]!.resetMs, now);
+    }
   }
 
   private local(limits: readonly Limit[], accountId: string, keyId: string, now: number, share: number): GcraResult {
     const scaled = limits.map((l) => ({ ...l, requests: Math.max(1, Math.floor(l.requests * share)), burst: Math.max(1, Math.floor(l.burst * share)) }));
-    const ids = limits.map((l) => subject(l, accountId, keyId));
-    const tats = (this.localTats ??= new TatStore(LOCAL_SUBJECTS));
-    const r = gcra(scaled, ids.map((id) => tats.get(id)), now);
-    if (r.allowed) ids.forEach((id, i) => tats.set(id, r.newTats[i]!, now));
+    const tats = this.tats();
+    const r = gcra(scaled, limits.map((l) => tats[l.name].get(subject(l, accountId, keyId))), now);
+    if (r.allowed) limits.forEach((l, i) => tats[l.name].set(subject(l, accountId, keyId), r.newTats[i]!, now));
     return r;
+  }
+
+  private tats(): PerKind<TatStore> {
+    return (this.localTats ??= { account: new TatStore(LOCAL_SUBJECTS), key: new TatStore(LOCAL_SUBJECTS) });
   }
 
   private setDegraded(on: boolean): void {

@@ -111,4 +111,17 @@ describe('local state held for the shared decisions', () => {
     for (let i = 0; i < 12; i++) if ((await rl.check([KEY_LIMIT], 'acct', 'key5')).allowed) ok++;
     expect(ok).toBe(10);
   });
+
+  it('an account and a key with the same id are separate subjects, locally and when already over', async () => {
+    const { rl, redis } = limiter({ replicas: 1 });
+    const ACCOUNT: Limit = { name: 'account', requests: 1, windowMs: 3_600_000, burst: 1 };
+    const KEY: Limit = { name: 'key', requests: 60, windowMs: 60_000, burst: 10 };
+    expect((await rl.check([ACCOUNT], 'same', 'k1')).allowed).toBe(true);
+    expect(await rl.check([ACCOUNT], 'same', 'k1')).toMatchObject({ allowed: false, deniedBy: 'account' });
+    // The key "same" of another account shares nothing with the account "same", over or not.
+    expect((await rl.check([KEY], 'other', 'same')).allowed).toBe(true);
+    redis.down = true;
+    expect((await rl.check([KEY], 'other', 'same')).allowed).toBe(true);
+    expect((await rl.check([ACCOUNT], 'same', 'k2')).allowed).toBe(false);
+  });
 });
