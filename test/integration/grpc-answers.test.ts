@@ -94,4 +94,15 @@ describe('Check answers, decided in the same turn or later', () => {
     const m = await metrics.decisions.get();
     expect(m.values.reduce((sum, v) => sum + v.value, 0)).toBe(n);
   });
+
+  it('a decision the answer cannot be built from fails closed: 503 auth_unavailable, counted, and the port keeps answering', async () => {
+    let calls = 0;
+    // An allow without its identity: building the response throws (a bug, not an input).
+    const c = await start(() => (calls++ === 0 ? ({ allow: true } as unknown as Decision) : { allow: false, reason: 'missing_api_key' }));
+    const first = await check(c);
+    expect(first.denied_response?.status.code).toBe(503);
+    expect(JSON.parse(first.denied_response!.body)).toMatchObject({ error: { code: 'auth_unavailable' } });
+    expect(await internalErrors()).toBe(1);
+    expect(await deniedStatus(c)).toBe(401);
+  });
 });

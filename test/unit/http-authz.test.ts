@@ -152,6 +152,20 @@ describe('createAuthzHandler: the answer', () => {
     expect(counted.values.find((v) => v.labels.transport === 'http')?.value).toBe(1);
   });
 
+  it('a decision the answer cannot be built from: a 503 auth_unavailable denial, counted, and the server keeps answering', async () => {
+    let calls = 0;
+    // An allow without its identity: building the answer throws (a bug, not an input).
+    const base = await serve(async () => (calls++ === 0 ? ({ allow: true } as unknown as Decision) : { allow: false, reason: 'missing_api_key' }));
+    const res = await fetch(`${base}/authz/v1/models`, { headers: { 'x-request-id': 'req-10' }, signal: AbortSignal.timeout(5000) });
+    expect(res.status).toBe(503);
+    expect(await res.text()).toBe(denialResponse({ allow: false, reason: 'auth_unavailable', detail: 'internal' }).body);
+    expect(res.headers.get('x-request-id')).toBe('req-10');
+    expect(res.headers.get('x-ryvion-account-id')).toBeNull();
+    const counted = await metrics.registry.getSingleMetric('ryvion_authz_internal_errors_total')!.get();
+    expect(counted.values.find((v) => v.labels.transport === 'http')?.value).toBe(1);
+    expect((await fetch(`${base}/authz/v1/models`)).status).toBe(401);
+  });
+
   it('UNAVAILABLE_MODE=rpc_error: a store outage resets the call; other denials are answered', async () => {
     let outage = true;
     const base = await serve(async () => (outage ? { allow: false, reason: 'auth_unavailable', detail: 'postgres_down' } : { allow: false, reason: 'missing_api_key' }), {

@@ -5,6 +5,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import { DecisionBoundary, type Decided } from '../../check/boundary.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
 import type { DecisionRecorder } from '../../check/decision-log.js';
+import type { Decision } from '../../check/decision.js';
 import type { Logger } from '../../observability/logger.js';
 import { authorizationService, type CheckRequest, type CheckResponse } from './proto.js';
 import { newRequestId, toAttributes, toCheckResponse, type ResponseOptions } from './check.js';
@@ -54,7 +55,7 @@ export class GrpcCheckServer {
 
   constructor(
     pipeline: Pick<CheckPipeline, 'decide'>,
-    recorder: DecisionRecorder,
+    private readonly recorder: DecisionRecorder,
     private readonly opts: GrpcServerOptions,
   ) {
     this.boundary = new DecisionBoundary(pipeline, recorder);
@@ -118,9 +119,26 @@ export class GrpcCheckServer {
       callback(unavailableError(decision.detail));
       return;
     }
-    callback(null, toCheckResponse(decision, requestId, attrs?.path ?? '/', this.opts));
+    const path = attrs?.path ?? '/';
+    let response: CheckResponse | undefined;
+    try {
+      response = toCheckResponse(decision, requestId, path, this.opts);
+    } catch (err) {
+      // A decision the answer cannot be built from is a bug: it fails closed, as the boundary does
+      // for the pipeline (and nothing would catch a throw from a decided promise's handler).
+      try {
+        this.recorder.internalError('grpc', requestId, err);
+      } catch {
+        // Logging must not stand between the caller and its answer.
+      }
+    }
+    if (response) callback(null, response);
+    else if (this.opts.unavailableMode === 'rpc_error') callback(unavailableError('internal'));
+    else callback(null, toCheckResponse(INTERNAL_ERROR, requestId, path, this.opts));
   }
 }
+
+const INTERNAL_ERROR: Decision = { allow: false, reason: 'auth_unavailable', detail: 'internal' };
 
 function unavailableError(detail: string): grpc.ServiceError {
   return Object.assign(new Error(`auth_unavailable: ${detail}`), {

@@ -2,7 +2,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RequestAttributes } from '../../check/attributes.js';
 import { DecisionBoundary } from '../../check/boundary.js';
-import type { Allow, Deny } from '../../check/decision.js';
+import type { Allow, Decision, Deny } from '../../check/decision.js';
 import { allowResponse, denialResponse } from '../../check/outcomes.js';
 import type { CheckPipeline } from '../../check/pipeline.js';
 import type { DecisionRecorder } from '../../check/decision-log.js';
@@ -140,17 +140,40 @@ export function createAuthzHandler(deps: AuthzDeps): (req: IncomingMessage, res:
       return attrs;
     }, requestIdOf(req))).then(({ decision, attrs, requestId }) => {
       if (res.destroyed) return;
-      res.setHeader('x-request-id', requestId);
-      res.setHeader('cache-control', 'no-store');
-      if (decision.allow) return allow(res, decision, options);
-      if (decision.reason === 'auth_unavailable' && options.unavailableMode === 'rpc_error') {
-        // No answer at all: Envoy counts a reset as a failed call, which its failure_mode_allow decides.
-        res.destroy();
-        return;
+      const path = attrs?.path ?? '/';
+      try {
+        answer(res, decision, requestId, path, nginx, options);
+      } catch (err) {
+        // A decision the answer cannot be built from is a bug: it fails closed, as the boundary does for
+        // the pipeline (a throw here would otherwise be an unhandled rejection, which ends the process).
+        try {
+          deps.recorder.internalError('http', requestId, err);
+        } catch {
+          // Logging must not stand between the caller and its answer.
+        }
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        for (const name of res.getHeaderNames()) res.removeHeader(name);
+        answer(res, INTERNAL_ERROR, requestId, path, nginx, options);
       }
-      deny(res, decision, attrs?.path ?? '/', nginx, options);
     });
   };
+}
+
+const INTERNAL_ERROR: Deny = { allow: false, reason: 'auth_unavailable', detail: 'internal' };
+
+function answer(res: ServerResponse, decision: Decision, requestId: string, path: string, nginx: boolean, options: AuthzOptions): void {
+  res.setHeader('x-request-id', requestId);
+  res.setHeader('cache-control', 'no-store');
+  if (decision.allow) return allow(res, decision, options);
+  if (decision.reason === 'auth_unavailable' && options.unavailableMode === 'rpc_error') {
+    // No answer at all: Envoy counts a reset as a failed call, which its failure_mode_allow decides.
+    res.destroy();
+    return;
+  }
+  deny(res, decision, path, nginx, options);
 }
 
 function allow(res: ServerResponse, d: Allow, options: AuthzOptions): void {
