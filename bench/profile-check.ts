@@ -3,7 +3,8 @@
 // h2load settings and alternated. Writes one JSON object to stdout (and the progress to stderr).
 //
 //   alloc  bytes allocated per check: the sum of V8's `allocated=` figures (--trace-gc-nvp, bytes
-//          allocated since the GC before) over every GC in a window of h2load -n N, divided by N
+//          allocated since the GC before) over every GC in a window of h2load -n N, divided by N; and
+//          the bytes per check that survived the young generation (`new_space_survived=`)
 //   gc     GC time per check and share of wall time under h2load load (perf_hooks GC entries)
 //   async  async resources created per check (async_hooks init by type: PROMISE, TickObject, ...),
 //          the difference between h2load -n 41 and -n 1 on one connection, divided by 40
@@ -60,16 +61,22 @@ async function probe(s: Server): Promise<Probe> {
   throw new Error(`${s.label}: no probe line`);
 }
 
-/** Sum of `allocated=` over the GC trace lines written to the log since `offset`. */
-function allocatedSince(s: Server, offset: number): { bytes: number; gcs: number } {
+/**
+ * Sums over the GC trace lines written to the log since `offset`: `allocated=`, and what survived
+ * the young generation (`new_space_survived=`, copied or promoted), which is what a minor
+ * collection's time goes with.
+ */
+function allocatedSince(s: Server, offset: number): { bytes: number; survived: number; gcs: number } {
   const text = readFileSync(s.child.logFile, 'utf8').slice(offset);
   let bytes = 0;
+  let survived = 0;
   let gcs = 0;
   for (const m of text.matchAll(/\ballocated=(\d+)/g)) {
     bytes += Number(m[1]);
     gcs++;
   }
-  return { bytes, gcs };
+  for (const m of text.matchAll(/\bnew_space_survived=(\d+)/g)) survived += Number(m[1]);
+  return { bytes, survived, gcs };
 }
 
 interface HeapNode {
@@ -177,6 +184,7 @@ async function main(): Promise<void> {
       const list = await startAll(mode === 'alloc' ? '--trace-gc-nvp' : '');
       await warm(list);
       const alloc: Record<string, number[]> = {};
+      const survived: Record<string, number[]> = {};
       const gcMsPerKCheck: Record<string, number[]> = {};
       const gcShare: Record<string, number[]> = {};
       const gcCounts: Record<string, number[]> = {};
@@ -188,7 +196,8 @@ async function main(): Promise<void> {
             await sleep(50);
             const a = allocatedSince(s, offset);
             (alloc[s.label] ??= []).push(a.bytes / res.done);
-            log(`alloc ${s.label}: ${round(a.bytes / res.done, 0)} B/check over ${res.done} checks, ${a.gcs} GCs`);
+            (survived[s.label] ??= []).push(a.survived / res.done);
+            log(`alloc ${s.label}: ${round(a.bytes / res.done, 0)} B/check over ${res.done} checks, ${a.gcs} GCs, ${round(a.survived / res.done, 0)} B/check survived the young generation`);
           }
           if (mode === 'gc') {
             const p0 = await probe(s);
@@ -206,7 +215,10 @@ async function main(): Promise<void> {
       }
       const summary = (m: Record<string, number[]>, d = 1): Record<string, unknown> =>
         Object.fromEntries(Object.entries(m).map(([k, v]) => [k, { median: round(median(v), d), min: round(Math.min(...v), d), max: round(Math.max(...v), d) }]));
-      if (mode === 'alloc') out.allocatedBytesPerCheck = { checksPerWindow: allocChecks, ...summary(alloc, 0) };
+      if (mode === 'alloc') {
+        out.allocatedBytesPerCheck = { checksPerWindow: allocChecks, ...summary(alloc, 0) };
+        out.youngSurvivorBytesPerCheck = summary(survived, 0);
+      }
       if (mode === 'gc') out.gc = { msPer1000Checks: summary(gcMsPerKCheck, 2), shareOfWallTime: summary(gcShare, 4), gcsPerRound: summary(gcCounts, 0) };
       await stopAll();
     }
