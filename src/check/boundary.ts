@@ -1,7 +1,7 @@
 // The one fail-closed boundary between a transport and the pipeline: read the request, decide,
 // record; anything thrown on the way is a bug, logged and counted, and answered auth_unavailable.
 import type { RequestAttributes } from './attributes.js';
-import type { Decision } from './decision.js';
+import type { Decision, Deny } from './decision.js';
 import type { CheckPipeline } from './pipeline.js';
 import type { DecisionRecorder } from './decision-log.js';
 import type { Transport } from '../observability/metrics.js';
@@ -61,11 +61,19 @@ export class DecisionBoundary {
   }
 
   private failed(transport: Transport, attrs: RequestAttributes | undefined, requestId: string, err: unknown): Decided {
+    return { decision: this.failClosed(transport, requestId, err), attrs, requestId };
+  }
+
+  /**
+   * A bug met on the way to an answer (in the pipeline, or while a transport builds the answer from
+   * its decision): logged and counted, and the denial to answer instead. Never throws.
+   */
+  failClosed(transport: Transport, requestId: string, err: unknown): Deny {
     try {
       this.recorder.internalError(transport, requestId, err);
     } catch {
       // Logging must not stand between the caller and its answer.
     }
-    return { decision: { allow: false, reason: 'auth_unavailable', detail: 'internal' }, attrs, requestId };
+    return { allow: false, reason: 'auth_unavailable', detail: 'internal' };
   }
 }

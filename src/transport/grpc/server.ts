@@ -55,7 +55,7 @@ export class GrpcCheckServer {
 
   constructor(
     pipeline: Pick<CheckPipeline, 'decide'>,
-    private readonly recorder: DecisionRecorder,
+    recorder: DecisionRecorder,
     private readonly opts: GrpcServerOptions,
   ) {
     this.boundary = new DecisionBoundary(pipeline, recorder);
@@ -115,30 +115,25 @@ export class GrpcCheckServer {
   };
 
   private answer({ decision, attrs, requestId }: Decided, callback: grpc.sendUnaryData<CheckResponse>): void {
-    if (!decision.allow && decision.reason === 'auth_unavailable' && this.opts.unavailableMode === 'rpc_error') {
-      callback(unavailableError(decision.detail));
-      return;
-    }
     const path = attrs?.path ?? '/';
-    let response: CheckResponse | undefined;
+    let answer: CheckResponse | grpc.ServiceError;
     try {
-      response = toCheckResponse(decision, requestId, path, this.opts);
+      answer = this.toAnswer(decision, requestId, path);
     } catch (err) {
-      // A decision the answer cannot be built from is a bug: it fails closed, as the boundary does
-      // for the pipeline (and nothing would catch a throw from a decided promise's handler).
-      try {
-        this.recorder.internalError('grpc', requestId, err);
-      } catch {
-        // Logging must not stand between the caller and its answer.
-      }
+      // A decision the answer cannot be built from is a bug: it fails closed as the pipeline's do
+      // (on the deferred path nothing else would catch the throw).
+      answer = this.toAnswer(this.boundary.failClosed('grpc', requestId, err), requestId, path);
     }
-    if (response) callback(null, response);
-    else if (this.opts.unavailableMode === 'rpc_error') callback(unavailableError('internal'));
-    else callback(null, toCheckResponse(INTERNAL_ERROR, requestId, path, this.opts));
+    if (answer instanceof Error) callback(answer);
+    else callback(null, answer);
+  }
+
+  /** A CheckResponse, or under UNAVAILABLE_MODE=rpc_error an UNAVAILABLE error for a store outage. */
+  private toAnswer(decision: Decision, requestId: string, path: string): CheckResponse | grpc.ServiceError {
+    if (!decision.allow && decision.reason === 'auth_unavailable' && this.opts.unavailableMode === 'rpc_error') return unavailableError(decision.detail);
+    return toCheckResponse(decision, requestId, path, this.opts);
   }
 }
-
-const INTERNAL_ERROR: Decision = { allow: false, reason: 'auth_unavailable', detail: 'internal' };
 
 function unavailableError(detail: string): grpc.ServiceError {
   return Object.assign(new Error(`auth_unavailable: ${detail}`), {

@@ -144,25 +144,19 @@ export function createAuthzHandler(deps: AuthzDeps): (req: IncomingMessage, res:
       try {
         answer(res, decision, requestId, path, nginx, options);
       } catch (err) {
-        // A decision the answer cannot be built from is a bug: it fails closed, as the boundary does for
-        // the pipeline (a throw here would otherwise be an unhandled rejection, which ends the process).
-        try {
-          deps.recorder.internalError('http', requestId, err);
-        } catch {
-          // Logging must not stand between the caller and its answer.
-        }
+        // A decision the answer cannot be built from is a bug: it fails closed as the pipeline's do
+        // (a throw here would otherwise be an unhandled rejection, which ends the process).
+        const failed = boundary.failClosed('http', requestId, err);
         if (res.headersSent) {
           res.destroy();
           return;
         }
         for (const name of res.getHeaderNames()) res.removeHeader(name);
-        answer(res, INTERNAL_ERROR, requestId, path, nginx, options);
+        answer(res, failed, requestId, path, nginx, options);
       }
     });
   };
 }
-
-const INTERNAL_ERROR: Deny = { allow: false, reason: 'auth_unavailable', detail: 'internal' };
 
 function answer(res: ServerResponse, decision: Decision, requestId: string, path: string, nginx: boolean, options: AuthzOptions): void {
   res.setHeader('x-request-id', requestId);
