@@ -331,12 +331,15 @@ export class KeyRepository implements KeyLookup {
     return rows.map(toKeyRecord);
   }
 
-  /** Records when keys were last used: one statement for a whole batch. */
-  async touchLastUsed(batch: ReadonlyMap<string, Date>): Promise<void> {
+  /**
+   * Records when keys were last used, one statement for a whole batch: key id -> time of use in
+   * epoch milliseconds. Never moves a key's last_used_at back.
+   */
+  async touchLastUsed(batch: ReadonlyMap<string, number>): Promise<void> {
     if (batch.size === 0) return;
     await this.run(
       `UPDATE api_keys k SET last_used_at = GREATEST(COALESCE(k.last_used_at, u.at), u.at)
-         FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+         FROM (SELECT id, to_timestamp(ms / 1000.0) AS at FROM unnest($1::text[], $2::bigint[]) AS v(id, ms)) AS u
         WHERE k.id = u.id`,
       [[...batch.keys()], [...batch.values()]],
     );

@@ -102,7 +102,7 @@ describe('failed authentications per source', () => {
 
 describe('last_used_at batching', () => {
   it('writes each key at most once per flush, in one statement', async () => {
-    const batches: Array<Map<string, Date>> = [];
+    const batches: Array<Map<string, number>> = [];
     const recorder = new LastUsedRecorder({ touchLastUsed: async (b) => void batches.push(new Map(b)) }, 3_600_000);
     for (let i = 0; i < 1000; i++) recorder.touch(i % 2 ? 'key_a' : 'key_b');
     await recorder.flush();
