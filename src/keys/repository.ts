@@ -46,28 +46,56 @@ export interface KeyRecord {
 /** A key record's own fields: what `keyRecord` is given. */
 export type KeyRecordFields = Omit<KeyRecord, 'keyId' | 'tokenLimits'>;
 
+// A record's class: the Identity's two names for fields it holds anyway are read through the
+// prototype, where an own field each was 16 bytes a key held in memory (1.6 MB at 100 000 keys).
+// Every field is set in the constructor, so that V8 sizes the object for all of them at once.
+class HeldKeyRecord implements KeyRecord {
+  readonly id: string;
+  readonly hash: string;
+  readonly accountId: string;
+  readonly name: string;
+  readonly scope: string;
+  readonly plan: string;
+  readonly expiresAt: Date | null;
+  readonly revokedAt: Date | null;
+  readonly version: number;
+  readonly accountRpm: number | null;
+  readonly keyRpm: number | null;
+  readonly allowedCidrs: readonly string[] | null;
+  readonly metadata: Readonly<Record<string, unknown>> | null;
+  readonly accountTokens: TokenLimits | null;
+  readonly keyTokens: TokenLimits | null;
+
+  constructor(f: KeyRecordFields) {
+    this.id = f.id;
+    this.hash = f.hash;
+    this.accountId = f.accountId;
+    this.name = f.name;
+    this.scope = f.scope;
+    this.plan = f.plan;
+    this.expiresAt = f.expiresAt;
+    this.revokedAt = f.revokedAt;
+    this.version = f.version;
+    this.accountRpm = f.accountRpm;
+    this.keyRpm = f.keyRpm;
+    this.allowedCidrs = f.allowedCidrs ?? null;
+    this.metadata = f.metadata ?? null;
+    this.accountTokens = f.accountTokens ?? null;
+    this.keyTokens = f.keyTokens ?? null;
+  }
+
+  get keyId(): string {
+    return this.id;
+  }
+
+  get tokenLimits(): TokenLimits | null {
+    return this.keyTokens;
+  }
+}
+
 /** The frozen record of `f`, every field present (one object shape for every record). */
 export function keyRecord(f: KeyRecordFields): KeyRecord {
-  const keyTokens = f.keyTokens ?? null;
-  return Object.freeze({
-    id: f.id,
-    hash: f.hash,
-    accountId: f.accountId,
-    name: f.name,
-    scope: f.scope,
-    plan: f.plan,
-    expiresAt: f.expiresAt,
-    revokedAt: f.revokedAt,
-    version: f.version,
-    accountRpm: f.accountRpm,
-    keyRpm: f.keyRpm,
-    allowedCidrs: f.allowedCidrs ?? null,
-    metadata: f.metadata ?? null,
-    accountTokens: f.accountTokens ?? null,
-    keyTokens,
-    keyId: f.id,
-    tokenLimits: keyTokens,
-  });
+  return Object.freeze(new HeldKeyRecord(f));
 }
 
 export interface Account {
