@@ -1,5 +1,5 @@
 // Key hashing: HMAC-SHA256 under a server-side pepper, versioned so the pepper can rotate.
-import { createHmac } from 'node:crypto';
+import { createHmac, createSecretKey, type KeyObject } from 'node:crypto';
 import { ConfigError, type Config } from '../config.js';
 
 export interface Pepper {
@@ -26,14 +26,23 @@ export class KeyHash {
   }
 }
 
+// A pepper as the HMAC takes it: a KeyObject made once, instead of the secret string encoded again
+// at every check: 0.1-0.3 us of the 2.5-3.1 us a check's HMAC took (commit message has the figures).
+interface PepperKey {
+  version: number;
+  key: KeyObject;
+}
+
+const pepperKey = (p: Pepper): PepperKey => ({ version: p.version, key: createSecretKey(Buffer.from(p.secret, 'utf8')) });
+
 export class KeyHasher {
-  private readonly current: Pepper;
-  private readonly all: readonly Pepper[];
+  private readonly current: PepperKey;
+  private readonly all: readonly PepperKey[];
 
   /** `previous` stays accepted for look-ups while keys hashed under it are still in use. */
   constructor(current: Pepper, previous?: Pepper) {
-    this.current = current;
-    this.all = previous ? [current, previous] : [current];
+    this.current = pepperKey(current);
+    this.all = previous ? [this.current, pepperKey(previous)] : [this.current];
   }
 
   get currentVersion(): number {
@@ -41,17 +50,17 @@ export class KeyHasher {
   }
 
   hashForStorage(key: string): KeyHash {
-    return new KeyHash(this.current.version, hmac(this.current.secret, key));
+    return new KeyHash(this.current.version, hmac(this.current.key, key));
   }
 
   /** Every hash the key may be stored under, current pepper first. */
   candidates(key: string): KeyHash[] {
-    return this.all.map((p) => new KeyHash(p.version, hmac(p.secret, key)));
+    return this.all.map((p) => new KeyHash(p.version, hmac(p.key, key)));
   }
 }
 
-function hmac(secret: string, key: string): string {
-  return createHmac('sha256', secret).update(key, 'utf8').digest('base64url');
+function hmac(pepper: KeyObject, key: string): string {
+  return createHmac('sha256', pepper).update(key, 'utf8').digest('base64url');
 }
 
 /** The hasher a configuration names: KEY_PEPPER, and KEY_PEPPER_PREVIOUS during a rotation. */

@@ -77,6 +77,14 @@ describe('key hashing', () => {
     const [candidate] = hasher.candidates('some-key');
     expect(candidate!.id).toBe(h.id);
     expect(candidate!.hash.equals(h.hash)).toBe(true);
+    // A pepper outside ASCII is taken as its UTF-8 bytes, as createHmac takes a string; the previous
+    // pepper's candidate is its own HMAC.
+    const wide = 'p\u00e9pper-\u2603-'.repeat(4);
+    const rotating = new KeyHasher({ version: 4, secret: wide }, { version: 3, secret: pepperA });
+    const [now, before] = rotating.candidates('some-key');
+    expect(now!.id).toBe(createHmac('sha256', wide).update('some-key').digest('base64url'));
+    expect(before!.id).toBe(h.id);
+    expect(before!.pepperVersion).toBe(3);
   });
 
   it('differs under another pepper, so a database dump alone cannot confirm a guessed key', () => {
