@@ -17,7 +17,8 @@ import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../src/policy/policy.js';
 import { RateLimiter } from '../src/ratelimit/limiter.js';
 import { RedisGcra } from '../src/ratelimit/redis-gcra.js';
 import { BatchingRedisGcra } from '../src/ratelimit/redis-gcra-batch.js';
-import { newRequestId, toAttributes, toCheckResponse } from '../src/transport/grpc/check.js';
+import { attributesOf, newRequestId, toAttributes, toCheckResponse, viewOf } from '../src/transport/grpc/check.js';
+import { decodeCheckView } from '../src/transport/grpc/request-wire.js';
 import { encodeCheckResponse } from '../src/transport/grpc/wire.js';
 import { loadAuthorizationDefinition, type CheckRequest, type CheckResponse } from '../src/transport/grpc/proto.js';
 import { chatCompletionBody, checkRequest, encodeCheckRequest } from './lib/request.js';
@@ -106,6 +107,7 @@ const attrs = toAttributes(request);
 process.stdout.write(`${N} iterations, CPU time per operation\n\n`);
 bench('decode CheckRequest (grpc-js deserialize)', () => def.Check.requestDeserialize(requestBytes));
 bench('toAttributes', () => toAttributes(request));
+bench('decode CheckRequest to attributes (request-wire.ts)', () => attributesOf(decodeCheckView(requestBytes)!));
 bench('hasher.candidates (HMAC-SHA256)', () => hasher.candidates(key));
 bench('policy.authorize', () => policy.authorize('POST', '/v1/chat/completions', 'buyer'));
 bench('resolver.find (memory hit)', () => resolver.find(hasher.candidates(key)));
@@ -115,6 +117,7 @@ const requestWithBody = encodeCheckRequest(checkRequest({ key, body: chatBody })
 bench(`decode CheckRequest with a ${chatBody.length} B raw_body`, () => def.Check.requestDeserialize(requestWithBody));
 const decodedWithBody = def.Check.requestDeserialize(requestWithBody);
 bench('toAttributes with raw_body', () => toAttributes(decodedWithBody));
+bench('  the same with request-wire.ts', () => attributesOf(decodeCheckView(requestWithBody)!));
 bench('readRequestBody (JSON.parse + estimate)', () => readRequestBody(chatBody, false));
 bench('periodStart + periodEnd (month)', () => periodEnd('month', Date.now()) + periodStart('month', Date.now()).length);
 const signer = new ReservationSigner(randomBytes(48));
@@ -133,7 +136,7 @@ const minimalOk: CheckResponse = { status: { code: 0 }, ok_response: { headers: 
 /** What the server's handler does per call (server.ts), minus grpc-js. */
 async function wholeCheck(pipeline: CheckPipeline): Promise<Buffer> {
   const started = process.hrtime.bigint();
-  const a = toAttributes(def.Check.requestDeserialize(requestBytes));
+  const a = attributesOf(decodeCheckView(requestBytes) ?? viewOf(def.Check.requestDeserialize(requestBytes)));
   const requestId = newRequestId(a);
   const d = await pipeline.decide(a);
   recorder.record('grpc', d, requestId, a.method, started);

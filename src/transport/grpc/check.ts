@@ -18,9 +18,64 @@ export interface ResponseOptions {
   mcpResourceMetadataUrl?: string | undefined;
 }
 
+/**
+ * The parts of a CheckRequest the pipeline reads, as either decoder gives them: proto-loader's
+ * objects through `toAttributes`, or the hand-written decoder of the hot path (request-wire.ts),
+ * which must give the same attributes for every message it accepts. `attributesOf` is the one
+ * reading of them both use.
+ */
+export interface CheckRequestView {
+  method: string | undefined;
+  path: string | undefined;
+  /** How many entries `header_map` holds (counting those without a key); above 0 is the raw-headers form. */
+  headerMapCount: number;
+  /** `header_map` entries with a key, in order: name, value, name, value, ... (a raw_value read as latin1). */
+  headerMap: readonly string[];
+  /**
+   * The `headers` map as name, value pairs in its objects' key order (each name once, its last
+   * value); undefined when there is no map. Names the pipeline does not read may be left out.
+   */
+  headers: readonly string[] | undefined;
+  body: string | undefined;
+  rawBody: Uint8Array | undefined;
+  sourceAddress: string | undefined;
+}
+
 /** Narrows a CheckRequest to what the pipeline reads. Tolerates any shape: missing parts read as absent. */
 export function toAttributes(req: CheckRequest): RequestAttributes {
+  return attributesOf(viewOf(req));
+}
+
+/** The parts of a CheckRequest decoded by proto-loader (any shape: missing parts read as absent). */
+export function viewOf(req: CheckRequest): CheckRequestView {
   const http = req.attributes?.request?.http;
+  const headerMap: string[] = [];
+  const rawHeaders = http?.header_map?.headers;
+  if (rawHeaders) {
+    for (const h of rawHeaders) {
+      if (!h || typeof h.key !== 'string') continue;
+      headerMap.push(h.key, h.raw_value && h.raw_value.length > 0 ? Buffer.from(h.raw_value).toString('latin1') : (h.value ?? ''));
+    }
+  }
+  let headers: string[] | undefined;
+  if (http?.headers) {
+    headers = [];
+    for (const name of Object.keys(http.headers)) headers.push(name, http.headers[name] ?? '');
+  }
+  return {
+    method: http?.method,
+    path: http?.path,
+    headerMapCount: rawHeaders?.length ?? 0,
+    headerMap,
+    headers,
+    body: http?.body,
+    rawBody: http?.raw_body,
+    sourceAddress: req.attributes?.source?.address?.socket_address?.address,
+  };
+}
+
+/** The request attributes of a CheckRequest's parts. */
+export function attributesOf(view: CheckRequestView): RequestAttributes {
   const authorization: string[] = [];
   const apiKey: string[] = [];
   let requestId: string | undefined;
@@ -51,44 +106,39 @@ export function toAttributes(req: CheckRequest): RequestAttributes {
         break;
     }
   };
+  const takeAll = (pairs: readonly string[]): void => {
+    for (let i = 0; i + 1 < pairs.length; i += 2) take(pairs[i]!, pairs[i + 1]!);
+  };
 
-  const rawHeaders = http?.header_map?.headers;
-  const mapForm = rawHeaders && rawHeaders.length > 0;
-  if (mapForm) {
-    // encode_raw_headers: repeats stay separate entries, values in raw_value bytes.
-    for (const h of rawHeaders) {
-      if (!h || typeof h.key !== 'string') continue;
-      const value = h.raw_value && h.raw_value.length > 0 ? Buffer.from(h.raw_value).toString('latin1') : (h.value ?? '');
-      take(h.key, value);
-    }
-  }
+  // encode_raw_headers: repeats stay separate entries, values in raw_value bytes.
+  const mapForm = view.headerMapCount > 0;
+  if (mapForm) takeAll(view.headerMap);
   let credentialsDisagree = false;
-  if (http?.headers) {
+  if (view.headers) {
     if (mapForm) {
       // Envoy sends one form. A request with both could be judged by one and forwarded by the other: it must not disagree on a credential.
       const [mapAuthorization, mapApiKey] = [authorization.splice(0), apiKey.splice(0)];
-      for (const name of Object.keys(http.headers)) take(name, http.headers[name] ?? '');
+      takeAll(view.headers);
       credentialsDisagree = !sameValues(mapAuthorization, authorization) || !sameValues(mapApiKey, apiKey);
       authorization.splice(0, authorization.length, ...mapAuthorization);
       apiKey.splice(0, apiKey.length, ...mapApiKey);
     } else {
-      for (const name of Object.keys(http.headers)) take(name, http.headers[name] ?? '');
+      takeAll(view.headers);
     }
   }
 
-  const socket = req.attributes?.source?.address?.socket_address;
   const attrs: RequestAttributes = {
-    method: http?.method || pseudoMethod || '',
-    path: http?.path || pseudoPath || '/',
+    method: view.method || pseudoMethod || '',
+    path: view.path || pseudoPath || '/',
     authorization,
     apiKey,
     requestId: acceptRequestId(requestId),
-    sourceAddress: socket?.address || undefined,
+    sourceAddress: view.sourceAddress || undefined,
   };
   if (credentialsDisagree) attrs.credentialsDisagree = true;
   // pack_as_bytes gives raw_body; otherwise `body` is the UTF-8 text Envoy made of it.
-  if (http?.raw_body && http.raw_body.length > 0) attrs.body = http.raw_body;
-  else if (http?.body) attrs.body = Buffer.from(http.body, 'utf8');
+  if (view.rawBody && view.rawBody.length > 0) attrs.body = view.rawBody;
+  else if (view.body) attrs.body = Buffer.from(view.body, 'utf8');
   if (partialBody) attrs.bodyTruncated = true;
   return attrs;
 }
