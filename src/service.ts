@@ -24,7 +24,7 @@ import { DEFAULT_POLICY_PATH, loadPolicyFile, PolicyError, type CompiledPolicy }
 import { watchPolicy } from './policy/watch.js';
 import { createPool, migrate, schemaState } from './store/postgres.js';
 import { asPostgresUnavailable } from './store/errors.js';
-import { GrpcCheckServer, routeGrpcLogs } from './transport/grpc/server.js';
+import { decoderFallbacks, GrpcCheckServer, routeGrpcLogs } from './transport/grpc/server.js';
 import { AccessLogReceiver, type UsageSink } from './transport/grpc/access-log.js';
 import { GithubKeySource, SecretScanning } from './keys/secret-scanning.js';
 import { LeakNotifier } from './keys/leak-notifier.js';
@@ -228,6 +228,7 @@ export async function startService(config: Config, logger: Logger, opts: Service
     maxConnections: config.MAX_CONNECTIONS_PER_PORT,
     handshakeTimeoutMs: config.GRPC_HANDSHAKE_TIMEOUT_MS,
     idleTimeoutMs: config.GRPC_IDLE_TIMEOUT_MS,
+    onDecoderFallback: decoderFallbacks(metrics, logger),
   });
   health.onChange((ready) => grpcServer.setServing(ready));
   let githubKeys: GithubKeySource;

@@ -107,6 +107,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly grpcRequestDecoderFallbacks = new client.Counter({
+    name: 'ryvion_authz_grpc_request_decoder_fallbacks_total',
+    help: "CheckRequests read by proto-loader's decoder because the service's own gave up: unsupported (a message outside its shape) or fault (a bug of its own).",
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
   readonly cacheRequests = new client.Counter({
     name: 'ryvion_authz_key_cache_requests_total',
     help: 'Key look-ups per tier (memory|redis|postgres) and result (hit|miss|bypass|coalesced|error|overload).',
@@ -313,6 +320,7 @@ export class Metrics {
     for (const outcome of ['allowed', 'limited']) for (const mode of ['shared', 'local', 'memory']) this.rateLimitDecisions.labels(outcome, mode).inc(0);
     for (const result of ACCESS_LOG_STREAM_RESULTS) this.accessLogStreams.labels(result).inc(0);
     for (const reason of ACCESS_LOG_IGNORED_REASONS) this.accessLogEntriesIgnored.labels(reason).inc(0);
+    for (const reason of ['unsupported', 'fault']) this.grpcRequestDecoderFallbacks.labels(reason).inc(0);
     this.policyReloads.labels('success').inc(0);
     this.policyReloads.labels('failure').inc(0);
     this.ready.set(0);

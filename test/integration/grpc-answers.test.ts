@@ -7,7 +7,9 @@ import type { CheckPipeline } from '../../src/check/pipeline.js';
 import { DecisionRecorder } from '../../src/check/decision-log.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { Metrics } from '../../src/observability/metrics.js';
-import { GrpcCheckServer, type GrpcServerOptions } from '../../src/transport/grpc/server.js';
+import * as grpc from '@grpc/grpc-js';
+import { decoderFallbacks, GrpcCheckServer, type GrpcServerOptions } from '../../src/transport/grpc/server.js';
+import { AUTHORIZATION_CHECK_PATH, authorizationService, type CheckResponse } from '../../src/transport/grpc/proto.js';
 import { envoyCheckRequest } from '../fixtures/envoy.js';
 import { CheckClient } from '../helpers/service.js';
 
@@ -16,6 +18,7 @@ type Decide = (attrs: RequestAttributes) => Decision | Promise<Decision>;
 let server: GrpcCheckServer | undefined;
 let client: CheckClient | undefined;
 let metrics: Metrics;
+let port: number;
 
 afterEach(async () => {
   client?.close();
@@ -24,15 +27,16 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function start(decide: Decide, opts: Partial<GrpcServerOptions> = {}): Promise<CheckClient> {
+async function start(decide: Decide, options: Partial<GrpcServerOptions> | ((m: Metrics) => Partial<GrpcServerOptions>) = {}): Promise<CheckClient> {
   metrics = new Metrics({ defaultMetrics: false });
+  const opts = typeof options === 'function' ? options(metrics) : options;
   server = new GrpcCheckServer({ decide } as unknown as CheckPipeline, new DecisionRecorder(createLogger('silent'), metrics), {
     stripCredentialHeaders: true,
     unavailableMode: 'deny',
     ...opts,
   });
   server.setServing(true);
-  const port = await server.listen('127.0.0.1', 0);
+  port = await server.listen('127.0.0.1', 0);
   client = new CheckClient(port);
   return client;
 }
@@ -104,5 +108,41 @@ describe('Check answers, decided in the same turn or later', () => {
     expect(JSON.parse(first.denied_response!.body)).toMatchObject({ error: { code: 'auth_unavailable' } });
     expect(await internalErrors()).toBe(1);
     expect(await deniedStatus(c)).toBe(401);
+  });
+});
+
+describe('the CheckRequest decoders', () => {
+  /** Sends `bytes` as the Check request as they are, and returns the decoded answer. */
+  function sendRaw(port: number, bytes: Buffer): Promise<CheckResponse> {
+    const raw = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+    const decode = authorizationService().Check!.responseDeserialize as (b: Buffer) => CheckResponse;
+    return new Promise<CheckResponse>((resolve, reject) => {
+      raw.makeUnaryRequest(AUTHORIZATION_CHECK_PATH, (b: Buffer) => b, decode, bytes, (err, res) => (err || !res ? reject(err ?? new Error('empty')) : resolve(res)));
+    }).finally(() => raw.close());
+  }
+
+  async function fallbacks(reason: string): Promise<number> {
+    const m = await metrics.grpcRequestDecoderFallbacks.get();
+    return m.values.find((v) => v.labels.reason === reason)?.value ?? 0;
+  }
+
+  it("a message outside the service's own decoder (a group, which Envoy never sends) is read by proto-loader: same decision, counted as unsupported", async () => {
+    const seen: RequestAttributes[] = [];
+    const decide: Decide = (attrs) => {
+      seen.push(attrs);
+      return { allow: false, reason: 'missing_api_key' };
+    };
+    const c = await start(decide, (m) => ({ onDecoderFallback: decoderFallbacks(m, createLogger('silent')) }));
+    const plain = envoyCheckRequest({ method: 'GET', path: '/v1/models', headers: { 'x-api-key': 'k-1' } });
+    await c.check(plain);
+    expect(await fallbacks('unsupported')).toBe(0);
+    // The same request with a group appended as an unknown field of CheckRequest (field 99).
+    const bytes = Buffer.concat([authorizationService().Check!.requestSerialize(plain), Buffer.from([0x9b, 0x06, 0x08, 0x01, 0x9c, 0x06])]);
+    await sendRaw(port, bytes);
+    expect(seen).toHaveLength(2);
+    expect(seen[1]).toEqual(seen[0]);
+    expect(seen[1]).toMatchObject({ method: 'GET', path: '/v1/models', apiKey: ['k-1'] });
+    expect(await fallbacks('unsupported')).toBe(1);
+    expect(await fallbacks('fault')).toBe(0);
   });
 });

@@ -12,7 +12,8 @@
 // back to the generic deserializer: nothing is guessed. Given up on: a known field with a wire type
 // other than its declared one (protobufjs reads it as the declared type anyway), groups and
 // reserved wire types, a varint of more than 10 bytes or a length of more than 32 bits, a field
-// running past its enclosing message (protobufjs cuts strings short there). Every part protobufjs
+// running past its enclosing message (protobufjs cuts strings short there), more than
+// MAX_READ_HEADER_ENTRIES `headers` entries under read names. Every part protobufjs
 // would decode (the fields of the messages in proto/, the parts the pipeline does not read
 // included) is walked, so a message accepted here is one protobufjs accepts too. As protobufjs
 // does, a repeated message field is replaced by its last occurrence, map entries and repeated
@@ -66,6 +67,20 @@ function skipVarint(limit: number): void {
   throw UNSUPPORTED;
 }
 
+/**
+ * A field protobufjs reads with its 32-bit varint reader (uint32, int32, enum): up to 5 bytes, and
+ * when the fifth still continues, exactly 5 more, unread. Walked the same way, so that both
+ * decoders stay in step on a padded encoding (a canonical negative enum is 10 bytes).
+ */
+function skipVarint32(limit: number): void {
+  for (let i = 0; i < 5; i++) {
+    if (p >= limit) throw UNSUPPORTED;
+    if (b[p++]! < 0x80) return;
+  }
+  if (limit - p < 5) throw UNSUPPORTED;
+  p += 5;
+}
+
 /** The end of a length-delimited field whose length prefix is at `p`; `p` moves past the prefix. */
 function lenEnd(limit: number): number {
   const n = uint32(limit);
@@ -105,7 +120,7 @@ type Slicing = { utf8Slice(start: number, end: number): string; latin1Slice(star
 const utf8 = (start: number, end: number): string => (b as unknown as Slicing).utf8Slice(start, end);
 const latin1 = (start: number, end: number): string => (b as unknown as Slicing).latin1Slice(start, end);
 
-/** A message of string fields and varints only (SocketAddress, Pipe, HeaderValue's own fields): walked, none kept. */
+/** A message of string fields and 32-bit varints only (Pipe): walked, none kept. */
 function walkScalars(end: number, lenFields: number, varintFields: number): void {
   while (p < end) {
     const tag = uint32(end);
@@ -117,7 +132,7 @@ function walkScalars(end: number, lenFields: number, varintFields: number): void
       p = lenEnd(end);
     } else if (varintFields & bit) {
       expect(wt, VARINT);
-      skipVarint(end);
+      skipVarint32(end);
     } else {
       skip(wt, end);
     }
@@ -139,7 +154,7 @@ function socketAddress(end: number): string | undefined {
       case 1: // protocol
       case 3: // port_value
         expect(wt, VARINT);
-        skipVarint(end);
+        skipVarint32(end);
         break;
       case 2: {
         expect(wt, LEN);
@@ -258,6 +273,13 @@ function sameBytes(a: number, c: number, n: number): boolean {
 // its exact name's start and end, its value's start and end (-1 when absent).
 const REF = 5;
 
+/**
+ * Entries of `headers` under a read name (in any case) beyond which the decoder gives up: each one
+ * is compared with those before it, so thousands of case variants (no proxy sends them) would cost
+ * seconds; proto-loader reads them in linear time.
+ */
+export const MAX_READ_HEADER_ENTRIES = 64;
+
 // The fields of the last entry read by `entry`: the offsets of its key (1), value (2) and, in a
 // HeaderValue, raw_value (3), each -1 when absent (the last occurrence of each counts).
 let keyStart = -1;
@@ -311,6 +333,7 @@ function headersEntry(end: number, refs: number[]): void {
       return;
     }
   }
+  if (refs.length >= MAX_READ_HEADER_ENTRIES * REF) throw UNSUPPORTED;
   refs.push(name, keyStart, keyEnd, valueStart, valueEnd);
 }
 
@@ -505,6 +528,7 @@ function attributeContext(end: number): MutableView {
  * outside this decoder: the caller then uses the generic deserializer (`withFastCheckRequest`).
  */
 export function decodeCheckView(message: Buffer): CheckRequestView | undefined {
+  lastFault = undefined;
   b = message;
   p = 0;
   try {
@@ -522,24 +546,35 @@ export function decodeCheckView(message: Buffer): CheckRequestView | undefined {
       }
     }
     return view ?? emptyView(undefined);
-  } catch {
+  } catch (err) {
     // Unsupported, or a fault of this decoder: proto-loader's deserializer decides either way.
+    if (err !== UNSUPPORTED) lastFault = err;
     return undefined;
   } finally {
     b = EMPTY;
   }
 }
 
+// What the last give-up of decodeCheckView was, when it was not UNSUPPORTED: a fault of its own.
+let lastFault: unknown;
+
+export type DecoderFallback = (reason: 'unsupported' | 'fault', fault?: unknown) => void;
+
 /**
  * The Check method's requests as CheckRequestViews: this decoder's, or proto-loader's object's
- * parts when it gives up. A message neither can decode fails the call (INTERNAL), as before.
+ * parts when it gives up (told to `onFallback`). A message neither can decode fails the call
+ * (INTERNAL), as before.
  */
-export function withFastCheckRequest(svc: grpc.ServiceDefinition): grpc.ServiceDefinition {
+export function withFastCheckRequest(svc: grpc.ServiceDefinition, onFallback?: DecoderFallback): grpc.ServiceDefinition {
   const check = svc.Check;
   if (!check) return svc;
   const generic = check.requestDeserialize as (b: Buffer) => CheckRequest;
-  return {
-    ...svc,
-    Check: { ...check, requestDeserialize: (message: Buffer): CheckRequestView => decodeCheckView(message) ?? viewOf(generic(message)) },
+  const deserialize = (message: Buffer): CheckRequestView => {
+    const view = decodeCheckView(message);
+    if (view) return view;
+    if (lastFault === undefined) onFallback?.('unsupported');
+    else onFallback?.('fault', lastFault);
+    return viewOf(generic(message));
   };
+  return { ...svc, Check: { ...check, requestDeserialize: deserialize } };
 }

@@ -10,7 +10,8 @@ import type { Logger } from '../../observability/logger.js';
 import { authorizationService, type CheckResponse } from './proto.js';
 import { attributesOf, newRequestId, toCheckResponse, viewOf, type CheckRequestView, type ResponseOptions } from './check.js';
 import { withFastCheckResponse } from './wire.js';
-import { withFastCheckRequest } from './request-wire.js';
+import type { Metrics } from '../../observability/metrics.js';
+import { withFastCheckRequest, type DecoderFallback } from './request-wire.js';
 import { GrpcListener } from './listener.js';
 import type { AccessLogReceiver } from './access-log.js';
 
@@ -24,6 +25,21 @@ export function routeGrpcLogs(logger: Logger): void {
   grpc.setLogger({ error: (...args: unknown[]) => logger.debug({ component: 'grpc-js' }, args.map(String).join(' ')) });
 }
 
+/**
+ * Counts the CheckRequests proto-loader read because the service's own decoder gave up, and logs
+ * the first fault of the decoder (a bug: every later request would fall back too), once.
+ */
+export function decoderFallbacks(metrics: Metrics, logger: Logger): DecoderFallback {
+  let faultLogged = false;
+  return (reason, fault) => {
+    metrics.grpcRequestDecoderFallbacks.labels(reason).inc();
+    if (reason === 'fault' && !faultLogged) {
+      faultLogged = true;
+      logger.error({ err: fault }, "the CheckRequest decoder failed: proto-loader's decoder reads every request it gives up on");
+    }
+  };
+}
+
 export interface GrpcServerOptions extends ResponseOptions {
   /** `deny`: a store outage is a 503 denial. `rpc_error`: an UNAVAILABLE RPC error, so the proxy's failure_mode_allow decides. */
   unavailableMode: 'deny' | 'rpc_error';
@@ -35,6 +51,8 @@ export interface GrpcServerOptions extends ResponseOptions {
   idleTimeoutMs?: number;
   /** StreamAccessLogs on the same port (ACCESS_LOG_SECRET set); absent: that method answers UNIMPLEMENTED. */
   accessLog?: AccessLogReceiver | undefined;
+  /** Told when a CheckRequest is read by proto-loader because the service's own decoder gave up (request-wire.ts). */
+  onDecoderFallback?: DecoderFallback;
 }
 
 /**
@@ -70,7 +88,7 @@ export class GrpcCheckServer {
     });
     // CheckRequest through the hand-written decoder (request-wire.ts) and CheckResponse through the
     // hand-written encoder (wire.ts): the same attributes and bytes, a fraction of the CPU.
-    this.server.addService(withFastCheckRequest(withFastCheckResponse(authorizationService())), { Check: this.check });
+    this.server.addService(withFastCheckRequest(withFastCheckResponse(authorizationService()), opts.onDecoderFallback), { Check: this.check });
     this.health.addToServer(this.server);
     opts.accessLog?.addTo(this.server);
   }
