@@ -120,28 +120,24 @@ type Slicing = { utf8Slice(start: number, end: number): string; latin1Slice(star
 const utf8 = (start: number, end: number): string => (b as unknown as Slicing).utf8Slice(start, end);
 const latin1 = (start: number, end: number): string => (b as unknown as Slicing).latin1Slice(start, end);
 
-/** A message of string fields and 32-bit varints only (Pipe): walked, none kept. */
-function walkScalars(end: number, lenFields: number, varintFields: number): void {
+/** envoy.config.core.v3.Pipe: path (1) and mode (2), walked, none kept. */
+function walkPipe(end: number): void {
   while (p < end) {
     const tag = uint32(end);
-    const field = tag >>> 3;
     const wt = tag & 7;
-    const bit = field < 31 ? 1 << field : 0;
-    if (lenFields & bit) {
-      expect(wt, LEN);
-      p = lenEnd(end);
-    } else if (varintFields & bit) {
-      expect(wt, VARINT);
-      skipVarint32(end);
-    } else {
-      skip(wt, end);
+    switch (tag >>> 3) {
+      case 1:
+        expect(wt, LEN);
+        p = lenEnd(end);
+        break;
+      case 2:
+        expect(wt, VARINT);
+        skipVarint32(end);
+        break;
+      default:
+        skip(wt, end);
     }
   }
-}
-
-/** map<string, string> entries: walked, none kept. */
-function walkStringMapEntry(end: number): void {
-  entry(end, false);
 }
 
 /** envoy.config.core.v3.SocketAddress: address (2) kept. */
@@ -190,7 +186,7 @@ function address(end: number): string | undefined {
       case 2: {
         expect(wt, LEN);
         const e = lenEnd(end);
-        walkScalars(e, 1 << 1, 1 << 2);
+        walkPipe(e);
         break;
       }
       default:
@@ -200,7 +196,7 @@ function address(end: number): string | undefined {
   return socket;
 }
 
-/** AttributeContext.Peer: the address's socket address when `keep`, else only walked. */
+/** AttributeContext.Peer: its address's socket address (the last of each). */
 function peer(end: number): string | undefined {
   let addr: string | undefined;
   while (p < end) {
@@ -219,10 +215,9 @@ function peer(end: number): string | undefined {
         p = lenEnd(end);
         break;
       case 3: {
-        // labels
+        // labels, a map entry: walked
         expect(wt, LEN);
-        const e = lenEnd(end);
-        walkStringMapEntry(e);
+        entry(lenEnd(end), false);
         break;
       }
       default:
@@ -365,7 +360,7 @@ function headerMap(end: number, pairs: string[]): number {
 }
 
 /** AttributeContext.HttpRequest into `view` (whose source address is already set). */
-function httpRequest(end: number, view: CheckRequestView & { headerMap: string[] }): void {
+function httpRequest(end: number, view: CheckRequestView): void {
   let headerRefs: number[] | undefined;
   while (p < end) {
     const tag = uint32(end);
@@ -415,8 +410,9 @@ function httpRequest(end: number, view: CheckRequestView & { headerMap: string[]
         expect(wt, LEN);
         const e = lenEnd(end);
         // A later header_map replaces an earlier one, as any message field does.
-        view.headerMap = [];
-        view.headerMapCount = headerMap(e, view.headerMap);
+        const pairs: string[] = [];
+        view.headerMapCount = headerMap(e, pairs);
+        view.headerMap = pairs;
         break;
       }
       default:
@@ -437,13 +433,13 @@ function httpRequest(end: number, view: CheckRequestView & { headerMap: string[]
   }
 }
 
-type MutableView = CheckRequestView & { headerMap: string[] };
+const NO_PAIRS: readonly string[] = Object.freeze([]);
 
-const emptyView = (sourceAddress: string | undefined): MutableView => ({
+const emptyView = (sourceAddress: string | undefined): CheckRequestView => ({
   method: undefined,
   path: undefined,
   headerMapCount: 0,
-  headerMap: [],
+  headerMap: NO_PAIRS,
   headers: undefined,
   body: undefined,
   rawBody: undefined,
@@ -451,8 +447,8 @@ const emptyView = (sourceAddress: string | undefined): MutableView => ({
 });
 
 /** AttributeContext.Request: its last `http`, into a view. */
-function request(end: number, sourceAddress: string | undefined): MutableView {
-  let view = emptyView(sourceAddress);
+function request(end: number, sourceAddress: string | undefined): CheckRequestView {
+  let view: CheckRequestView | undefined;
   while (p < end) {
     const tag = uint32(end);
     const wt = tag & 7;
@@ -465,11 +461,11 @@ function request(end: number, sourceAddress: string | undefined): MutableView {
       skip(wt, end);
     }
   }
-  return view;
+  return view ?? emptyView(sourceAddress);
 }
 
 /** AttributeContext: source (1) and request (4) read, destination (2) and context_extensions (10) walked. */
-function attributeContext(end: number): MutableView {
+function attributeContext(end: number): CheckRequestView {
   let source: string | undefined;
   let requestStart = -1;
   let requestEnd = -1;
@@ -506,9 +502,9 @@ function attributeContext(end: number): MutableView {
         break;
       }
       case 10: {
+        // context_extensions, a map entry: walked
         expect(wt, LEN);
-        const e = lenEnd(end);
-        walkStringMapEntry(e);
+        entry(lenEnd(end), false);
         break;
       }
       default:
@@ -523,58 +519,60 @@ function attributeContext(end: number): MutableView {
   return view;
 }
 
-/**
- * The parts of a serialized CheckRequest the pipeline reads, or undefined when the message is
- * outside this decoder: the caller then uses the generic deserializer (`withFastCheckRequest`).
- */
-export function decodeCheckView(message: Buffer): CheckRequestView | undefined {
-  lastFault = undefined;
+/** The parts of a serialized CheckRequest the pipeline reads; throws UNSUPPORTED outside this decoder. */
+function decode(message: Buffer): CheckRequestView {
   b = message;
   p = 0;
   try {
     const end = message.length;
-    let view: MutableView | undefined;
+    let view: CheckRequestView | undefined;
     while (p < end) {
       const tag = uint32(end);
       const wt = tag & 7;
       if (tag >>> 3 === 1) {
         expect(wt, LEN);
-        const e = lenEnd(end);
-        view = attributeContext(e);
+        view = attributeContext(lenEnd(end));
       } else {
         skip(wt, end);
       }
     }
     return view ?? emptyView(undefined);
-  } catch (err) {
-    // Unsupported, or a fault of this decoder: proto-loader's deserializer decides either way.
-    if (err !== UNSUPPORTED) lastFault = err;
-    return undefined;
   } finally {
     b = EMPTY;
   }
 }
 
-// What the last give-up of decodeCheckView was, when it was not UNSUPPORTED: a fault of its own.
-let lastFault: unknown;
+/**
+ * The parts of a serialized CheckRequest the pipeline reads, or undefined when the message is
+ * outside this decoder (or the decoder fails): the caller then uses the generic deserializer.
+ */
+export function decodeCheckView(message: Buffer): CheckRequestView | undefined {
+  try {
+    return decode(message);
+  } catch {
+    return undefined;
+  }
+}
 
 export type DecoderFallback = (reason: 'unsupported' | 'fault', fault?: unknown) => void;
 
 /**
  * The Check method's requests as CheckRequestViews: this decoder's, or proto-loader's object's
- * parts when it gives up (told to `onFallback`). A message neither can decode fails the call
- * (INTERNAL), as before.
+ * parts when it gives up (told to `onFallback`: `unsupported`, or `fault` for an error of its own).
+ * A message neither can decode fails the call (INTERNAL), as before.
  */
 export function withFastCheckRequest(svc: grpc.ServiceDefinition, onFallback?: DecoderFallback): grpc.ServiceDefinition {
   const check = svc.Check;
   if (!check) return svc;
   const generic = check.requestDeserialize as (b: Buffer) => CheckRequest;
   const deserialize = (message: Buffer): CheckRequestView => {
-    const view = decodeCheckView(message);
-    if (view) return view;
-    if (lastFault === undefined) onFallback?.('unsupported');
-    else onFallback?.('fault', lastFault);
-    return viewOf(generic(message));
+    try {
+      return decode(message);
+    } catch (err) {
+      if (err === UNSUPPORTED) onFallback?.('unsupported');
+      else onFallback?.('fault', err);
+      return viewOf(generic(message));
+    }
   };
   return { ...svc, Check: { ...check, requestDeserialize: deserialize } };
 }
